@@ -1,0 +1,128 @@
+"""Vision Transformer encoders with fixed 2-D sin-cos position embeddings.
+
+The encoder is timm's :class:`timm.models.vision_transformer.VisionTransformer`, so it answers
+timm's backbone calls (``forward_features``, ``forward_head``, ``forward_intermediates``,
+``no_weight_decay``, ``set_grad_checkpointing``, ``group_matcher``) and any timm-aware neck or
+head plugs in. rsfm only fixes the position embedding to the 2-D sin-cos table of MAE
+(He et al. 2022, §A.1) and records the sizes of METHODS.md §1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+__all__ = ["VIT_SIZES", "ViTSize", "build_vit", "sincos_pos_embed_2d"]
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    """Width, depth and heads of an encoder and of its MAE decoder (METHODS.md §1)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    decoder_embed_dim: int
+    decoder_num_heads: int
+
+
+VIT_SIZES: dict[str, ViTSize] = {
+    "tiny": ViTSize(192, 12, 3, 128, 4),
+    "small": ViTSize(384, 12, 6, 256, 8),
+    "base": ViTSize(768, 12, 12, 512, 16),
+    "large": ViTSize(1024, 24, 16, 512, 16),
+}
+
+
+def sincos_pos_embed_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_token: bool) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding (MAE, He et al. 2022; Vaswani et al. 2017).
+
+    Half of the channels encode the row, half the column; each half is
+    ``[sin(pos·ω_k), cos(pos·ω_k)]`` with ``ω_k = 10000^(-k/(D/4))``.
+
+    Args:
+        embed_dim: token width ``D``; must be divisible by 4.
+        grid_size: patches per side, an int for a square grid or ``(rows, cols)``.
+        cls_token: prepend an all-zero row for the class token.
+
+    Returns:
+        ``(1 + rows·cols, D)`` float32 if ``cls_token`` else ``(rows·cols, D)``, rows in
+        row-major patch order.
+
+    Raises:
+        ValueError: if ``embed_dim`` is not divisible by 4.
+    """
+    if embed_dim % 4 != 0:
+        raise ValueError(f"embed_dim must be divisible by 4 for 2-D sin-cos, got {embed_dim}")
+    rows, cols = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    omega = 1.0 / 10000 ** (np.arange(embed_dim // 4, dtype=np.float64) / (embed_dim / 4.0))
+    gy, gx = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
+
+    def encode(pos: np.ndarray) -> np.ndarray:
+        out = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    # Column (x) coordinates first, then row (y), as in the MAE reference.
+    emb = np.concatenate([encode(gx), encode(gy)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros((1, embed_dim)), emb], axis=0)
+    return torch.from_numpy(emb).float()
+
+
+def build_vit(
+    size: str = "base",
+    img_size: int = 224,
+    patch_size: int = 16,
+    in_chans: int = 3,
+    num_classes: int = 0,
+    global_pool: str = "token",
+    drop_path_rate: float = 0.0,
+) -> VisionTransformer:
+    """Build a ViT encoder of a named size with a frozen 2-D sin-cos position embedding.
+
+    Args:
+        size: ``tiny`` | ``small`` | ``base`` | ``large`` (see :data:`VIT_SIZES`).
+        img_size: input side in pixels; must be a multiple of ``patch_size``.
+        patch_size: patch side in pixels.
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 gives an identity head (feature extractor).
+        global_pool: ``token`` (class token) or ``avg`` (mean of patch tokens) for pooled
+            features.
+        drop_path_rate: stochastic depth rate (fine-tuning).
+
+    Returns:
+        A timm ``VisionTransformer`` whose ``forward_features(x)`` maps
+        ``(B, in_chans, img_size, img_size)`` float32 to ``(B, 1 + N, D)`` with
+        ``N = (img_size / patch_size)²``. LayerNorm eps is 1e-6, MLP ratio 4.
+
+    Raises:
+        ValueError: on an unknown size or an image size that is not a multiple of the patch.
+    """
+    if size not in VIT_SIZES:
+        raise ValueError(f"unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
+    if img_size % patch_size != 0:
+        raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+    spec = VIT_SIZES[size]
+    model = VisionTransformer(
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        global_pool=global_pool,
+        embed_dim=spec.embed_dim,
+        depth=spec.depth,
+        num_heads=spec.num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        drop_path_rate=drop_path_rate,
+    )
+    grid = model.patch_embed.grid_size
+    model.pos_embed.data.copy_(sincos_pos_embed_2d(spec.embed_dim, grid, cls_token=True).unsqueeze(0))
+    model.pos_embed.requires_grad_(False)
+    return model
