@@ -1,0 +1,163 @@
+"""The Lightning module that trains any masked-image-modeling method of rsfm."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from rsfm.engine.optim import build_adamw, scaled_lr, warmup_cosine
+from rsfm.methods.base import MaskedImageModel
+from rsfm.methods.mae import MAE
+from rsfm.methods.selection import psts_mix
+from rsfm.methods.selective_mae import SelectiveMAE
+
+__all__ = ["METHODS", "PretrainModule", "build_method", "step_seed"]
+
+METHODS: dict[str, type[MaskedImageModel]] = {"mae": MAE, "selective_mae": SelectiveMAE}
+
+
+def build_method(name: str, **kwargs: Any) -> MaskedImageModel:
+    """Build a pretraining method by name, with a clear error for unknown options.
+
+    Args:
+        name: ``mae`` or ``selective_mae``.
+        **kwargs: the method's constructor arguments (``model.*`` in a recipe).
+
+    Raises:
+        ValueError: on an unknown method or an option the method does not take.
+    """
+    if name not in METHODS:
+        raise ValueError(f"model.name: unknown method {name!r}; expected one of {sorted(METHODS)}")
+    cls = METHODS[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"model.{unknown[0]} is not an option of {name}; options: {sorted(accepted)}")
+    return cls(**kwargs)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed that depends only on (run seed, optimiser step, rank), so the random
+    masks of a resumed run equal those of an uninterrupted one."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class PretrainModule(L.LightningModule):
+    """Trains a :class:`MaskedImageModel` with AdamW and a warmup-cosine schedule.
+
+    The learning rate is ``lr_scale · blr · effective_batch / 256`` (``lr_scale`` is the
+    method's, e.g. ``r/m`` for SelectiveMAE) unless ``lr`` is given; the schedule is per
+    optimiser step over the run, so training progress ``t = step / total_steps`` also drives
+    SelectiveMAE's PSTS curriculum.
+
+    Args:
+        model: method options; ``name`` plus the method's constructor arguments.
+        blr: base learning rate.
+        lr: absolute learning rate (overrides ``blr`` scaling) or None.
+        weight_decay: AdamW weight decay (0.05).
+        betas: AdamW betas (0.9, 0.95).
+        warmup_epochs: epochs of linear warmup (fractions allowed).
+        min_lr: final learning rate of the cosine.
+        batch_size: per-device batch size (for the lr scaling).
+        seed: run seed; the per-step mask RNG derives from it.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        blr: float = 1.5e-4,
+        lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 1.0,
+        min_lr: float = 0.0,
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        opts = dict(model)
+        self.method_name = opts.pop("name")
+        self.model = build_method(self.method_name, **opts)
+        self._total: int | None = None
+
+    # -- training -------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of the run's optimiser steps done, in [0, 1]."""
+        total = self._total_steps()
+        return min(1.0, self.global_step / total) if total > 0 else 0.0
+
+    def _total_steps(self) -> int:
+        """Optimiser steps of the whole run, as Lightning's ``estimated_stepping_batches``.
+
+        Computed from the datamodule's loader length rather than through
+        ``estimated_stepping_batches``: that property builds Lightning's train loader inside
+        ``configure_optimizers``, before a checkpoint's loader state is restored, and the
+        mid-epoch position of a resumed run would then be lost.
+        """
+        if self._total is not None:
+            return self._total
+        if self._trainer is None:
+            return 0
+        t = self.trainer
+        if t.datamodule is None:
+            total = t.estimated_stepping_batches
+            self._total = int(total) if total != float("inf") else 0
+            return self._total
+        n = len(t.datamodule.train_dataloader())
+        limit = t.limit_train_batches
+        n = min(n, int(limit)) if isinstance(limit, int) else int(n * float(limit))
+        per_epoch = max(1, math.ceil(n / t.accumulate_grad_batches))
+        total = per_epoch * t.max_epochs if t.max_epochs and t.max_epochs > 0 else 0
+        if t.max_steps and t.max_steps > 0:
+            total = min(total, t.max_steps) if total else t.max_steps
+        self._total = int(total)
+        return self._total
+
+    def _generator(self) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
+        return g
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        imgs = batch["image"]
+        if imgs.shape[0] == 0:  # every file of this batch was unreadable (counted elsewhere)
+            return None
+        t = self.progress()
+        out = self.model(imgs, progress=t, generator=self._generator())
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.global_step}; lower the learning rate")
+        self.log("train/loss", loss, prog_bar=True, batch_size=imgs.shape[0], sync_dist=False)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=imgs.shape[0])
+        self.log("train/progress", t, batch_size=imgs.shape[0])
+        if isinstance(self.model, SelectiveMAE):
+            self.log("train/psts_stage", float(psts_mix(t, self.model.psts_boundaries).stage), batch_size=imgs.shape[0])
+        return loss
+
+    # -- optimisation ---------------------------------------------------------------------
+    def effective_batch(self) -> int:
+        """Per-device batch × devices × nodes × gradient accumulation."""
+        return int(self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        lr = hp.lr if hp.lr is not None else scaled_lr(hp.blr, self.effective_batch(), self.model.lr_scale)
+        optimizer = build_adamw(self.model, lr, hp.weight_decay, tuple(hp.betas))
+        total = self._total_steps()
+        if total <= 0:
+            raise ValueError("the run needs a finite length: set trainer.max_epochs or trainer.max_steps")
+        max_epochs = self.trainer.max_epochs or 1
+        warmup = int(round(total * hp.warmup_epochs / max_epochs)) if max_epochs > 0 else 0
+        min_ratio = hp.min_lr / lr if lr > 0 else 0.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total, min_ratio)
+        )
+        self.print(f"lr {lr:.3e} (effective batch {self.effective_batch()}), {warmup} warmup of {total} steps")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,113 @@
+"""Pooled features of a frozen encoder over a labelled loader (input of kNN and linear probes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, overload
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["extract_features", "pool_features"]
+
+
+def pool_features(
+    encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"] = "cls"
+) -> Tensor:
+    """One pooled feature vector per image.
+
+    Args:
+        encoder: a timm ``VisionTransformer`` (e.g. from :func:`rsfm.engine.export.load_encoder`).
+        images: ``(B, C, H, W)`` float32, normalised.
+        pool: ``cls``: the class token after the final norm, i.e.
+            ``forward_head(forward_features(x), pre_logits=True)`` of a ``global_pool='token'``
+            encoder; ``avg``: the mean of the patch tokens (the encoder's own ``fc_norm``
+            applies if it was built with ``global_pool='avg'``).
+
+    Returns:
+        ``(B, D)`` features in the encoder's compute dtype.
+
+    Raises:
+        ValueError: on an unknown ``pool``, or ``cls`` with an encoder that has no
+            class-token pooling.
+
+    """
+    tokens = encoder.forward_features(images)
+    global_pool = getattr(encoder, "global_pool", "token")
+    if pool == "cls":
+        if global_pool != "token":
+            raise ValueError(f"pool='cls' needs an encoder built with global_pool='token', "
+                             f"this one has {global_pool!r}")
+        return encoder.forward_head(tokens, pre_logits=True)
+    if pool == "avg":
+        if global_pool == "avg":
+            return encoder.forward_head(tokens, pre_logits=True)
+        return tokens[:, getattr(encoder, "num_prefix_tokens", 1):].mean(dim=1)
+    raise ValueError(f"unknown pool {pool!r}; expected 'cls' or 'avg'")
+
+
+Batches = Iterable[Mapping[str, Any]]
+
+
+@overload
+def extract_features(encoder: nn.Module, loader: Batches, device: str | torch.device = ...,
+                     pool: Literal["cls", "avg"] = ..., amp: bool = ...,
+                     return_index: Literal[False] = ...) -> tuple[Tensor, Tensor]: ...
+@overload
+def extract_features(encoder: nn.Module, loader: Batches, device: str | torch.device = ...,
+                     pool: Literal["cls", "avg"] = ..., amp: bool = ...,
+                     *, return_index: Literal[True]) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    loader: Batches,
+    device: str | torch.device = "cpu",
+    pool: Literal["cls", "avg"] = "cls",
+    amp: bool = False,
+    return_index: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+    """Run a frozen encoder over a loader and collect pooled features and labels.
+
+    The encoder is put in eval mode and moved to ``device``; gradients are off. Items the
+    dataset could not read are already left out of a batch by
+    :func:`rsfm.data.folder.collate_skipping` (they are listed under ``skipped``); a batch
+    left with no image is passed over.
+
+    Args:
+        encoder: a timm ``VisionTransformer``.
+        loader: yields dicts with ``image`` ``(B, C, H, W)`` float32 (normalised), ``label``
+            ``(B,)`` int64 and, for ``return_index``, ``index`` ``(B,)`` int64.
+        device: where the encoder runs.
+        pool: ``cls`` or ``avg`` (see :func:`pool_features`).
+        amp: run under autocast (bfloat16); features are returned as float32 either way.
+        return_index: also return each feature's dataset index.
+
+    Returns:
+        ``(features (N, D) float32, labels (N,) int64)`` on CPU, plus ``indices (N,) int64``
+        when ``return_index``.
+
+    Raises:
+        ValueError: if the loader yields no image at all.
+
+    """
+    device = torch.device(device)
+    encoder.eval().to(device)
+    feats: list[Tensor] = []
+    labels: list[Tensor] = []
+    indices: list[Tensor] = []
+    for batch in loader:
+        images = batch.get("image")
+        if images is None or images.shape[0] == 0:
+            continue
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            f = pool_features(encoder, images.to(device, non_blocking=True), pool)
+        feats.append(f.float().cpu())
+        labels.append(torch.as_tensor(batch["label"]).long().cpu())
+        if return_index:
+            indices.append(torch.as_tensor(batch["index"]).long().cpu())
+    if not feats:
+        raise ValueError("the loader yielded no images")
+    out = (torch.cat(feats), torch.cat(labels))
+    return (*out, torch.cat(indices)) if return_index else out

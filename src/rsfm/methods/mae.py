@@ -1,0 +1,115 @@
+"""MAE: Masked Autoencoders Are Scalable Vision Learners (He et al., CVPR 2022).
+
+The method as METHODS.md §1: random masking, an encoder on the visible tokens, an
+8-block self-attention decoder over all positions, MSE on the masked patches.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from rsfm.methods.base import MaskedImageModel
+from rsfm.methods.masking import random_token_mask
+from rsfm.models.vit import sincos_pos_embed_2d
+
+__all__ = ["MAE"]
+
+
+class MAE(MaskedImageModel):
+    """Masked autoencoder with a ViT encoder.
+
+    Args:
+        size: encoder size (``tiny`` | ``small`` | ``base`` | ``large``); the decoder width
+            and heads follow METHODS.md §1 unless given.
+        img_size: input side in pixels.
+        patch_size: patch side in pixels.
+        in_chans: input channels.
+        mask_ratio: fraction ``m`` of patches masked (0.75).
+        decoder_depth: decoder blocks (8).
+        decoder_embed_dim: decoder width (None: the size's default).
+        decoder_num_heads: decoder heads (None: the size's default).
+        norm_pix_loss: per-patch normalised pixel targets.
+    """
+
+    def __init__(
+        self,
+        size: str = "base",
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        mask_ratio: float = 0.75,
+        decoder_depth: int = 8,
+        decoder_embed_dim: int | None = None,
+        decoder_num_heads: int | None = None,
+        norm_pix_loss: bool = True,
+    ) -> None:
+        super().__init__(size, img_size, patch_size, in_chans, norm_pix_loss)
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.mask_ratio = mask_ratio
+        dd = decoder_embed_dim or self.spec.decoder_embed_dim
+        dh = decoder_num_heads or self.spec.decoder_num_heads
+        self.decoder_embed = nn.Linear(self.spec.embed_dim, dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+        self.register_buffer(
+            "decoder_pos_embed", sincos_pos_embed_2d(dd, self.grid, cls_token=True).unsqueeze(0), persistent=False
+        )
+        self.decoder_blocks = nn.Sequential(
+            *[Block(dd, dh, mlp_ratio=4.0, qkv_bias=True, norm_layer=_ln) for _ in range(decoder_depth)]
+        )
+        self.decoder_norm = _ln(dd)
+        self.decoder_pred = nn.Linear(dd, patch_size * patch_size * in_chans)
+        self._init_encoder_tokens()
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"mask_token"}
+
+    def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Decode all ``N`` positions.
+
+        Args:
+            latent: ``(B, 1 + K, D)`` encoder output (class token first).
+            ids_keep: ``(B, K)`` int64 positions of the encoded tokens.
+
+        Returns:
+            ``(B, N, p²·C)`` predicted pixels for every patch.
+        """
+        y = self.decoder_embed(latent)
+        b, _, dd = y.shape
+        full = self.mask_token.to(y.dtype).expand(b, self.num_patches, dd)
+        full = full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, dd), y[:, 1:])
+        x = torch.cat([y[:, :1], full], dim=1) + self.decoder_pos_embed.to(y.dtype)
+        x = self.decoder_norm(self.decoder_blocks(x))
+        return self.decoder_pred(x[:, 1:])
+
+    def forward(
+        self, imgs: torch.Tensor, progress: float = 0.0, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One MAE step.
+
+        Args:
+            imgs: ``(B, C, H, W)`` float32, normalised.
+            progress: training progress in [0, 1] (unused; same call as SelectiveMAE).
+            generator: RNG for the mask, on ``imgs``' device.
+
+        Returns:
+            Dict with ``loss`` (scalar, MSE over masked patches), ``pred``
+            ``(B, N − K, p²·C)`` at the masked positions, ``ids_visible`` ``(B, K)`` and
+            ``ids_target`` ``(B, N − K)`` int64 (the masked patches).
+        """
+        ids_keep, ids_masked = random_token_mask(
+            imgs.shape[0], self.num_patches, self.mask_ratio, generator=generator, device=imgs.device
+        )
+        latent = self.encode_visible(imgs, ids_keep)
+        pred_all = self.forward_decoder(latent, ids_keep)
+        pred = torch.gather(pred_all, 1, ids_masked.unsqueeze(-1).expand(-1, -1, pred_all.shape[-1]))
+        target = self.targets(imgs, ids_masked)
+        loss = (pred.float() - target.float()).pow(2).mean()
+        return {"loss": loss, "pred": pred, "ids_visible": ids_keep, "ids_target": ids_masked}
+
+
+def _ln(dim: int, **kwargs: object) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,212 @@
+"""SelectiveMAE (Wang et al., arXiv 2406.11933): encode and reconstruct only rich tokens.
+
+The step, as METHODS.md §2: score patches by HOG gradient energy (§2.1–2.2), choose seed
+tokens by score, grow them to the visible set by PSTS (§2.4), encode the visible tokens,
+choose ``r·N`` reconstruction targets among the rest (§2.3), and decode only those with a
+cross-attention decoder (§2.5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import nn
+
+from rsfm.methods.base import MaskedImageModel
+from rsfm.methods.hog import hog_score
+from rsfm.methods.masking import gather_tokens
+from rsfm.methods.selection import psts_mix, psts_select, select_by_score, select_targets, token_budget
+from rsfm.models.vit import sincos_pos_embed_2d
+
+__all__ = ["CrossAttentionBlock", "SelectiveMAE"]
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention block without query self-attention (CrossMAE, Fu et al. 2024).
+
+    ``x ← x + Attn(LN(x), LN(mem)); x ← x + MLP(LN(x))``.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over ``dim``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm_q = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_kv = nn.LayerNorm(dim, eps=1e-6)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
+        """Args: ``x`` ``(B, Q, dim)`` queries; ``mem`` ``(B, M, dim)`` keys/values.
+        Returns ``(B, Q, dim)``."""
+        b, q_len, d = x.shape
+        h = self.num_heads
+        q = self.q(self.norm_q(x)).view(b, q_len, h, d // h).transpose(1, 2)
+        k, v = self.kv(self.norm_kv(mem)).view(b, mem.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, q_len, d)
+        x = x + self.proj(a)
+        return x + self.mlp(self.norm2(x))
+
+
+class SelectiveMAE(MaskedImageModel):
+    """SelectiveMAE with a ViT encoder.
+
+    Args:
+        size: encoder size (``tiny`` | ``small`` | ``base`` | ``large``).
+        img_size: input side in pixels.
+        patch_size: patch side in pixels.
+        in_chans: input channels.
+        mask_ratio: ``m``; ``int(N·(1 − m))`` tokens are visible to the encoder (0.85).
+        rec_ratio: ``r``; ``int(N·r)`` patches are reconstructed (0.25).
+        seed_ratio: share of the visible tokens chosen as seeds (0.5).
+        hog_score: ``energy`` (rsfm default) or ``official`` (released code, uniform), §2.2.
+        seed_selection: ``topk`` or ``sample`` (softmax of standardised scores).
+        target_selection: ``topk`` (paper) or ``sample`` (released code).
+        score_temperature: softmax temperature of the ``sample`` modes.
+        psts: grow seeds by PSTS; if False all visible tokens are chosen like seeds.
+        psts_boundaries: stage boundaries as fractions of the run (§2.4).
+        psts_steps: PSTS selection steps (2).
+        decoder_depth: cross-attention decoder blocks (8; the paper reports 12).
+        decoder_embed_dim: decoder width (None: the size's default).
+        decoder_num_heads: decoder heads (None: the size's default).
+        norm_pix_loss: per-patch normalised pixel targets.
+
+    Raises:
+        ValueError: on inconsistent ratios (see :func:`rsfm.methods.selection.token_budget`)
+            or unknown selection modes.
+    """
+
+    def __init__(
+        self,
+        size: str = "base",
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        mask_ratio: float = 0.85,
+        rec_ratio: float = 0.25,
+        seed_ratio: float = 0.5,
+        hog_score: str = "energy",
+        seed_selection: str = "topk",
+        target_selection: str = "topk",
+        score_temperature: float = 1.0,
+        psts: bool = True,
+        psts_boundaries: tuple[float, float, float, float] = (0.35, 0.375, 0.725, 0.75),
+        psts_steps: int = 2,
+        decoder_depth: int = 8,
+        decoder_embed_dim: int | None = None,
+        decoder_num_heads: int | None = None,
+        norm_pix_loss: bool = True,
+    ) -> None:
+        super().__init__(size, img_size, patch_size, in_chans, norm_pix_loss)
+        for name, value in (("seed_selection", seed_selection), ("target_selection", target_selection)):
+            if value not in ("topk", "sample"):
+                raise ValueError(f"{name} must be 'topk' or 'sample', got {value!r}")
+        if hog_score not in ("energy", "official"):
+            raise ValueError(f"hog_score must be 'energy' or 'official', got {hog_score!r}")
+        psts_mix(0.0, tuple(psts_boundaries))  # validates the boundaries early
+        self.budget = token_budget(self.num_patches, mask_ratio, rec_ratio, seed_ratio if psts else 1.0)
+        self.mask_ratio, self.rec_ratio = mask_ratio, rec_ratio
+        self.lr_scale = rec_ratio / mask_ratio  # METHODS.md §2.6: lr = (r/m)·blr·batch/256
+        self.hog_score = hog_score
+        self.seed_selection, self.target_selection = seed_selection, target_selection
+        self.score_temperature = score_temperature
+        self.psts, self.psts_boundaries, self.psts_steps = psts, tuple(psts_boundaries), psts_steps
+        dd = decoder_embed_dim or self.spec.decoder_embed_dim
+        dh = decoder_num_heads or self.spec.decoder_num_heads
+        self.decoder_embed = nn.Linear(self.spec.embed_dim, dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+        self.register_buffer(
+            "decoder_pos_embed", sincos_pos_embed_2d(dd, self.grid, cls_token=True).unsqueeze(0), persistent=False
+        )
+        self.decoder_blocks = nn.ModuleList([CrossAttentionBlock(dd, dh) for _ in range(decoder_depth)])
+        self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
+        self.decoder_pred = nn.Linear(dd, patch_size * patch_size * in_chans)
+        self._init_encoder_tokens()
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"mask_token"}
+
+    def select_tokens(
+        self, imgs: torch.Tensor, embeddings: torch.Tensor, progress: float, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        """Choose seeds, PSTS-added tokens and reconstruction targets (no gradient).
+
+        Args:
+            imgs: ``(B, C, H, W)`` float32.
+            embeddings: ``(B, N, D)`` patch + position embeddings.
+            progress: training progress in [0, 1].
+            generator: RNG for the random parts.
+
+        Returns:
+            ``ids_seed`` ``(B, n_seed)``, ``ids_added`` ``(B, n_visible − n_seed)``,
+            ``ids_visible`` (seeds then added), ``ids_target`` ``(B, n_target)``; int64.
+        """
+        bgt = self.budget
+        with torch.no_grad():
+            scores = hog_score(imgs, self.patch_size, self.hog_score)
+            ids_seed = select_by_score(scores, bgt.n_seed, self.seed_selection, self.score_temperature, generator=generator)
+            if self.psts:
+                ids_added = psts_select(
+                    embeddings.detach(), ids_seed, bgt.n_visible, progress, self.psts_boundaries, self.psts_steps, generator
+                )
+            else:
+                ids_added = ids_seed[:, :0]
+            ids_visible = torch.cat([ids_seed, ids_added], dim=1)
+            ids_target = select_targets(
+                scores, ids_visible, bgt.n_target, self.target_selection, self.score_temperature, generator
+            )
+        return {"ids_seed": ids_seed, "ids_added": ids_added, "ids_visible": ids_visible, "ids_target": ids_target}
+
+    def forward_decoder(self, latent: torch.Tensor, ids_visible: torch.Tensor, ids_target: torch.Tensor) -> torch.Tensor:
+        """Decode only the target positions (METHODS.md §2.5).
+
+        Args:
+            latent: ``(B, 1 + n_visible, D)`` encoder output (class token first).
+            ids_visible: ``(B, n_visible)`` int64 positions of the encoded tokens.
+            ids_target: ``(B, n_target)`` int64 positions to reconstruct.
+
+        Returns:
+            ``(B, n_target, p²·C)`` predicted pixels.
+        """
+        y = self.decoder_embed(latent)
+        pos = self.decoder_pos_embed.to(y.dtype).expand(y.shape[0], -1, -1)
+        # Keys/values: encoder tokens with their decoder position (class token at index 0).
+        mem_pos = torch.cat([pos[:, :1], gather_tokens(pos[:, 1:], ids_visible)], dim=1)
+        mem = y + mem_pos
+        x = self.mask_token.to(y.dtype) + gather_tokens(pos[:, 1:], ids_target)
+        for blk in self.decoder_blocks:
+            x = blk(x, mem)
+        return self.decoder_pred(self.decoder_norm(x))
+
+    def forward(
+        self, imgs: torch.Tensor, progress: float = 0.0, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One SelectiveMAE step.
+
+        Args:
+            imgs: ``(B, C, H, W)`` float32, normalised.
+            progress: training progress ``t`` in [0, 1]; sets the PSTS stage.
+            generator: RNG for sampling modes and PSTS's random share, on ``imgs``' device.
+
+        Returns:
+            Dict with ``loss`` (MSE over the ``n_target`` targets), ``pred``
+            ``(B, n_target, p²·C)``, and the index tensors of :meth:`select_tokens`.
+        """
+        x = self.embed_patches(imgs)
+        sel = self.select_tokens(imgs, x, progress, generator)
+        latent = self.encode(gather_tokens(x, sel["ids_visible"]))
+        pred = self.forward_decoder(latent, sel["ids_visible"], sel["ids_target"])
+        target = self.targets(imgs, sel["ids_target"])
+        loss = (pred.float() - target.float()).pow(2).mean()
+        return {"loss": loss, "pred": pred, **sel}

@@ -1,0 +1,259 @@
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.transform import Affine
+from torch.utils.data import DataLoader
+
+from rsfm.data.folder import (
+    ImageFolder,
+    LabeledImageFolder,
+    SkipReport,
+    SkipReportCallback,
+    collate_skipping,
+    stratified_split,
+)
+from rsfm.data.transforms import eval_transform, pretrain_transform
+
+
+def make_bad_tree(root: Path, aid: Path) -> Path:
+    """Two class folders of real AID images plus every kind of bad file.
+
+    Samples (10): class_a: 3 JPEGs, gray.png, four.tif, half.jpg (truncated), fake.jpg (text);
+    class_b: 3 JPEGs. Not samples: class_a/empty.jpg (zero_byte), class_b/notes.txt
+    (not_an_image), class_b/.hidden.jpg (ignored).
+    """
+    a, b = root / "class_a", root / "class_b"
+    a.mkdir(parents=True)
+    b.mkdir()
+    for i, src in enumerate(sorted((aid / "Beach").glob("*.jpg"))[:3]):
+        shutil.copy(src, a / f"good_{i}.jpg")
+    for i, src in enumerate(sorted((aid / "Forest").glob("*.jpg"))[:3]):
+        shutil.copy(src, b / f"good_{i}.jpg")
+    real = aid / "Airport" / "airport_10.jpg"
+    Image.open(real).convert("L").save(a / "gray.png")
+    rgb = np.asarray(Image.open(real).convert("RGB")).transpose(2, 0, 1)
+    four = np.concatenate([rgb, rgb[:1]])
+    with rasterio.open(
+        a / "four.tif",
+        "w",
+        driver="GTiff",
+        height=150,
+        width=150,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:32618",
+        transform=Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0),
+    ) as dst:
+        dst.write(four)
+    data = real.read_bytes()
+    (a / "half.jpg").write_bytes(data[: len(data) // 2])
+    (a / "fake.jpg").write_text("not an image at all\n")
+    (a / "empty.jpg").touch()
+    (b / "notes.txt").write_text("field notes\n")
+    shutil.copy(real, b / ".hidden.jpg")
+    return root
+
+
+EXPECTED = {"not_an_image": 2, "truncated": 1, "zero_byte": 1}
+
+
+@pytest.fixture
+def bad_tree(tmp_path: Path, datasets: Path) -> Path:
+    return make_bad_tree(tmp_path / "tree", datasets / "aid")
+
+
+def test_scan(bad_tree: Path) -> None:
+    ds = ImageFolder(bad_tree)
+    names = [p.relative_to(bad_tree).as_posix() for p in ds.samples]
+    assert names == sorted(names)
+    assert len(ds) == 10
+    assert ".hidden.jpg" not in " ".join(names)
+    skipped = {Path(p).name: r for p, r in ds.scan_skipped}
+    assert skipped == {"empty.jpg": "zero_byte", "notes.txt": "not_an_image"}
+    assert ds.groups == [0] * 7 + [1] * 3
+
+
+@pytest.mark.parametrize("labeled", [False, True])
+def test_loader_skips_bad_files(bad_tree: Path, labeled: bool) -> None:
+    cls = LabeledImageFolder if labeled else ImageFolder
+    ds = cls(bad_tree, transform=eval_transform(32))
+    loader = DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_skipping)
+    report = SkipReport(ds.scan_skipped)
+    seen = []
+    for batch in loader:
+        b = batch["image"].shape[0]
+        assert batch["image"].shape == (b, 3, 32, 32)
+        assert batch["image"].dtype == torch.float32
+        assert batch["index"].dtype == torch.int64 and batch["index"].shape == (b,)
+        if labeled:
+            assert batch["label"].dtype == torch.int64 and batch["label"].shape == (b,)
+        report.add(batch["skipped"])
+        seen += batch["index"].tolist()
+    assert report.counts() == EXPECTED
+    assert report.total == 4
+    good = {ds.samples[i].name for i in seen}
+    assert {"gray.png", "four.tif"} <= good
+    assert len(seen) == 8
+    if labeled:
+        assert ds.classes == ["class_a", "class_b"]
+
+
+def test_gray_and_four_band_items(bad_tree: Path) -> None:
+    ds = ImageFolder(bad_tree)
+    by_name = {p.name: i for i, p in enumerate(ds.samples)}
+    gray = ds[by_name["gray.png"]]["image"]
+    assert gray.shape == (3, 150, 150) and torch.equal(gray[0], gray[2])
+    four = ds[by_name["four.tif"]]["image"]
+    assert four.shape == (3, 150, 150) and four.dtype == torch.float32
+    assert 0 <= four.min() and four.max() <= 1
+    assert ds[by_name["half.jpg"]] == {
+        "skipped": (str(bad_tree / "class_a" / "half.jpg"), "truncated"),
+        "index": by_name["half.jpg"],
+    }
+
+
+def test_collate_all_skipped() -> None:
+    batch = collate_skipping(
+        [
+            {"skipped": ("a.jpg", "truncated"), "index": 0, "label": 1},
+            {"skipped": ("b.jpg", "zero_byte"), "index": 1, "label": 0},
+        ]
+    )
+    assert batch["image"].shape == (0, 3, 0, 0) and batch["image"].dtype == torch.float32
+    assert batch["index"].shape == (0,) and batch["label"].shape == (0,)
+    assert batch["skipped"] == [("a.jpg", "truncated"), ("b.jpg", "zero_byte")]
+
+
+def test_skip_report(tmp_path: Path) -> None:
+    report = SkipReport([("a.jpg", "truncated"), ("b.jpg", "truncated")])
+    report.add([("a.jpg", "truncated"), ("c.txt", "not_an_image")])
+    assert report.total == 3
+    assert report.counts() == {"truncated": 2, "not_an_image": 1}
+    assert report.examples("truncated", n=1) == ["a.jpg"]
+    assert report.summary() == "3 files skipped: 2 truncated, 1 not_an_image"
+    table = report.format()
+    assert "truncated" in table and "a.jpg" in table and table.splitlines()[0].startswith("reason")
+    other = SkipReport([("d.jpg", "zero_byte"), ("a.jpg", "truncated")])
+    report.merge(other.to_dict())
+    assert report.counts() == {"truncated": 2, "not_an_image": 1, "zero_byte": 1}
+    saved = json.loads(report.write_json(tmp_path / "out" / "skipped.json").read_text())
+    assert saved["total"] == 4 and saved["counts"]["zero_byte"] == 1
+    assert SkipReport().summary() == "no files skipped"
+
+
+def test_skip_report_callback(bad_tree: Path, tmp_path: Path, capsys) -> None:
+    ds = ImageFolder(bad_tree)
+    cb = SkipReportCallback()
+    trainer = SimpleNamespace(
+        datamodule=SimpleNamespace(scan_skipped=ds.scan_skipped),
+        log_dir=str(tmp_path / "logs"),
+        default_root_dir=str(tmp_path),
+        is_global_zero=True,
+    )
+    cb.setup(trainer, None, "fit")
+    for batch in DataLoader(ds, batch_size=4, collate_fn=collate_skipping):
+        cb.on_train_batch_end(trainer, None, None, batch, 0)
+    cb.on_fit_end(trainer, None)
+    assert cb.report.counts() == EXPECTED
+    assert "4 files skipped: 2 not_an_image, 1 truncated, 1 zero_byte" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "logs" / "skipped_files.json").read_text())
+    assert saved["counts"] == EXPECTED
+    restored = SkipReportCallback()
+    restored.load_state_dict(cb.state_dict())
+    assert restored.report.counts() == EXPECTED
+
+
+def test_missing_and_empty_roots(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        ImageFolder(missing)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "readme.txt").write_text("no images here")
+    (empty / "sub" / "zero.jpg").touch()
+    with pytest.raises(FileNotFoundError, match=str(empty)) as info:
+        LabeledImageFolder(empty)
+    assert ".jpg" in str(info.value) and ".tif" in str(info.value)
+
+
+def test_labeled_rejects_root_files(bad_tree: Path, datasets: Path) -> None:
+    shutil.copy(datasets / "aid" / "Airport" / "airport_10.jpg", bad_tree / "stray.jpg")
+    with pytest.raises(ValueError, match="stray.jpg"):
+        LabeledImageFolder(bad_tree)
+    assert len(ImageFolder(bad_tree)) == 11  # fine for an unlabeled folder
+
+
+def test_argument_validation(bad_tree: Path) -> None:
+    with pytest.raises(ValueError, match="split"):
+        ImageFolder(bad_tree, split="test")
+    with pytest.raises(ValueError, match="val_fraction"):
+        ImageFolder(bad_tree, split="val")
+    with pytest.raises(ValueError, match="val_fraction"):
+        ImageFolder(bad_tree, split="train", val_fraction=1.0)
+
+
+def test_deterministic_augmentation(bad_tree: Path) -> None:
+    ds = ImageFolder(bad_tree, transform=pretrain_transform(48), seed=3)
+    i = next(i for i, p in enumerate(ds.samples) if p.name == "good_1.jpg")
+    state = torch.get_rng_state()
+    a = ds[(i, 0)]["image"]
+    assert torch.equal(torch.get_rng_state(), state)  # global RNG untouched
+    torch.rand(100)  # whatever ran before must not matter
+    assert torch.equal(ds[(i, 0)]["image"], a)
+    assert torch.equal(ds[i]["image"], a)  # int key = epoch 0
+    assert not torch.equal(ds[(i, 1)]["image"], a)
+    other = ImageFolder(bad_tree, transform=pretrain_transform(48), seed=4)
+    assert not torch.equal(other[(i, 0)]["image"], a)
+    assert a.shape == (3, 48, 48) and a.dtype == torch.float32
+
+    keys = [(j, 5) for j in range(len(ds))]
+    batches = {}
+    for workers in (0, 2):
+        loader = DataLoader(
+            keys,
+            batch_size=4,
+            num_workers=workers,
+            collate_fn=lambda ks: collate_skipping([ds[k] for k in ks]),
+        )
+        batches[workers] = torch.cat([b["image"] for b in loader])
+    assert torch.equal(batches[0], batches[2])
+
+
+def test_stratified_split_basics() -> None:
+    groups = [0] * 10 + [1] * 5 + [2]
+    train, val = stratified_split(groups, 0.2, seed=0)
+    assert sorted(train + val) == list(range(16)) and not set(train) & set(val)
+    assert Counter(groups[i] for i in val) == {0: 2, 1: 1}
+    assert stratified_split(groups, 0.2, seed=0) == (train, val)
+    assert stratified_split(groups, 0.2, seed=1) != (train, val)
+    assert stratified_split(groups, 0.0, seed=0) == (list(range(16)), [])
+    assert 15 in stratified_split(groups, 0.9, seed=0)[0]  # singleton group stays in train
+    with pytest.raises(ValueError, match="val_fraction"):
+        stratified_split(groups, 1.0, seed=0)
+
+
+def test_stratified_split_aid(datasets: Path) -> None:
+    aid = datasets / "aid"
+    train = ImageFolder(aid, split="train", val_fraction=0.2, split_seed=7)
+    val = ImageFolder(aid, split="val", val_fraction=0.2, split_seed=7)
+    everything = ImageFolder(aid)
+    assert not set(train.samples) & set(val.samples)
+    assert set(train.samples) | set(val.samples) == set(everything.samples)
+    per_class = Counter(p.parent.name for p in everything.samples)
+    val_per_class = Counter(p.parent.name for p in val.samples)
+    assert len(per_class) == 30
+    for name, n in per_class.items():
+        assert val_per_class[name] == round(n * 0.2)
+    labeled_val = LabeledImageFolder(aid, split="val", val_fraction=0.2, split_seed=7)
+    assert labeled_val.samples == val.samples  # same split, labeled or not
+    assert [labeled_val.classes[t] for t in labeled_val.targets] == [
+        p.parent.name for p in val.samples
+    ]

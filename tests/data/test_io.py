@@ -1,0 +1,208 @@
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image, ImageFile
+from rasterio.transform import Affine
+
+from rsfm.data.io import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    RasterRule,
+    UnsupportedImageError,
+    read_image,
+)
+
+
+@pytest.fixture
+def aid_jpeg(datasets: Path) -> Path:
+    return datasets / "aid" / "Airport" / "airport_10.jpg"
+
+
+@pytest.fixture
+def rgb(aid_jpeg: Path) -> np.ndarray:
+    """(3, 150, 150) uint8 pixels of a real AID image, decoded by PIL."""
+    return np.asarray(Image.open(aid_jpeg).convert("RGB")).transpose(2, 0, 1).copy()
+
+
+def write_tif(path: Path, array: np.ndarray, **kwargs) -> Path:
+    profile = dict(
+        driver="GTiff",
+        height=array.shape[1],
+        width=array.shape[2],
+        count=array.shape[0],
+        dtype=array.dtype,
+        crs="EPSG:32618",
+        transform=Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4000000.0),
+    )
+    with rasterio.open(path, "w", **profile, **kwargs) as dst:
+        dst.write(array)
+    return path
+
+
+def stretch(band: np.ndarray, lo_pct: float = 2.0, hi_pct: float = 98.0) -> np.ndarray:
+    lo, hi = np.percentile(band.astype(np.float64), [lo_pct, hi_pct])
+    return np.rint(np.clip((band - lo) / (hi - lo), 0, 1) * 255)
+
+
+def test_extensions() -> None:
+    assert {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"} == IMAGE_EXTENSIONS
+
+
+def test_truncated_images_not_loaded() -> None:
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_aid_jpeg(aid_jpeg: Path, rgb: np.ndarray) -> None:
+    image = read_image(aid_jpeg)
+    assert image.shape == (3, 150, 150)
+    assert image.dtype == torch.uint8
+    assert image.is_contiguous()
+    assert np.array_equal(image.numpy(), rgb)  # same pixels as PIL
+
+
+def test_uppercase_extension_and_png_named_jpg(tmp_path: Path, rgb: np.ndarray) -> None:
+    Image.fromarray(rgb.transpose(1, 2, 0)).save(tmp_path / "a.png", format="PNG")
+    (tmp_path / "A.PNG").write_bytes((tmp_path / "a.png").read_bytes())
+    (tmp_path / "png_inside.jpg").write_bytes((tmp_path / "a.png").read_bytes())
+    assert np.array_equal(read_image(tmp_path / "A.PNG").numpy(), rgb)
+    assert np.array_equal(read_image(tmp_path / "png_inside.jpg").numpy(), rgb)
+
+
+def test_geotiff_scene(datasets: Path) -> None:
+    path = datasets / "scenes" / "RGB.byte.tif"
+    image = read_image(path)
+    assert image.shape == (3, 718, 791)
+    assert image.dtype == torch.uint8
+    with rasterio.open(path) as src:
+        assert np.array_equal(image.numpy(), src.read())
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_grayscale_repeated(tmp_path: Path, aid_jpeg: Path, fmt: str) -> None:
+    path = tmp_path / f"gray.{fmt.lower()}"
+    Image.open(aid_jpeg).convert("L").save(path, format=fmt)
+    image = read_image(path)
+    assert image.shape == (3, 150, 150)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
+    if fmt == "PNG":
+        assert np.array_equal(image[0].numpy(), np.asarray(Image.open(path)))
+
+
+def test_rgba_and_palette_png(tmp_path: Path, rgb: np.ndarray) -> None:
+    rgba = np.concatenate([rgb, np.full((1, 150, 150), 7, np.uint8)]).transpose(1, 2, 0)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    assert np.array_equal(read_image(tmp_path / "rgba.png").numpy(), rgb)
+
+    pal = Image.fromarray(rgb.transpose(1, 2, 0)).quantize(64)
+    pal.save(tmp_path / "pal.png", transparency=0)
+    expected = np.asarray(pal.convert("RGB")).transpose(2, 0, 1)
+    assert np.array_equal(read_image(tmp_path / "pal.png").numpy(), expected)
+
+
+def test_four_band_geotiff(tmp_path: Path, rgb: np.ndarray) -> None:
+    nir = rgb.mean(axis=0, keepdims=True).astype(np.uint8)
+    path = write_tif(tmp_path / "four.tif", np.concatenate([rgb, nir]))
+    assert np.array_equal(read_image(path).numpy(), rgb)
+    assert np.array_equal(read_image(path, RasterRule(bands=(2, 1, 0))).numpy(), rgb[::-1])
+    nir_gray = read_image(path, RasterRule(bands=(3,))).numpy()
+    assert np.array_equal(nir_gray, np.repeat(nir, 3, axis=0))
+    with pytest.raises(UnsupportedImageError, match=r"four\.tif.*4 band"):
+        read_image(path, RasterRule(bands=(0, 1, 4)))
+
+
+def test_uint16_stretched(tmp_path: Path, rgb: np.ndarray) -> None:
+    path = write_tif(tmp_path / "u16.tif", rgb.astype(np.uint16) * 257)
+    image = read_image(path).numpy().astype(int)
+    expected = np.stack([stretch(band) for band in rgb])
+    assert np.abs(image - expected).max() <= 1
+    wide = read_image(path, RasterRule(percentiles=(0.0, 100.0))).numpy().astype(int)
+    assert np.abs(wide - np.stack([stretch(b, 0, 100) for b in rgb])).max() <= 1
+
+
+def test_float_scale_and_nodata(tmp_path: Path, rgb: np.ndarray) -> None:
+    reflectance = rgb.astype(np.float32) / 255 * 10000
+    path = write_tif(tmp_path / "refl.tif", reflectance)
+    image = read_image(path, RasterRule(scale=10000)).numpy().astype(int)
+    assert np.abs(image - rgb).max() <= 1
+
+    # NaN and nodata pixels are ignored by the stretch and come out as 0
+    masked = rgb.astype(np.float32)
+    masked[:, :10] = np.nan
+    masked[:, -10:] = -9999
+    path = write_tif(tmp_path / "nodata.tif", masked, nodata=-9999)
+    image = read_image(path).numpy().astype(int)
+    assert (image[:, :10] == 0).all() and (image[:, -10:] == 0).all()
+    expected = np.stack([stretch(b[10:-10]) for b in rgb])
+    assert np.abs(image[:, 10:-10] - expected).max() <= 1
+
+
+def test_two_band_unsupported(tmp_path: Path, rgb: np.ndarray) -> None:
+    path = write_tif(tmp_path / "two_band.tif", rgb[:2])
+    with pytest.raises(UnsupportedImageError, match="two_band.tif") as info:
+        read_image(path)
+    assert info.value.reason == "unsupported_bands"
+    assert isinstance(info.value, BadImageError)
+    assert info.value.path == str(path)
+    assert np.array_equal(read_image(path, RasterRule(bands=(1,))).numpy()[0], rgb[1])
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+def test_truncated(tmp_path: Path, rgb: np.ndarray, aid_jpeg: Path, suffix: str) -> None:
+    if suffix == ".jpg":
+        full = aid_jpeg
+    elif suffix == ".png":
+        full = tmp_path / "full.png"
+        Image.fromarray(rgb.transpose(1, 2, 0)).save(full)
+    else:
+        full = write_tif(tmp_path / "full.tif", rgb)
+    data = full.read_bytes()
+    path = tmp_path / f"half{suffix}"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImageError, match=f"half{suffix}") as info:
+        read_image(path)
+    assert info.value.reason == "truncated"
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.png", "x.tif"])
+def test_text_file_is_not_an_image(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("these are field notes, not pixels\n" * 10)
+    with pytest.raises(BadImageError, match=name) as info:
+        read_image(path)
+    assert info.value.reason == "not_an_image"
+
+
+def test_zero_byte_and_missing(tmp_path: Path) -> None:
+    (tmp_path / "empty.jpg").touch()
+    with pytest.raises(BadImageError, match="empty.jpg") as info:
+        read_image(tmp_path / "empty.jpg")
+    assert info.value.reason == "zero_byte"
+    with pytest.raises(BadImageError) as info:
+        read_image(tmp_path / "gone.jpg")
+    assert info.value.reason == "unreadable"
+
+
+def test_error_pickles(tmp_path: Path) -> None:
+    for err in (
+        BadImageError(tmp_path / "a.jpg", "truncated", "ends early"),
+        UnsupportedImageError(tmp_path / "b.tif", "has 2 bands"),
+    ):
+        copy = pickle.loads(pickle.dumps(err))
+        assert type(copy) is type(err)
+        assert (copy.path, copy.reason, str(copy)) == (err.path, err.reason, str(err))
+
+
+def test_rule_validation() -> None:
+    with pytest.raises(ValueError, match="bands"):
+        RasterRule(bands=(0, 1))
+    with pytest.raises(ValueError, match="scale"):
+        RasterRule(scale="minmax")
+    with pytest.raises(ValueError, match="scale"):
+        RasterRule(scale=0)
+    with pytest.raises(ValueError, match="percentiles"):
+        RasterRule(percentiles=(98.0, 2.0))
+    assert RasterRule(bands=[2, 1, 0]).bands == (2, 1, 0)
