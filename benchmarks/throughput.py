@@ -42,12 +42,16 @@ def load_batch(root: Path, n: int, size: int) -> torch.Tensor:
     paths = every[:: max(1, len(every) // n)][:n]
     if len(paths) < n:
         raise SystemExit(f"need {n} images under {root}, found {len(paths)}")
-    arr = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC), np.float32) / 255 for p in paths]
+    arr = [
+        np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC), np.float32) / 255 for p in paths
+    ]
     x = torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2)
     return (x - 0.4) / 0.2
 
 
-def build(method: str, size: str, img_size: int, patch_size: int, device: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def build(
+    method: str, size: str, img_size: int, patch_size: int, device: str
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = build_method(**METHODS[method], size=size, img_size=img_size, patch_size=patch_size).to(device)
     return model, build_adamw(model, 1e-4)
@@ -123,29 +127,63 @@ def main() -> None:
     del models
     mem = {}
     for m in METHODS:
-        cmd = [sys.executable, __file__, "--probe", m, "--data", args.data, "--size", args.size,
-               "--img-size", str(args.img_size), "--patch-size", str(args.patch_size),
-               "--batch-size", str(args.batch_size), "--device", device]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--probe",
+            m,
+            "--data",
+            args.data,
+            "--size",
+            args.size,
+            "--img-size",
+            str(args.img_size),
+            "--patch-size",
+            str(args.patch_size),
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            device,
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        mem[m] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        mem[m] = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
     ips = {m: statistics.median(v) for m, v in times.items()}
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\nViT-{args.size}/{args.patch_size}, {args.img_size} px, batch {args.batch_size}, {device} ({name}), "
-          f"{args.rounds} interleaved rounds x {args.steps} steps, precision {'bf16 autocast' if amp else 'fp32'}")
+    print(
+        f"\nViT-{args.size}/{args.patch_size}, {args.img_size} px, batch {args.batch_size}, {device} ({name}), "
+        f"{args.rounds} interleaved rounds x {args.steps} steps, precision {'bf16 autocast' if amp else 'fp32'}"
+    )
     unit = "GPU max allocated" if device == "cuda" else "peak RSS"
-    print(f"{'method':<14} {'images/s (median)':>18} {'all rounds':>28} {unit + ' (GiB)':>24} {'growth over set-up (GiB)':>26}")
+    print(
+        f"{'method':<14} {'images/s (median)':>18} {'all rounds':>28} {unit + ' (GiB)':>24} {'growth over set-up (GiB)':>26}"
+    )
     for m in METHODS:
         rounds = " ".join(f"{v:.1f}" for v in times[m])
-        print(f"{m:<14} {ips[m]:>18.2f} {rounds:>28} {mem[m]['peak'] / 2**30:>24.2f} "
-              f"{(mem[m]['peak'] - mem[m]['base']) / 2**30:>26.2f}")
+        print(
+            f"{m:<14} {ips[m]:>18.2f} {rounds:>28} {mem[m]['peak'] / 2**30:>24.2f} "
+            f"{(mem[m]['peak'] - mem[m]['base']) / 2**30:>26.2f}"
+        )
     speed = ips["selective_mae"] / ips["mae"]
     mem_ratio = mem["mae"]["peak"] / mem["selective_mae"]["peak"]
     print(f"throughput ratio SelectiveMAE / MAE: {speed:.2f}x")
     print(f"peak-memory ratio MAE / SelectiveMAE: {mem_ratio:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"images_per_s": ips, "rounds": times, "memory": mem,
-                                               "speed_ratio": speed, "memory_ratio": mem_ratio, "device": name}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "images_per_s": ips,
+                    "rounds": times,
+                    "memory": mem,
+                    "speed_ratio": speed,
+                    "memory_ratio": mem_ratio,
+                    "device": name,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

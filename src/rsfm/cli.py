@@ -1,9 +1,9 @@
 """The ``rsfm`` command.
 
-    rsfm pretrain --config configs/pretrain/selective_mae_vit_tiny.yaml [key=value ...]
-    rsfm evaluate --encoder runs/x/encoder.safetensors --data ../shared/datasets/aid
-    rsfm export --checkpoint runs/x/checkpoints/last.ckpt --out encoder.safetensors
-    rsfm stats <folder>
+rsfm pretrain --config configs/pretrain/selective_mae_vit_tiny.yaml [key=value ...]
+rsfm evaluate --encoder runs/x/encoder.safetensors --data ../shared/datasets/aid
+rsfm export --checkpoint runs/x/checkpoints/last.ckpt --out encoder.safetensors
+rsfm stats <folder>
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["main"]
 DATA_HINT = (
     "point data.root at a folder of images (sub-folders = classes for evaluation), e.g. "
     "`rsfm pretrain --config ... data.root=/path/to/images`, or download a public set with torchgeo "
-    "where there is internet (`pip install torchgeo`, then `python -c \"from torchgeo.datasets import "
+    'where there is internet (`pip install torchgeo`, then `python -c "from torchgeo.datasets import '
     "UCMerced; UCMerced('data/ucmerced', download=True)\"` and "
     "data.root=data/ucmerced/UCMerced_LandUse/Images)"
 )
@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain, export the encoder and evaluate it. Any recipe value can be "
         "overridden as section.key=value (e.g. trainer.max_epochs=5 data.root=/data).",
     )
-    pt.add_argument("--config", "-c", required=True, help="YAML recipe, e.g. configs/pretrain/selective_mae_vit_tiny.yaml")
+    pt.add_argument(
+        "--config", "-c", required=True, help="YAML recipe, e.g. configs/pretrain/selective_mae_vit_tiny.yaml"
+    )
     pt.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     pt.set_defaults(func=_pretrain)
 

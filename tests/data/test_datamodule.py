@@ -30,10 +30,7 @@ def tree(tmp_path: Path, datasets: Path) -> Path:
 
 def test_epoch_sampler_sharding() -> None:
     for n, drop_last, per_rank in ((10, True, 5), (11, True, 5), (11, False, 6)):
-        shards = [
-            list(EpochSampler(n, seed=1, num_replicas=2, rank=r, drop_last=drop_last))
-            for r in range(2)
-        ]
+        shards = [list(EpochSampler(n, seed=1, num_replicas=2, rank=r, drop_last=drop_last)) for r in range(2)]
         assert [len(s) for s in shards] == [per_rank, per_rank]
         assert len(EpochSampler(n, num_replicas=2, rank=1, drop_last=drop_last)) == per_rank
         indices = [[i for i, _ in s] for s in shards]
@@ -61,9 +58,7 @@ def test_epoch_sampler_order() -> None:
 
 
 def _dm(root: Path, workers: int) -> PretrainDataModule:
-    return PretrainDataModule(
-        root, img_size=32, batch_size=4, num_workers=workers, seed=5, pin_memory=False
-    )
+    return PretrainDataModule(root, img_size=32, batch_size=4, num_workers=workers, seed=5, pin_memory=False)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -136,9 +131,7 @@ def test_classification_split_on_aid(datasets: Path) -> None:
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape == (8, 3, 32, 32)
     assert batch["label"].dtype == torch.int64
-    assert [dm.classes[t] for t in batch["label"]] == [
-        dm.val_dataset.samples[i].parent.name for i in batch["index"]
-    ]
+    assert [dm.classes[t] for t in batch["label"]] == [dm.val_dataset.samples[i].parent.name for i in batch["index"]]
 
     probe = ClassificationDataModule(aid, img_size=32, num_workers=0, train_transform="eval")
     order = [i for i, _ in probe.train_dataloader().sampler]
@@ -193,9 +186,7 @@ def test_lightning_resume_mid_epoch(tree: Path, tmp_path: Path, workers: int) ->
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def run(name: str, module: _RecordingModule, ckpt_path=None, **kwargs) -> None:
-        dm = PretrainDataModule(
-            tree, img_size=16, batch_size=4, num_workers=workers, pin_memory=False
-        )
+        dm = PretrainDataModule(tree, img_size=16, batch_size=4, num_workers=workers, pin_memory=False)
         pl.Trainer(
             accelerator="cpu",
             logger=False,

@@ -254,6 +254,4 @@ def test_stratified_split_aid(datasets: Path) -> None:
         assert val_per_class[name] == round(n * 0.2)
     labeled_val = LabeledImageFolder(aid, split="val", val_fraction=0.2, split_seed=7)
     assert labeled_val.samples == val.samples  # same split, labeled or not
-    assert [labeled_val.classes[t] for t in labeled_val.targets] == [
-        p.parent.name for p in val.samples
-    ]
+    assert [labeled_val.classes[t] for t in labeled_val.targets] == [p.parent.name for p in val.samples]

@@ -69,12 +69,7 @@ def test_validation() -> None:
 
 def numpy_mean_std(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     pixels = (
-        np.concatenate(
-            [
-                np.asarray(Image.open(p).convert("RGB"), dtype=np.float64).reshape(-1, 3)
-                for p in paths
-            ]
-        )
+        np.concatenate([np.asarray(Image.open(p).convert("RGB"), dtype=np.float64).reshape(-1, 3) for p in paths])
         / 255.0
     )
     return pixels.mean(axis=0), pixels.std(axis=0)

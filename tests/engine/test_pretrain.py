@@ -43,12 +43,26 @@ def small_config(tmp_path: Path, datasets: Path, *extra: str):
 @pytest.mark.parametrize("method", ["selective_mae", "mae"])
 def test_short_real_run_lowers_loss(tmp_path: Path, datasets: Path, method: str) -> None:
     extra = ["model.name=mae", "model.mask_ratio=0.75"] if method == "mae" else []
-    for key in ("rec_ratio", "seed_ratio", "hog_score", "seed_selection", "target_selection", "psts", "psts_boundaries"):
+    for key in (
+        "rec_ratio",
+        "seed_ratio",
+        "hog_score",
+        "seed_selection",
+        "target_selection",
+        "psts",
+        "psts_boundaries",
+    ):
         if method == "mae":
             extra.append(f"~model.{key}")
     cfg = load_config(RECIPE, [])
-    cfg = small_config(tmp_path, datasets, "optim.lr=1e-3", "optim.warmup_epochs=0", "trainer.max_epochs=1",
-                       "trainer.limit_train_batches=30")
+    cfg = small_config(
+        tmp_path,
+        datasets,
+        "optim.lr=1e-3",
+        "optim.warmup_epochs=0",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=30",
+    )
     if method == "mae":
         cfg.model = {"name": "mae", "size": "tiny", "patch_size": 8, "mask_ratio": 0.75}
     L.seed_everything(0)
@@ -64,8 +78,15 @@ def test_short_real_run_lowers_loss(tmp_path: Path, datasets: Path, method: str)
         return loss
 
     before = held_out_loss()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=30, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, use_distributed_sampler=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=30,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, datamodule=dm)
     after = held_out_loss()
     assert after < before * 0.9, (before, after)
@@ -133,12 +154,26 @@ def test_export_loads_as_timm_encoder(tmp_path: Path, datasets: Path) -> None:
 def test_ddp_two_cpu_processes(tmp_path: Path, datasets: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "rsfm.cli", "pretrain", "--config", str(RECIPE),
-        f"data.root={datasets / 'aid'}", f"output_dir={tmp_path}", "run_name=ddp",
-        "data.img_size=64", "data.batch_size=4", "data.num_workers=0",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
-        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-        "viz.num_images=2", "evaluate.enabled=false",
+        sys.executable,
+        "-m",
+        "rsfm.cli",
+        "pretrain",
+        "--config",
+        str(RECIPE),
+        f"data.root={datasets / 'aid'}",
+        f"output_dir={tmp_path}",
+        "run_name=ddp",
+        "data.img_size=64",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "viz.num_images=2",
+        "evaluate.enabled=false",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -25,8 +25,7 @@ def aid_folder(tmp_path_factory):
 
 
 def _datamodule(root, **kw):
-    return ClassificationDataModule(root, img_size=32, batch_size=8, num_workers=0,
-                                    pin_memory=False, **kw)
+    return ClassificationDataModule(root, img_size=32, batch_size=8, num_workers=0, pin_memory=False, **kw)
 
 
 def test_warmup_cosine_schedule():
@@ -44,8 +43,16 @@ def test_finetune_loss_goes_down(aid_folder, tmp_path):
     encoder = build_vit("tiny", img_size=32, patch_size=16)
     dm = _datamodule(aid_folder, train_transform="eval")  # fixed inputs: a clean signal
     preds, labels = finetune(
-        encoder, dm, max_epochs=8, accelerator="cpu", out_dir=tmp_path, lr=0.1,
-        warmup_epochs=0, layer_decay=0.75, validate=False, log_every_n_steps=1,
+        encoder,
+        dm,
+        max_epochs=8,
+        accelerator="cpu",
+        out_dir=tmp_path,
+        lr=0.1,
+        warmup_epochs=0,
+        layer_decay=0.75,
+        validate=False,
+        log_every_n_steps=1,
         enable_progress_bar=False,
     )
     assert preds.shape == labels.shape == (6,)
@@ -62,12 +69,19 @@ def test_finetune_loss_goes_down(aid_folder, tmp_path):
 
 def test_layer_decay_param_groups(aid_folder, tmp_path):
     encoder = build_vit("tiny", img_size=32, patch_size=16, drop_path_rate=0.1)
-    module = ClassificationModule(encoder, num_classes=3, lr=1e-3, batch_size=512,
-                                  layer_decay=0.75, warmup_epochs=1)
+    module = ClassificationModule(encoder, num_classes=3, lr=1e-3, batch_size=512, layer_decay=0.75, warmup_epochs=1)
     assert module.encoder.head.out_features == 3
-    trainer = L.Trainer(max_epochs=2, max_steps=1, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=_datamodule(aid_folder))
     groups = trainer.optimizers[0].param_groups
     names = {id(p): n for n, p in module.encoder.named_parameters()}

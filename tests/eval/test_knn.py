@@ -30,10 +30,12 @@ def test_hand_computed_scores():
 
     # Query at 10°: nearest are 0° (10°), 30° (20°), 90° (80°).
     # Query at 200°: nearest are 180° (20°), 270° (70°), 90° (110°).
-    expected = torch.tensor([
-        [w(10) + w(20), w(80), 0.0],
-        [0.0, w(20) + w(110), w(70)],
-    ])
+    expected = torch.tensor(
+        [
+            [w(10) + w(20), w(80), 0.0],
+            [0.0, w(20) + w(110), w(70)],
+        ]
+    )
     assert scores.dtype == torch.float32 and scores.shape == (2, 3)
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
     assert scores.argmax(1).tolist() == [0, 1]

@@ -55,8 +55,12 @@ def test_format_table_side_by_side():
 
 def test_write_json_round_trip(tmp_path):
     preds, labels = _example()
-    obj = {"knn": classification_report(preds, labels, CLASSES), "index": torch.arange(3),
-           "k": torch.tensor(20), "path": tmp_path}
+    obj = {
+        "knn": classification_report(preds, labels, CLASSES),
+        "index": torch.arange(3),
+        "k": torch.tensor(20),
+        "path": tmp_path,
+    }
     path = write_json(tmp_path / "sub" / "metrics.json", obj)
     back = json.loads(path.read_text())
     assert back["knn"] == json.loads(json.dumps(obj["knn"]))

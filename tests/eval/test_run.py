@@ -28,16 +28,34 @@ def aid_folder(tmp_path_factory):
 def encoder_file(tmp_path_factory):
     torch.manual_seed(0)
     model = build_vit("tiny", img_size=64, patch_size=16)
-    meta = {"arch": "vit", "size": "tiny", "img_size": 64, "patch_size": 16, "in_chans": 3,
-            "mean": MEAN, "std": STD, "method": "random-init"}
+    meta = {
+        "arch": "vit",
+        "size": "tiny",
+        "img_size": 64,
+        "patch_size": 16,
+        "in_chans": 3,
+        "mean": MEAN,
+        "std": STD,
+        "method": "random-init",
+    }
     return export_encoder(model, tmp_path_factory.mktemp("enc") / "tiny64.safetensors", meta)
 
 
 def test_evaluate_knn_linear_on_real_folder(aid_folder, encoder_file, tmp_path):
     torch.set_num_threads(2)
     out = tmp_path / "out"
-    result = evaluate(encoder_file, aid_folder, ("knn", "linear"), out_dir=out, batch_size=16,
-                      num_workers=0, k=20, linear_epochs=20, device="cpu", verbose=False)
+    result = evaluate(
+        encoder_file,
+        aid_folder,
+        ("knn", "linear"),
+        out_dir=out,
+        batch_size=16,
+        num_workers=0,
+        k=20,
+        linear_epochs=20,
+        device="cpu",
+        verbose=False,
+    )
 
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("knn", "linear"):
@@ -46,8 +64,7 @@ def test_evaluate_knn_linear_on_real_folder(aid_folder, encoder_file, tmp_path):
         assert report["n"] == 8  # 20% of 10 images held out per class
         assert set(report["per_class"]) == set(CLASSES)
     assert metrics["protocols"]["knn"]["k"] == 20
-    assert metrics["protocols"]["linear"]["lr"] in [float(v) for v in
-                                                    metrics["protocols"]["linear"]["lr_search"]]
+    assert metrics["protocols"]["linear"]["lr"] in [float(v) for v in metrics["protocols"]["linear"]["lr_search"]]
     assert metrics["config"]["mean"] == MEAN and metrics["config"]["img_size"] == 64
     assert metrics["data"]["n_train"] == 32 and metrics["data"]["n_heldout"] == 8
     assert metrics["protocols"] == json.loads(json.dumps(result["protocols"]))
@@ -63,8 +80,18 @@ def test_evaluate_knn_linear_on_real_folder(aid_folder, encoder_file, tmp_path):
 
 
 def test_evaluate_clamps_k_and_accepts_other_img_size(aid_folder, encoder_file, tmp_path):
-    result = evaluate(encoder_file, aid_folder, ("knn",), out_dir=tmp_path, img_size=32,
-                      batch_size=40, num_workers=0, k=100, device="cpu", verbose=False)
+    result = evaluate(
+        encoder_file,
+        aid_folder,
+        ("knn",),
+        out_dir=tmp_path,
+        img_size=32,
+        batch_size=40,
+        num_workers=0,
+        k=100,
+        device="cpu",
+        verbose=False,
+    )
     assert result["protocols"]["knn"]["k"] == 32
     assert result["config"]["img_size"] == 32
 
@@ -89,17 +116,35 @@ def test_evaluate_rejects_bad_arguments(aid_folder, tmp_path):
 
 
 def test_evaluate_random_init_encoder(aid_folder, tmp_path):
-    result = evaluate(None, aid_folder, ("knn",), out_dir=tmp_path, scratch_size="tiny",
-                      img_size=32, num_workers=0, device="cpu", verbose=False)
+    result = evaluate(
+        None,
+        aid_folder,
+        ("knn",),
+        out_dir=tmp_path,
+        scratch_size="tiny",
+        img_size=32,
+        num_workers=0,
+        device="cpu",
+        verbose=False,
+    )
     assert result["encoder"]["meta"]["method"] == "random-init"
     assert result["protocols"]["knn"]["n"] == 8
 
 
 def test_evaluate_finetune_and_scratch(aid_folder, encoder_file, tmp_path):
     torch.set_num_threads(2)
-    result = evaluate(encoder_file, aid_folder, ("finetune", "scratch"), out_dir=tmp_path,
-                      img_size=32, finetune_epochs=1, finetune_batch_size=16, num_workers=0,
-                      device="cpu", verbose=False)
+    result = evaluate(
+        encoder_file,
+        aid_folder,
+        ("finetune", "scratch"),
+        out_dir=tmp_path,
+        img_size=32,
+        finetune_epochs=1,
+        finetune_batch_size=16,
+        num_workers=0,
+        device="cpu",
+        verbose=False,
+    )
     for name in ("finetune", "scratch"):
         assert result["protocols"][name]["n"] == 8
         assert (tmp_path / name / "csv" / "metrics.csv").is_file()
@@ -114,10 +159,13 @@ def test_extract_features_pools_and_skips():
     model = build_vit("tiny", img_size=32, patch_size=16)
     x = torch.randn(3, 3, 32, 32)
     loader = [
-        {"image": torch.empty(0, 3, 0, 0), "label": torch.empty(0, dtype=torch.int64),
-         "index": torch.empty(0, dtype=torch.int64), "skipped": [("a.jpg", "truncated")]},
-        {"image": x, "label": torch.tensor([2, 0, 1]), "index": torch.tensor([4, 5, 7]),
-         "skipped": []},
+        {
+            "image": torch.empty(0, 3, 0, 0),
+            "label": torch.empty(0, dtype=torch.int64),
+            "index": torch.empty(0, dtype=torch.int64),
+            "skipped": [("a.jpg", "truncated")],
+        },
+        {"image": x, "label": torch.tensor([2, 0, 1]), "index": torch.tensor([4, 5, 7]), "skipped": []},
     ]
     feats, labels, index = extract_features(model, loader, pool="cls", return_index=True)
     assert feats.shape == (3, 192) and feats.dtype == torch.float32

@@ -49,8 +49,9 @@ def test_unnormalised_histograms_are_skimage_cell_means() -> None:
     x = torch.from_numpy(img).float()[None, None]
     hist = hog_cell_histograms(x, cell_size=8, kernel="central")[0, 0].permute(1, 2, 0).double().numpy()
     # skimage's 'L1' block norm of a 1x1 block divides by the sum: compare shapes of the histograms
-    ref = skimage_hog(img, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(1, 1), block_norm="L1",
-                      feature_vector=False)[:, :, 0, 0, :]
+    ref = skimage_hog(
+        img, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(1, 1), block_norm="L1", feature_vector=False
+    )[:, :, 0, 0, :]
     ours = hist / (hist.sum(-1, keepdims=True) + 1e-5)
     assert np.median(np.abs(ours - ref)) < 1e-4
 

@@ -93,8 +93,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(
-                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got "
-                f"num_replicas={num_replicas}, rank={rank}"
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got num_replicas={num_replicas}, rank={rank}"
             )
         self.num_samples = num_samples
         self.shuffle = shuffle
@@ -305,9 +304,7 @@ class PretrainDataModule(pl.LightningDataModule):
                 split="train" if self.holdout_fraction > 0 else "all",
                 val_fraction=self.holdout_fraction,
                 split_seed=self.split_seed,
-                transform=pretrain_transform(
-                    self.img_size, self.mean, self.std, scale=self.scale, hflip=self.hflip
-                ),
+                transform=pretrain_transform(self.img_size, self.mean, self.std, scale=self.scale, hflip=self.hflip),
                 raster=self.raster,
                 seed=self.seed,
             )
@@ -342,13 +339,9 @@ class PretrainDataModule(pl.LightningDataModule):
         """
         dataset = self._train()
         world_size, rank = _world(self)
-        sampler = EpochSampler(
-            len(dataset), shuffle=True, seed=self.seed, num_replicas=world_size, rank=rank
-        )
+        sampler = EpochSampler(len(dataset), shuffle=True, seed=self.seed, num_replicas=world_size, rank=rank)
         drop_last = len(sampler) >= self.batch_size
-        return _loader(
-            dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, drop_last
-        )
+        return _loader(dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, drop_last)
 
     def viz_batch(self, n: int = 8) -> Tensor:
         """Return fixed images for reconstruction figures, without randomness.
@@ -402,9 +395,7 @@ def _list_classes(root: Path) -> list[str]:
                 continue
             classes.append(entry.name)
         elif (
-            entry.is_file()
-            and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-            and entry.stat().st_size > 0
+            entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.stat().st_size > 0
         ):
             raise ValueError(
                 f"Image {entry.path} lies directly in {root}; a labeled folder expects "
@@ -469,9 +460,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         _check_common(batch_size, num_workers, val_fraction, "val_fraction")
         if train_transform not in ("finetune", "eval"):
-            raise ValueError(
-                f"train_transform must be 'finetune' or 'eval', got {train_transform!r}"
-            )
+            raise ValueError(f"train_transform must be 'finetune' or 'eval', got {train_transform!r}")
         self.root = check_image_root(root)
         self.classes: list[str] = _list_classes(self.root)
         self.img_size = img_size
@@ -512,9 +501,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             else:
                 transform = eval_transform(self.img_size, self.mean, self.std)
             split = "train" if self.val_fraction > 0 else "all"
-            self.train_dataset = LabeledImageFolder(
-                self.root, split=split, transform=transform, **common
-            )
+            self.train_dataset = LabeledImageFolder(self.root, split=split, transform=transform, **common)
             self.classes = self.train_dataset.classes
         if self.val_fraction > 0 and self.val_dataset is None:
             self.val_dataset = LabeledImageFolder(
@@ -544,9 +531,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             rank=rank,
             drop_last=shuffle,
         )
-        return _loader(
-            self.train_dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, False
-        )
+        return _loader(self.train_dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, False)
 
     def val_dataloader(self) -> StatefulDataLoader | list[StatefulDataLoader]:
         """Build the held-out loader, in file order; ranks are padded to equal length.
@@ -569,9 +554,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             rank=rank,
             drop_last=False,
         )
-        return _loader(
-            self.val_dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, False
-        )
+        return _loader(self.val_dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, False)
 
     def test_dataloader(self) -> StatefulDataLoader | list[StatefulDataLoader]:
         """Same as :meth:`val_dataloader` (the held-out split)."""

@@ -166,8 +166,7 @@ def check_image_root(root: str | os.PathLike[str]) -> Path:
         if size is not None and size > 0:
             return root
     raise FileNotFoundError(
-        f"No image files found under {root} (searched recursively for non-empty files "
-        f"with extensions {_accepted()})"
+        f"No image files found under {root} (searched recursively for non-empty files with extensions {_accepted()})"
     )
 
 
@@ -176,9 +175,7 @@ def _check_fraction(val_fraction: float) -> None:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
 
 
-def stratified_split(
-    groups: Sequence[int], val_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
+def stratified_split(groups: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split item positions into train and val, the same fraction from every group.
 
     Each group of ``n`` items sends ``round(n * val_fraction)`` of them (at most ``n - 1``, so
@@ -290,9 +287,7 @@ class ImageFolder(Dataset[dict[str, Any]]):
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
         _check_fraction(val_fraction)
         if split == "val" and val_fraction == 0:
-            raise ValueError(
-                "split='val' needs val_fraction > 0 (val_fraction=0 puts every file in train)"
-            )
+            raise ValueError("split='val' needs val_fraction > 0 (val_fraction=0 puts every file in train)")
         self.root = Path(root)
         self.split = split
         self.val_fraction = val_fraction

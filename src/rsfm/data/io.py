@@ -131,9 +131,7 @@ class RasterRule:
         if self.bands is not None:
             bands = tuple(int(b) for b in self.bands)
             if len(bands) not in (1, 3) or any(b < 0 for b in bands):
-                raise ValueError(
-                    f"RasterRule.bands must be 1 or 3 non-negative band indices, got {self.bands}"
-                )
+                raise ValueError(f"RasterRule.bands must be 1 or 3 non-negative band indices, got {self.bands}")
             object.__setattr__(self, "bands", bands)
         if isinstance(self.scale, str):
             if self.scale != "auto":
@@ -142,10 +140,7 @@ class RasterRule:
             raise ValueError(f"RasterRule.scale must be positive, got {self.scale}")
         lo, hi = (float(p) for p in self.percentiles)
         if not 0.0 <= lo < hi <= 100.0:
-            raise ValueError(
-                "RasterRule.percentiles must satisfy 0 <= low < high <= 100, "
-                f"got {self.percentiles}"
-            )
+            raise ValueError(f"RasterRule.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         object.__setattr__(self, "percentiles", (lo, hi))
 
 
@@ -204,9 +199,7 @@ def _read_jpeg(path: Path, rule: RasterRule) -> Tensor | None:
         image = decode_jpeg(data, mode=ImageReadMode.RGB)
     except RuntimeError as err:
         if "truncated" in str(err) or "incomplete" in str(err):
-            raise BadImageError(
-                path, "truncated", "JPEG stream ends early (truncated file)"
-            ) from err
+            raise BadImageError(path, "truncated", "JPEG stream ends early (truncated file)") from err
         return None
     if image.ndim != 3 or image.shape[0] != 3:
         return None
@@ -227,8 +220,7 @@ def _read_pil(path: Path, rule: RasterRule) -> Tensor:
         raise BadImageError(
             path,
             "not_an_image",
-            "content is not a recognised image format "
-            f"(expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})",
+            f"content is not a recognised image format (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})",
         ) from err
     except (OSError, EOFError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         msg = str(err)
@@ -280,9 +272,7 @@ def _read_raster(path: Path, rule: RasterRule) -> Tensor:
                         path, "not_an_image", f"content is not a recognised raster format ({msg})"
                     ) from err
                 if "TIFF" in msg and any(k in msg for k in _TRUNCATED_TIFF_HINTS):
-                    raise BadImageError(
-                        path, "truncated", f"TIFF header is incomplete ({msg})"
-                    ) from err
+                    raise BadImageError(path, "truncated", f"TIFF header is incomplete ({msg})") from err
                 raise BadImageError(path, "unreadable", f"cannot open raster ({msg})") from err
             with src:
                 count = src.count
@@ -318,8 +308,7 @@ def _raster_indexes(count: int, rule: RasterRule, path: Path, has_alpha: bool) -
     if count == 2:
         raise UnsupportedImageError(
             path,
-            "has 2 bands, expected 1 (gray), 3 (RGB) or 4+; "
-            "pass RasterRule(bands=...) to choose which to use",
+            "has 2 bands, expected 1 (gray), 3 (RGB) or 4+; pass RasterRule(bands=...) to choose which to use",
         )
     return [0, 1, 2]
 
@@ -329,8 +318,7 @@ def _check_bands(bands: tuple[int, ...], count: int, path: Path) -> None:
     if bad:
         raise UnsupportedImageError(
             path,
-            f"has {count} band(s) (indices 0-{count - 1}), but RasterRule.bands={bands} "
-            f"asks for band index {bad[0]}",
+            f"has {count} band(s) (indices 0-{count - 1}), but RasterRule.bands={bands} asks for band index {bad[0]}",
         )
 
 

@@ -72,9 +72,7 @@ def pretrain_transform(
 
     """
     _check_scale(scale)
-    steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(img_size, scale=scale, interpolation=_BICUBIC, antialias=True)
-    ]
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(img_size, scale=scale, interpolation=_BICUBIC, antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + _normalise(mean, std))
@@ -110,9 +108,7 @@ def finetune_transform(
 
     """
     _check_scale(scale)
-    steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(img_size, scale=scale, interpolation=_BICUBIC, antialias=True)
-    ]
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(img_size, scale=scale, interpolation=_BICUBIC, antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     if vflip:

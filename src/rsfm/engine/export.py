@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -69,11 +68,7 @@ def export_encoder(encoder: nn.Module, path: str | os.PathLike[str], meta: dict[
     for key in ("arch", "size", "img_size", "patch_size", "in_chans"):
         if key not in meta:
             raise KeyError(f"encoder metadata lacks required field {key!r}")
-    state = {
-        k: v.detach().cpu().contiguous()
-        for k, v in encoder.state_dict().items()
-        if not k.startswith("head.")
-    }
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items() if not k.startswith("head.")}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"rsfm": json.dumps(meta)}))
 
 

@@ -24,7 +24,9 @@ def _patch_mask(ids: torch.Tensor, num_patches: int) -> torch.Tensor:
     return m.scatter(1, ids, True)
 
 
-def _paint(patches: torch.Tensor, mask: torch.Tensor, colour: Sequence[float], alpha: float, channels: int) -> torch.Tensor:
+def _paint(
+    patches: torch.Tensor, mask: torch.Tensor, colour: Sequence[float], alpha: float, channels: int
+) -> torch.Tensor:
     c = torch.tensor(colour, dtype=patches.dtype, device=patches.device).repeat(patches.shape[-1] // channels)
     return torch.where(mask.unsqueeze(-1), (1 - alpha) * patches + alpha * c, patches)
 
@@ -100,7 +102,9 @@ class ReconstructionFigures(L.Callback):
         mean, std: the data normalisation, to show true colours.
     """
 
-    def __init__(self, out_dir: str | Path, every_n_epochs: int, num_images: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, out_dir: str | Path, every_n_epochs: int, num_images: int, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images

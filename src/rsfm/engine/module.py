@@ -43,7 +43,8 @@ def build_method(name: str, **kwargs: Any) -> MaskedImageModel:
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A 63-bit seed that depends only on (run seed, optimiser step, rank), so the random
-    masks of a resumed run equal those of an uninterrupted one."""
+    masks of a resumed run equal those of an uninterrupted one.
+    """
     digest = hashlib.blake2b(f"{seed}:{step}:{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 

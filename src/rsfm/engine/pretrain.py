@@ -86,7 +86,8 @@ def _precision(cfg: PretrainConfig) -> str:
 
 def build_trainer(cfg: PretrainConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
     """A Lightning trainer with checkpoints (every N epochs or steps, plus ``last``), CSV and
-    TensorBoard logs, reconstruction figures and the skipped-file report."""
+    TensorBoard logs, reconstruction figures and the skipped-file report.
+    """
     t, out = cfg.trainer, run_dir(cfg)
     ck = cfg.checkpoint
     checkpoint = ModelCheckpoint(
@@ -177,8 +178,13 @@ def export_from_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
     meta = module.model.export_meta()
     meta.update(method=module.method_name, epochs=state.get("epoch"), steps=state.get("global_step"))
     if cfg:
-        meta.update(mean=cfg["data"]["mean"], std=cfg["data"]["std"], data_root=cfg["data"]["root"],
-                    holdout_fraction=cfg["data"]["holdout_fraction"], split_seed=cfg["data"]["split_seed"])
+        meta.update(
+            mean=cfg["data"]["mean"],
+            std=cfg["data"]["std"],
+            data_root=cfg["data"]["root"],
+            holdout_fraction=cfg["data"]["holdout_fraction"],
+            split_seed=cfg["data"]["split_seed"],
+        )
     return export_encoder(module.model.encoder, out, meta)
 
 

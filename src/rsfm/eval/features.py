@@ -11,9 +11,7 @@ from torch import Tensor, nn
 __all__ = ["extract_features", "pool_features"]
 
 
-def pool_features(
-    encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"] = "cls"
-) -> Tensor:
+def pool_features(encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"] = "cls") -> Tensor:
     """One pooled feature vector per image.
 
     Args:
@@ -36,13 +34,14 @@ def pool_features(
     global_pool = getattr(encoder, "global_pool", "token")
     if pool == "cls":
         if global_pool != "token":
-            raise ValueError(f"pool='cls' needs an encoder built with global_pool='token', "
-                             f"this one has {global_pool!r}")
+            raise ValueError(
+                f"pool='cls' needs an encoder built with global_pool='token', this one has {global_pool!r}"
+            )
         return encoder.forward_head(tokens, pre_logits=True)
     if pool == "avg":
         if global_pool == "avg":
             return encoder.forward_head(tokens, pre_logits=True)
-        return tokens[:, getattr(encoder, "num_prefix_tokens", 1):].mean(dim=1)
+        return tokens[:, getattr(encoder, "num_prefix_tokens", 1) :].mean(dim=1)
     raise ValueError(f"unknown pool {pool!r}; expected 'cls' or 'avg'")
 
 
@@ -50,13 +49,24 @@ Batches = Iterable[Mapping[str, Any]]
 
 
 @overload
-def extract_features(encoder: nn.Module, loader: Batches, device: str | torch.device = ...,
-                     pool: Literal["cls", "avg"] = ..., amp: bool = ...,
-                     return_index: Literal[False] = ...) -> tuple[Tensor, Tensor]: ...
+def extract_features(
+    encoder: nn.Module,
+    loader: Batches,
+    device: str | torch.device = ...,
+    pool: Literal["cls", "avg"] = ...,
+    amp: bool = ...,
+    return_index: Literal[False] = ...,
+) -> tuple[Tensor, Tensor]: ...
 @overload
-def extract_features(encoder: nn.Module, loader: Batches, device: str | torch.device = ...,
-                     pool: Literal["cls", "avg"] = ..., amp: bool = ...,
-                     *, return_index: Literal[True]) -> tuple[Tensor, Tensor, Tensor]: ...
+def extract_features(
+    encoder: nn.Module,
+    loader: Batches,
+    device: str | torch.device = ...,
+    pool: Literal["cls", "avg"] = ...,
+    amp: bool = ...,
+    *,
+    return_index: Literal[True],
+) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 @torch.no_grad()

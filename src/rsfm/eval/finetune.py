@@ -116,10 +116,14 @@ class ClassificationModule(L.LightningModule):
         if images.shape[0] == 0:
             return None
         loss = F.cross_entropy(self(images), labels, label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=images.shape[0])
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"], on_step=True,
-                 on_epoch=False, batch_size=images.shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[-1]["lr"],
+            on_step=True,
+            on_epoch=False,
+            batch_size=images.shape[0],
+        )
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -131,8 +135,7 @@ class ClassificationModule(L.LightningModule):
         self.val_oa.update(preds, labels)
         self.val_aa.update(preds, labels)
         self.log("val/OA", self.val_oa, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
-        self.log("val/mean_class_accuracy", self.val_aa, on_epoch=True,
-                 batch_size=images.shape[0])
+        self.log("val/mean_class_accuracy", self.val_aa, on_epoch=True, batch_size=images.shape[0])
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         """Predicted classes with the batch's labels (and dataset indices, if present)."""
@@ -146,9 +149,9 @@ class ClassificationModule(L.LightningModule):
         hp = self.hparams
         lr = hp.lr * hp.batch_size / 256
         layer_decay = hp.layer_decay if hp.layer_decay not in (None, 1, 1.0) else None
-        optimizer = create_optimizer_v2(self.encoder, opt="adamw", lr=lr,
-                                        weight_decay=hp.weight_decay, layer_decay=layer_decay,
-                                        betas=(0.9, 0.999))
+        optimizer = create_optimizer_v2(
+            self.encoder, opt="adamw", lr=lr, weight_decay=hp.weight_decay, layer_decay=layer_decay, betas=(0.9, 0.999)
+        )
         # timm leaves the per-group ``lr_scale`` for its own schedulers to apply; fold it into
         # each group's lr so that any torch scheduler scales the decayed rates.
         for group in optimizer.param_groups:
@@ -163,8 +166,7 @@ class ClassificationModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio)
         )
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def _default_precision(accelerator: str) -> str:

@@ -46,18 +46,17 @@ def knn_predict(
             temperature or chunk size, or labels outside ``[0, num_classes)``.
 
     """
-    if (train_feats.ndim != 2 or query_feats.ndim != 2
-            or train_feats.shape[1] != query_feats.shape[1]):
-        raise ValueError(f"expected (N, D) and (M, D) features, got {tuple(train_feats.shape)} "
-                         f"and {tuple(query_feats.shape)}")
+    if train_feats.ndim != 2 or query_feats.ndim != 2 or train_feats.shape[1] != query_feats.shape[1]:
+        raise ValueError(
+            f"expected (N, D) and (M, D) features, got {tuple(train_feats.shape)} and {tuple(query_feats.shape)}"
+        )
     n = train_feats.shape[0]
     if train_labels.shape != (n,):
         raise ValueError(f"train_labels must have shape ({n},), got {tuple(train_labels.shape)}")
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be in [1, {n}] (the number of training features)")
     if temperature <= 0 or chunk_size <= 0:
-        raise ValueError(f"temperature and chunk_size must be positive, got {temperature}, "
-                         f"{chunk_size}")
+        raise ValueError(f"temperature and chunk_size must be positive, got {temperature}, {chunk_size}")
     if n and (int(train_labels.min()) < 0 or int(train_labels.max()) >= num_classes):
         raise ValueError(f"train_labels must lie in [0, {num_classes})")
 
@@ -66,8 +65,8 @@ def knn_predict(
     labels = train_labels.to(device=device, dtype=torch.long)
     scores = torch.zeros(query_feats.shape[0], num_classes, device=device)
     for start in range(0, query_feats.shape[0], chunk_size):
-        q = F.normalize(query_feats[start:start + chunk_size].to(device).float(), dim=1)
+        q = F.normalize(query_feats[start : start + chunk_size].to(device).float(), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)  # (m, k) each
         weight = (sim / temperature).exp()
-        scores[start:start + q.shape[0]].scatter_add_(1, labels[idx], weight)
+        scores[start : start + q.shape[0]].scatter_add_(1, labels[idx], weight)
     return scores

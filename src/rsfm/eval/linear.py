@@ -100,7 +100,7 @@ def train_linear_head(
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             step += 1
             if idx.numel() < 2:
                 continue
@@ -113,9 +113,7 @@ def train_linear_head(
     return head.eval()
 
 
-def _stratified_split(
-    labels: Tensor, fraction: float, gen: torch.Generator
-) -> tuple[Tensor, Tensor]:
+def _stratified_split(labels: Tensor, fraction: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Split indices into ``(fit, check)``, ``fraction`` of each class (≥2 samples) to check."""
     fit, check = [], []
     for c in labels.unique():
@@ -175,8 +173,9 @@ def linear_probe(
 
     """
     if train_feats.ndim != 2 or val_feats.ndim != 2 or train_feats.shape[1] != val_feats.shape[1]:
-        raise ValueError(f"expected (N, D) and (M, D) features, got {tuple(train_feats.shape)} "
-                         f"and {tuple(val_feats.shape)}")
+        raise ValueError(
+            f"expected (N, D) and (M, D) features, got {tuple(train_feats.shape)} and {tuple(val_feats.shape)}"
+        )
     if train_labels.shape != (train_feats.shape[0],):
         raise ValueError("train_labels must have one entry per training feature")
     if val_labels is not None and val_labels.shape != (val_feats.shape[0],):
@@ -188,25 +187,23 @@ def linear_probe(
     train_labels = train_labels.long()
     scores: dict[float, float] = {}
     if len(grid) > 1:
-        fit, check = _stratified_split(train_labels.cpu(), search_fraction,
-                                       torch.Generator().manual_seed(seed))
+        fit, check = _stratified_split(train_labels.cpu(), search_fraction, torch.Generator().manual_seed(seed))
         fit, check = fit.to(train_feats.device), check.to(train_feats.device)
         for value in grid:
-            head = train_linear_head(train_feats[fit], train_labels[fit], num_classes, value,
-                                     epochs, weight_decay, batch_size, seed)
+            head = train_linear_head(
+                train_feats[fit], train_labels[fit], num_classes, value, epochs, weight_decay, batch_size, seed
+            )
             scores[value] = _accuracy(head, train_feats[check], train_labels[check])
         best = max(scores.values())
         chosen = min(v for v, s in scores.items() if s == best)
     else:
         chosen = grid[0]
 
-    head = train_linear_head(train_feats, train_labels, num_classes, chosen, epochs, weight_decay,
-                             batch_size, seed)
+    head = train_linear_head(train_feats, train_labels, num_classes, chosen, epochs, weight_decay, batch_size, seed)
     with torch.no_grad():
         logits = head(val_feats.to(train_feats.device).float()).float().cpu()
     preds = logits.argmax(1)
     accuracy = None
     if val_labels is not None:
         accuracy = 100.0 * float((preds == val_labels.cpu().long()).float().mean())
-    return LinearProbeResult(preds=preds, logits=logits, lr=chosen, grid=scores, accuracy=accuracy,
-                             head=head.cpu())
+    return LinearProbeResult(preds=preds, logits=logits, lr=chosen, grid=scores, accuracy=accuracy, head=head.cpu())

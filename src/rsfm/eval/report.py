@@ -23,9 +23,7 @@ from rsfm.engine.export import atomic_write
 __all__ = ["classification_report", "format_table", "write_json"]
 
 
-def classification_report(
-    preds: Tensor, labels: Tensor, class_names: Sequence[str]
-) -> dict[str, Any]:
+def classification_report(preds: Tensor, labels: Tensor, class_names: Sequence[str]) -> dict[str, Any]:
     """Overall and per-class accuracy of predicted scene labels.
 
     Args:
@@ -49,14 +47,14 @@ def classification_report(
     labels = torch.as_tensor(labels).detach().cpu().long()
     num_classes = len(class_names)
     if preds.ndim != 1 or preds.shape != labels.shape:
-        raise ValueError(f"preds and labels must be matching 1-D tensors, got {tuple(preds.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"preds and labels must be matching 1-D tensors, got {tuple(preds.shape)} and {tuple(labels.shape)}"
+        )
     if preds.numel() == 0:
         raise ValueError("cannot compute a classification report on zero samples")
     for name, t in (("preds", preds), ("labels", labels)):
         if int(t.min()) < 0 or int(t.max()) >= num_classes:
-            raise ValueError(f"{name} must lie in [0, {num_classes}), got range "
-                             f"[{int(t.min())}, {int(t.max())}]")
+            raise ValueError(f"{name} must lie in [0, {num_classes}), got range [{int(t.min())}, {int(t.max())}]")
 
     oa = MulticlassAccuracy(num_classes=num_classes, average="micro")(preds, labels)
     per_class = MulticlassAccuracy(num_classes=num_classes, average="none")(preds, labels)
@@ -109,8 +107,7 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     for r in results.values():
         classes += [c for c in r["per_class"] if c not in classes]
     first = results[names[0]]["per_class"]
-    lines += ["", "| class | " + " | ".join(names) + " | support |",
-              "|---|" + "---:|" * (len(names) + 1)]
+    lines += ["", "| class | " + " | ".join(names) + " | support |", "|---|" + "---:|" * (len(names) + 1)]
     for c in classes:
         cells = [_pct(results[n]["per_class"].get(c, {}).get("accuracy")) for n in names]
         support = first.get(c, {}).get("support", "–")

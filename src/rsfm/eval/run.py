@@ -138,13 +138,25 @@ def evaluate(
         raise ValueError(f"unknown protocols {unknown}; expected some of {PROTOCOLS}")
     config: dict[str, Any] = dict(
         encoder_path=None if encoder_path is None else str(encoder_path),
-        data_root=str(data_root), protocols=list(protocols), out_dir=str(out_dir),
-        val_fraction=val_fraction, split_seed=split_seed, batch_size=batch_size, pool=pool,
-        k=k, temperature=temperature, linear_epochs=linear_epochs,
+        data_root=str(data_root),
+        protocols=list(protocols),
+        out_dir=str(out_dir),
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        batch_size=batch_size,
+        pool=pool,
+        k=k,
+        temperature=temperature,
+        linear_epochs=linear_epochs,
         linear_lr=linear_lr if isinstance(linear_lr, int | float) else list(linear_lr),
-        finetune_epochs=finetune_epochs, finetune_max_time=finetune_max_time,
-        finetune_batch_size=finetune_batch_size, finetune_lr=finetune_lr,
-        drop_path_rate=drop_path_rate, scratch_size=scratch_size, device=str(device), seed=seed,
+        finetune_epochs=finetune_epochs,
+        finetune_max_time=finetune_max_time,
+        finetune_batch_size=finetune_batch_size,
+        finetune_lr=finetune_lr,
+        drop_path_rate=drop_path_rate,
+        scratch_size=scratch_size,
+        device=str(device),
+        seed=seed,
     )
     out_dir = Path(out_dir)
     dev = _resolve_device(device)
@@ -159,13 +171,21 @@ def evaluate(
     else:
         if scratch_size is None:
             raise ValueError("encoder_path=None needs scratch_size (e.g. 'tiny')")
-        meta = {"arch": "vit", "size": scratch_size, "img_size": img_size or 224,
-                "patch_size": patch_size, "in_chans": 3, "method": "random-init"}
+        meta = {
+            "arch": "vit",
+            "size": scratch_size,
+            "img_size": img_size or 224,
+            "patch_size": patch_size,
+            "in_chans": 3,
+            "method": "random-init",
+        }
 
         def make_encoder(num_classes: int = 0, drop_path: float = 0.0) -> nn.Module:
             torch.manual_seed(seed)
-            return build_vit(scratch_size, img_size or 224, patch_size, num_classes=num_classes,
-                             drop_path_rate=drop_path)
+            return build_vit(
+                scratch_size, img_size or 224, patch_size, num_classes=num_classes, drop_path_rate=drop_path
+            )
+
     img_size = img_size or meta["img_size"]
     mean = tuple(meta.get("mean", IMAGENET_MEAN))
     std = tuple(meta.get("std", IMAGENET_STD))
@@ -174,19 +194,22 @@ def evaluate(
     config.update(img_size=img_size, mean=list(mean), std=list(std))
 
     # Same (val_fraction, split_seed) as the fine-tuning datamodule: one held-out set for all.
-    split_kw = dict(val_fraction=val_fraction, split_seed=split_seed, seed=seed,
-                    transform=eval_transform(img_size, mean, std))
+    split_kw = dict(
+        val_fraction=val_fraction, split_seed=split_seed, seed=seed, transform=eval_transform(img_size, mean, std)
+    )
     train_set = LabeledImageFolder(data_root, split="train", **split_kw)
     heldout_set = LabeledImageFolder(data_root, split="val", **split_kw)
     classes = list(train_set.classes)
-    _log(verbose, f"{data_root}: {len(classes)} classes, {len(train_set)} train / "
-                  f"{len(heldout_set)} held-out images at {img_size}px")
+    _log(
+        verbose,
+        f"{data_root}: {len(classes)} classes, {len(train_set)} train / "
+        f"{len(heldout_set)} held-out images at {img_size}px",
+    )
 
     result: dict[str, Any] = {
         "encoder": {"path": None if encoder_path is None else str(encoder_path), "meta": meta},
         "config": config,
-        "data": {"root": str(data_root), "classes": classes, "n_train": len(train_set),
-                 "n_heldout": len(heldout_set)},
+        "data": {"root": str(data_root), "classes": classes, "n_train": len(train_set), "n_heldout": len(heldout_set)},
         "protocols": {},
         "timings_s": timings,
     }
@@ -197,19 +220,31 @@ def evaluate(
         encoder = make_encoder()
         feats = {}
         for name, ds in (("train", train_set), ("heldout", heldout_set)):
-            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                collate_fn=collate_skipping, pin_memory=dev.type == "cuda")
+            loader = DataLoader(
+                ds,
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=num_workers,
+                collate_fn=collate_skipping,
+                pin_memory=dev.type == "cuda",
+            )
             t0 = time.perf_counter()
-            feats[name] = extract_features(encoder, loader, device=dev, pool=pool,
-                                           amp=dev.type == "cuda", return_index=True)
+            feats[name] = extract_features(
+                encoder, loader, device=dev, pool=pool, amp=dev.type == "cuda", return_index=True
+            )
             timings[f"features_{name}"] = time.perf_counter() - t0
             n, d = feats[name][0].shape
-            _log(verbose, f"features {name}: {n} images -> {d}-d in "
-                          f"{timings[f'features_{name}']:.1f}s ({len(ds) - n} skipped)")
+            _log(
+                verbose,
+                f"features {name}: {n} images -> {d}-d in {timings[f'features_{name}']:.1f}s ({len(ds) - n} skipped)",
+            )
         del encoder
         (xt, yt, it), (xv, yv, iv) = feats["train"], feats["heldout"]
-        result["data"].update(n_train_features=len(yt), n_heldout_features=len(yv),
-                              skipped=(len(train_set) - len(yt)) + (len(heldout_set) - len(yv)))
+        result["data"].update(
+            n_train_features=len(yt),
+            n_heldout_features=len(yv),
+            skipped=(len(train_set) - len(yt)) + (len(heldout_set) - len(yv)),
+        )
         # Dataset indices are positions within each split; files identify images across them.
         split_files = {
             name: [ds.samples[i].relative_to(ds.root).as_posix() for i in idx.tolist()]
@@ -219,67 +254,107 @@ def evaluate(
         if "knn" in frozen:
             t0 = time.perf_counter()
             k_used = min(k, len(yt))
-            scores = knn_predict(xt.to(dev), yt.to(dev), xv.to(dev), len(classes), k=k_used,
-                                 temperature=temperature)
+            scores = knn_predict(xt.to(dev), yt.to(dev), xv.to(dev), len(classes), k=k_used, temperature=temperature)
             report = classification_report(scores.argmax(1).cpu(), yv, classes)
             timings["knn"] = time.perf_counter() - t0
             result["protocols"]["knn"] = {**report, "k": k_used, "temperature": temperature}
-            _log(verbose, f"knn (k={k_used}, T={temperature}): OA {report['OA']:.2f}% "
-                          f"in {timings['knn']:.1f}s")
+            _log(verbose, f"knn (k={k_used}, T={temperature}): OA {report['OA']:.2f}% in {timings['knn']:.1f}s")
 
         if "linear" in frozen:
             t0 = time.perf_counter()
-            probe = linear_probe(xt.to(dev), yt.to(dev), xv.to(dev), yv.to(dev), len(classes),
-                                 epochs=linear_epochs, lr=linear_lr, seed=seed)
+            probe = linear_probe(
+                xt.to(dev),
+                yt.to(dev),
+                xv.to(dev),
+                yv.to(dev),
+                len(classes),
+                epochs=linear_epochs,
+                lr=linear_lr,
+                seed=seed,
+            )
             report = classification_report(probe.preds, yv, classes)
             timings["linear"] = time.perf_counter() - t0
             result["protocols"]["linear"] = {
-                **report, "lr": probe.lr, "epochs": linear_epochs,
+                **report,
+                "lr": probe.lr,
+                "epochs": linear_epochs,
                 "lr_search": {f"{lr:g}": acc for lr, acc in probe.grid.items()},
             }
-            _log(verbose, f"linear (lr={probe.lr:g}, {linear_epochs} epochs): "
-                          f"OA {report['OA']:.2f}% in {timings['linear']:.1f}s")
+            _log(
+                verbose,
+                f"linear (lr={probe.lr:g}, {linear_epochs} epochs): OA {report['OA']:.2f}% in {timings['linear']:.1f}s",
+            )
 
     tuned: list[tuple[str, Callable[[], nn.Module]]] = []
     if "finetune" in protocols:
         # Head-less: ClassificationModule adds the head with MAE's initialisation.
         tuned.append(("finetune", lambda: make_encoder(0, drop_path_rate)))
     if "scratch" in protocols:
+
         def make_scratch() -> nn.Module:
             torch.manual_seed(seed)
-            return build_vit(scratch_size or meta["size"], img_size, meta["patch_size"],
-                             in_chans=meta.get("in_chans", 3), drop_path_rate=drop_path_rate)
+            return build_vit(
+                scratch_size or meta["size"],
+                img_size,
+                meta["patch_size"],
+                in_chans=meta.get("in_chans", 3),
+                drop_path_rate=drop_path_rate,
+            )
+
         tuned.append(("scratch", make_scratch))
     if tuned and finetune_batch_size > len(train_set):
         # The fine-tuning loader drops its last incomplete batch: keep at least one.
-        _log(verbose, f"finetune batch {finetune_batch_size} > {len(train_set)} training images; "
-                      f"using {len(train_set)}")
+        _log(
+            verbose, f"finetune batch {finetune_batch_size} > {len(train_set)} training images; using {len(train_set)}"
+        )
         finetune_batch_size = len(train_set)
     for name, make in tuned:
         datamodule = ClassificationDataModule(
-            data_root, img_size=img_size, batch_size=finetune_batch_size, num_workers=num_workers,
-            mean=mean, std=std, val_fraction=val_fraction, split_seed=split_seed, seed=seed,
+            data_root,
+            img_size=img_size,
+            batch_size=finetune_batch_size,
+            num_workers=num_workers,
+            mean=mean,
+            std=std,
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+            seed=seed,
             train_transform="finetune",
         )
         t0 = time.perf_counter()
-        _log(verbose, f"{name}: up to {finetune_epochs} epochs"
-                      + (f", time budget {finetune_max_time}" if finetune_max_time else ""))
+        _log(
+            verbose,
+            f"{name}: up to {finetune_epochs} epochs"
+            + (f", time budget {finetune_max_time}" if finetune_max_time else ""),
+        )
         preds, labels = finetune(
-            make(), datamodule, max_epochs=finetune_epochs, max_time=finetune_max_time,
-            accelerator="gpu" if dev.type == "cuda" else "cpu", out_dir=out_dir / name,
-            seed=seed, lr=finetune_lr, enable_progress_bar=verbose,
+            make(),
+            datamodule,
+            max_epochs=finetune_epochs,
+            max_time=finetune_max_time,
+            accelerator="gpu" if dev.type == "cuda" else "cpu",
+            out_dir=out_dir / name,
+            seed=seed,
+            lr=finetune_lr,
+            enable_progress_bar=verbose,
         )
         report = classification_report(preds, labels, classes)
         timings[name] = time.perf_counter() - t0
-        result["protocols"][name] = {**report, "epochs": finetune_epochs,
-                                     "max_time": finetune_max_time, "lr": finetune_lr}
+        result["protocols"][name] = {
+            **report,
+            "epochs": finetune_epochs,
+            "max_time": finetune_max_time,
+            "lr": finetune_lr,
+        }
         _log(verbose, f"{name}: OA {report['OA']:.2f}% in {timings[name]:.1f}s")
 
     table = format_table(result["protocols"])
     source = encoder_path if encoder_path is not None else f"random-init ViT-{scratch_size}"
-    md = (f"# Evaluation of {source}\n\nData: {data_root} ({len(classes)} classes, "
-          f"{result['data']['n_train']} train / {result['data']['n_heldout']} held-out images, "
-          f"{img_size}px)\n\n{table}\n")
+    md = (
+        f"# Evaluation of {source}\n\nData: {data_root} ({len(classes)} classes, "
+        f"{result['data']['n_train']} train / {result['data']['n_heldout']} held-out images, "
+        f"{img_size}px)\n\n{table}\n"
+    )
     write_json(out_dir / "metrics.json", result)
     if split_files is not None:
         write_json(out_dir / "split.json", split_files)

@@ -15,7 +15,8 @@ __all__ = ["MaskedImageModel", "init_mim_weights"]
 
 def init_mim_weights(module: nn.Module) -> None:
     """MAE's initialisation (He et al. 2022, reference code): Xavier-uniform linear layers
-    (and the patch projection, viewed as a linear map), zero biases, unit LayerNorms."""
+    (and the patch projection, viewed as a linear map), zero biases, unit LayerNorms.
+    """
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -85,7 +86,8 @@ class MaskedImageModel(nn.Module):
 
     def targets(self, imgs: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Pixel targets ``(B, K, p²·C)`` of the patches ``ids`` (all when None),
-        normalised per patch when ``norm_pix_loss``."""
+        normalised per patch when ``norm_pix_loss``.
+        """
         t = patchify(imgs, self.patch_size)
         if ids is not None:
             t = gather_tokens(t, ids)

@@ -69,7 +69,9 @@ def gaussian_window(size: int, sigma: float, device: torch.device | None = None)
     return torch.outer(w, w)
 
 
-def _weighted_magnitude(imgs: torch.Tensor, window: int | None, kernel: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _weighted_magnitude(
+    imgs: torch.Tensor, window: int | None, kernel: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gx, gy = image_gradients(imgs, kernel)
     mag = torch.sqrt(gx * gx + gy * gy)
     if window is not None:

@@ -61,7 +61,11 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int], ch
 
 
 def random_token_mask(
-    batch_size: int, num_tokens: int, mask_ratio: float, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    batch_size: int,
+    num_tokens: int,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw MAE's per-sample uniform random mask (He et al. 2022, §3 "Masking").
 

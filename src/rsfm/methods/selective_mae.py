@@ -48,7 +48,8 @@ class CrossAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
         """Args: ``x`` ``(B, Q, dim)`` queries; ``mem`` ``(B, M, dim)`` keys/values.
-        Returns ``(B, Q, dim)``."""
+        Returns ``(B, Q, dim)``.
+        """
         b, q_len, d = x.shape
         h = self.num_heads
         q = self.q(self.norm_q(x)).view(b, q_len, h, d // h).transpose(1, 2)
@@ -155,10 +156,18 @@ class SelectiveMAE(MaskedImageModel):
         bgt = self.budget
         with torch.no_grad():
             scores = hog_score(imgs, self.patch_size, self.hog_score)
-            ids_seed = select_by_score(scores, bgt.n_seed, self.seed_selection, self.score_temperature, generator=generator)
+            ids_seed = select_by_score(
+                scores, bgt.n_seed, self.seed_selection, self.score_temperature, generator=generator
+            )
             if self.psts:
                 ids_added = psts_select(
-                    embeddings.detach(), ids_seed, bgt.n_visible, progress, self.psts_boundaries, self.psts_steps, generator
+                    embeddings.detach(),
+                    ids_seed,
+                    bgt.n_visible,
+                    progress,
+                    self.psts_boundaries,
+                    self.psts_steps,
+                    generator,
                 )
             else:
                 ids_added = ids_seed[:, :0]
@@ -168,7 +177,9 @@ class SelectiveMAE(MaskedImageModel):
             )
         return {"ids_seed": ids_seed, "ids_added": ids_added, "ids_visible": ids_visible, "ids_target": ids_target}
 
-    def forward_decoder(self, latent: torch.Tensor, ids_visible: torch.Tensor, ids_target: torch.Tensor) -> torch.Tensor:
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_visible: torch.Tensor, ids_target: torch.Tensor
+    ) -> torch.Tensor:
         """Decode only the target positions (METHODS.md §2.5).
 
         Args:
