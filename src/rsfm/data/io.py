@@ -17,11 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import rasterio
-import rasterio.errors
 import torch
 from PIL import Image, UnidentifiedImageError
-from rasterio.enums import ColorInterp
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -255,6 +252,11 @@ def _pil_to_array(img: Image.Image) -> tuple[npt.NDArray[np.generic], bool]:
 
 
 def _read_raster(path: Path, rule: RasterRule) -> Tensor:
+    # Imported here: GDAL is slow to load and only TIFF/GeoTIFF inputs need it.
+    import rasterio
+    import rasterio.errors
+    from rasterio.enums import ColorInterp
+
     # EMPTY_DIR: don't list the folder looking for sidecar files on every open (slow on
     # folders with many thousands of tiles)
     try:
