@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import lightning as L
 
 from rsfm.engine.config import load_config
-from rsfm.engine.pretrain import run_pretrain
+from rsfm.engine.pretrain import build_datamodule, run_pretrain
 from rsfm.eval.run import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,18 +42,32 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 
 class StepTimer(L.Callback):
-    """Wall time of training steps after a warm-up."""
+    """Wall time of training steps and of whole epochs, after a warm-up epoch."""
 
-    def __init__(self, skip: int = 3) -> None:
-        self.skip, self.t0, self.steps = skip, None, 0
-        self.elapsed = 0.0
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self.epoch_times: list[float] = []
+        self._t_batch = self._t_epoch = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t_epoch = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch > 0:
+            self.epoch_times.append(time.perf_counter() - self._t_epoch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t_batch = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.skip:
-            self.t0 = time.perf_counter()
-        elif self.t0 is not None:
-            self.steps = trainer.global_step - self.skip
-            self.elapsed = time.perf_counter() - self.t0
+        if trainer.current_epoch > 0 and batch_idx > 0:
+            self.step_times.append(time.perf_counter() - self._t_batch)
+
+    def epoch_seconds(self, steps_per_epoch: int, calibration_steps: int) -> float:
+        """Predicted wall time of a full epoch: per-step time × steps + per-epoch overhead."""
+        step = statistics.median(self.step_times)
+        overhead = max(0.0, statistics.median(self.epoch_times) - calibration_steps * step)
+        return overhead + steps_per_epoch * step
 
 
 def recipe(variant: str, args: argparse.Namespace, out: Path, *extra: str):
@@ -89,13 +104,14 @@ def main() -> None:
         help="comma list of pretraining variants and 'scratch' (the baselines)",
     )
     p.add_argument("--budget-min", type=float, default=8.0, help="pretraining wall-clock budget per variant")
-    p.add_argument("--calibration-steps", type=int, default=12)
+    p.add_argument("--calibration-steps", type=int, default=8, help="steps per calibration epoch (3 epochs)")
     p.add_argument("--size", default="tiny")
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--patch-size", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--finetune-batch-size", type=int, default=64)
     p.add_argument("--finetune-max-time", default=None, help="cap per fine-tuning run, DD:HH:MM:SS")
     p.add_argument("--eval-workers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -108,33 +124,33 @@ def main() -> None:
     holdout = recipe(variants[0], args, out).data.holdout_fraction
 
     for variant in [v for v in variants if v != "scratch"]:
-        # 1) seconds per step, measured on this machine now
+        # 1) seconds per step and per-epoch overhead, measured on this machine now
         timer = StepTimer()
         run_pretrain(
             recipe(
                 variant,
                 args,
                 out / "calibration",
-                f"trainer.max_steps={timer.skip + args.calibration_steps}",
+                "trainer.max_epochs=3",
+                f"trainer.limit_train_batches={args.calibration_steps}",
                 "viz.num_images=0",
                 "checkpoint.every_n_epochs=1000",
             ),
             callbacks=[timer],
         )
-        sec_per_step = timer.elapsed / max(1, timer.steps)
         cfg = recipe(variant, args, out, "trainer.max_epochs=1")
-        from rsfm.engine.pretrain import build_datamodule
-
         dm = build_datamodule(cfg)
         dm.setup("fit")
         steps_per_epoch = len(dm.train_dataloader())
-        epochs = max(1, math.floor(budget_s / (sec_per_step * steps_per_epoch)))
+        epoch_s = timer.epoch_seconds(steps_per_epoch, args.calibration_steps)
+        sec_per_step = statistics.median(timer.step_times)
+        epochs = max(1, math.floor(budget_s / epoch_s))
         print(
-            f"[{variant}] {sec_per_step:.3f} s/step x {steps_per_epoch} steps/epoch -> {epochs} epochs "
-            f"in {args.budget_min:g} min"
+            f"[{variant}] {sec_per_step:.3f} s/step, {epoch_s:.1f} s/epoch of {steps_per_epoch} steps -> "
+            f"{epochs} epochs in {args.budget_min:g} min"
         )
         # 2) pretrain with the whole schedule inside the budget (max_time only as a safety cap)
-        cap = time.strftime("%H:%M:%S", time.gmtime(budget_s * 1.2))
+        cap = time.strftime("%H:%M:%S", time.gmtime(budget_s * 1.5))
         cfg = recipe(
             variant,
             args,
@@ -158,6 +174,7 @@ def main() -> None:
             num_workers=eval_workers,
             finetune_epochs=args.finetune_epochs,
             finetune_max_time=args.finetune_max_time,
+            finetune_batch_size=args.finetune_batch_size,
             seed=args.seed,
             verbose=True,
         )
@@ -166,6 +183,7 @@ def main() -> None:
             "sec_per_step": sec_per_step,
             "pretrain_wall_s": wall,
             "images_per_s": args.batch_size / sec_per_step,
+            "sec_per_epoch": epoch_s,
             "OA": {k: v["OA"] for k, v in metrics["protocols"].items()},
         }
         (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -184,6 +202,7 @@ def main() -> None:
             num_workers=eval_workers,
             finetune_epochs=args.finetune_epochs,
             finetune_max_time=args.finetune_max_time,
+            finetune_batch_size=args.finetune_batch_size,
             seed=args.seed,
         )
         results["scratch"] = {
@@ -198,17 +217,21 @@ def main() -> None:
         + (f" (cap {args.finetune_max_time})" if args.finetune_max_time else "")
         + f"; held-out split of {args.data} ({holdout:.0%})"
     )
-    print(f"{'encoder':<24} {'epochs':>6} {'img/s':>8} {'kNN OA':>8} {'linear OA':>10} {'fine-tune OA':>13}")
+    print(
+        f"{'encoder':<24} {'epochs':>6} {'wall min':>9} {'img/s':>8} {'kNN OA':>8} {'linear OA':>10} "
+        f"{'fine-tune OA':>13}"
+    )
     for v, r in results["variants"].items():
         oa = r["OA"]
         print(
-            f"{v:<24} {r['epochs']:>6} {r['images_per_s']:>8.1f} {oa['knn']:>8.2f} {oa['linear']:>10.2f} "
+            f"{v:<24} {r['epochs']:>6} {r['pretrain_wall_s'] / 60:>9.2f} {r['images_per_s']:>8.1f} "
+            f"{oa['knn']:>8.2f} {oa['linear']:>10.2f} "
             f"{oa['finetune']:>13.2f}"
         )
     if "scratch" in results:
         oa = results["scratch"]["OA"]
         print(
-            f"{'scratch (random init)':<24} {'-':>6} {'-':>8} {oa['knn']:>8.2f} {oa['linear']:>10.2f} "
+            f"{'scratch (random init)':<24} {'-':>6} {'-':>9} {'-':>8} {oa['knn']:>8.2f} {oa['linear']:>10.2f} "
             f"{oa['finetune']:>13.2f}"
         )
         for v, r in results["variants"].items():

@@ -5,7 +5,8 @@ input size and held in memory, so decoding is not measured). Timed rounds altern
 the methods (MAE, SelectiveMAE, MAE, ...) so that machine noise hits both alike; the table
 gives the median images/s and the ratio. Peak memory is measured per method in a fresh
 process: on GPU ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size
-(``ru_maxrss``) of that process, and its growth over the model + optimiser set-up.
+(``VmHWM``) of that process during training steps, and its growth over the model +
+optimiser set-up (so the growth is optimiser state, activations and gradients).
 
     python benchmarks/throughput.py                      # ViT-Base/16, 224 px, CPU
     python benchmarks/throughput.py --device cuda --batch-size 256
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -74,6 +74,13 @@ def train_steps(model, opt, x: torch.Tensor, steps: int, amp: bool) -> float:
     return time.perf_counter() - t0
 
 
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def memory_probe(args: argparse.Namespace) -> None:
     """Child process: one method's peak memory; prints a JSON line."""
     x = load_batch(Path(args.data), args.batch_size, args.img_size).to(args.device)
@@ -87,9 +94,12 @@ def memory_probe(args: argparse.Namespace) -> None:
         train_steps(model, opt, x, 3, amp)
         peak = torch.cuda.max_memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # VmHWM is this process's own peak (ru_maxrss would include the parent's, inherited
+        # through fork); writing 5 to clear_refs resets it to the current RSS.
+        base = _proc_status_bytes("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
         train_steps(model, opt, x, 3, amp)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _proc_status_bytes("VmHWM")
     print(json.dumps({"peak": peak, "base": base}))
 
 
@@ -116,7 +126,7 @@ def main() -> None:
     amp = device == "cuda"
     x = load_batch(Path(args.data), args.batch_size, args.img_size).to(device)
     models = {m: build(m, args.size, args.img_size, args.patch_size, device) for m in METHODS}
-    for m, (model, opt) in models.items():  # warm-up (allocator, kernels, optimiser state)
+    for model, opt in models.values():  # warm-up (allocator, kernels, optimiser state)
         train_steps(model, opt, x, 1, amp)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     for r in range(args.rounds):
@@ -158,7 +168,8 @@ def main() -> None:
     )
     unit = "GPU max allocated" if device == "cuda" else "peak RSS"
     print(
-        f"{'method':<14} {'images/s (median)':>18} {'all rounds':>28} {unit + ' (GiB)':>24} {'growth over set-up (GiB)':>26}"
+        f"{'method':<14} {'images/s (median)':>18} {'all rounds':>28} {unit + ' (GiB)':>24} "
+        f"{'growth over set-up (GiB)':>26}"
     )
     for m in METHODS:
         rounds = " ".join(f"{v:.1f}" for v in times[m])

@@ -7,6 +7,7 @@ float32, whatever autocast is active, because the scores only steer token select
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,6 +30,14 @@ _KERNELS = {
 }
 
 
+@functools.cache
+def _gradient_weight(kernel: str, channels: int, device: torch.device) -> torch.Tensor:
+    # Cached per device: building it from a Python list every step would copy host-to-device
+    # synchronously and stall an asynchronous GPU pipeline.
+    kx = torch.tensor(_KERNELS[kernel], dtype=torch.float32)
+    return torch.stack([kx, kx.t()]).unsqueeze(1).repeat(channels, 1, 1, 1).to(device)  # (2C, 1, 3, 3)
+
+
 def image_gradients(imgs: torch.Tensor, kernel: str = "sobel") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel horizontal and vertical gradients with reflect padding of 1 pixel.
 
@@ -47,8 +56,7 @@ def image_gradients(imgs: torch.Tensor, kernel: str = "sobel") -> tuple[torch.Te
         raise ValueError(f"unknown gradient kernel {kernel!r}; expected one of {sorted(_KERNELS)}")
     x = imgs.float()
     c = x.shape[1]
-    kx = torch.tensor(_KERNELS[kernel], dtype=x.dtype, device=x.device)
-    weight = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(c, 1, 1, 1)  # (2C, 1, 3, 3)
+    weight = _gradient_weight(kernel, c, x.device)
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     g = F.conv2d(padded, weight, groups=c)  # (B, 2C, H, W): [gx_c0, gy_c0, gx_c1, ...]
     return g[:, 0::2], g[:, 1::2]
