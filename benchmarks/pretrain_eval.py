@@ -121,7 +121,8 @@ def main() -> None:
     budget_s = args.budget_min * 60
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results: dict[str, Any] = {"args": vars(args), "variants": {}}
-    holdout = recipe(variants[0], args, out).data.holdout_fraction
+    stats = recipe(variants[0], args, out)  # the recipes' data split and normalisation
+    holdout = stats.data.holdout_fraction
 
     for variant in [v for v in variants if v != "scratch"]:
         # 1) seconds per step and per-epoch overhead, measured on this machine now
@@ -198,6 +199,8 @@ def main() -> None:
             img_size=args.img_size,
             patch_size=args.patch_size,
             scratch_size=args.size,
+            mean=stats.data.mean,
+            std=stats.data.std,
             val_fraction=holdout,
             num_workers=eval_workers,
             finetune_epochs=args.finetune_epochs,

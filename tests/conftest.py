@@ -12,3 +12,79 @@ def datasets() -> Path:
     if not DATASETS.is_dir():
         pytest.skip(f"real datasets not found at {DATASETS}")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def aid_subset(datasets: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Factory of small labelled folders: ``make(classes, per_class)`` -> root.
+
+    The folder holds ``root/<class>/<file>`` for the first ``per_class`` AID images (by name) of
+    each class, as symlinks, or as copies with ``copy=True`` (for tests that add files).
+    """
+    import shutil
+
+    def make(classes, per_class: int, copy: bool = False) -> Path:
+        root = tmp_path_factory.mktemp("aid_subset")
+        for name in classes:
+            (root / name).mkdir()
+            for src in sorted((datasets / "aid" / name).glob("*.jpg"))[:per_class]:
+                if copy:
+                    shutil.copy(src, root / name / src.name)
+                else:
+                    (root / name / src.name).symlink_to(src)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def aid_histograms(datasets: Path):
+    """Factory of real features: ``make(classes, per_class)`` -> ``(x (N, 24) float32, y (N,) int64)``.
+
+    8-bin colour histograms (per RGB channel, as frequencies) of the first ``per_class`` AID
+    images of each class; ``y`` is the position of the class in ``classes``.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    def histogram(path: Path, bins: int = 8):
+        a = np.asarray(Image.open(path).convert("RGB"))
+        h = [np.histogram(a[..., c], bins=bins, range=(0, 256))[0] for c in range(3)]
+        return np.concatenate(h) / a[..., 0].size
+
+    def make(classes, per_class: int):
+        feats, labels = [], []
+        for ci, name in enumerate(classes):
+            files = sorted((datasets / "aid" / name).glob("*.jpg"))[:per_class]
+            assert len(files) == per_class
+            feats += [histogram(f) for f in files]
+            labels += [ci] * len(files)
+        return torch.tensor(np.array(feats), dtype=torch.float32), torch.tensor(labels)
+
+    return make
+
+
+@pytest.fixture
+def cpu_trainer(tmp_path: Path):
+    """Factory of quiet CPU Lightning trainers: no logger, progress bar or model summary."""
+    import lightning.pytorch as pl
+
+    def make(**kwargs) -> pl.Trainer:
+        kwargs.setdefault("default_root_dir", tmp_path)
+        return pl.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, **kwargs
+        )
+
+    return make
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one CPU thread for the test (a second thread only waits on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

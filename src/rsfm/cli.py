@@ -9,6 +9,7 @@ rsfm stats <folder>
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args, rest) or 0)
     except (FileNotFoundError, ValueError) as err:
-        print(f"rsfm {args.command}: error: {err}", file=sys.stderr)
+        if os.environ.get("RSFM_DEBUG"):
+            raise
+        print(f"rsfm {args.command}: error: {err} (set RSFM_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 

@@ -1,5 +1,4 @@
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -13,13 +12,9 @@ from rsfm.data.folder import SkipReportCallback
 
 
 @pytest.fixture
-def tree(tmp_path: Path, datasets: Path) -> Path:
+def tree(aid_subset, datasets: Path) -> Path:
     """26 real AID images in two folders plus a truncated, a zero-byte and a text file."""
-    root = tmp_path / "tree"
-    for name in ("Beach", "Forest"):
-        (root / name).mkdir(parents=True)
-        for src in sorted((datasets / "aid" / name).glob("*.jpg"))[:12]:
-            shutil.copy(src, root / name / src.name)
+    root = aid_subset(("Beach", "Forest"), 12, copy=True)
     real = datasets / "aid" / "Airport" / "airport_10.jpg"
     Image.open(real).convert("L").save(root / "Beach" / "gray.png")
     (root / "Beach" / "half.jpg").write_bytes(real.read_bytes()[:3000])
@@ -105,6 +100,21 @@ def test_pretrain_datamodule(tree: Path) -> None:
     assert no_holdout.viz_batch(3).shape == (3, 3, 32, 32)
 
 
+def test_viz_batch_spreads_over_classes(datasets: Path) -> None:
+    # AID sorted by path starts with hundreds of Airport images: take one per class instead.
+    dm = PretrainDataModule(datasets / "aid", img_size=32, num_workers=0, holdout_fraction=0.2)
+    viz = dm.viz_batch(8)
+    assert viz.shape == (8, 3, 32, 32)
+    held = dm.holdout_dataset
+    first = {}  # class -> its first held-out image
+    for index, path in enumerate(held.samples):
+        first.setdefault(path.parent.name, index)
+    candidates = {name: held[index]["image"] for name, index in first.items()}
+    found = [[name for name, image in candidates.items() if torch.equal(image, v)] for v in viz]
+    assert all(len(names) == 1 for names in found), found
+    assert len({names[0] for names in found}) == 8
+
+
 def test_fail_fast_on_bad_roots(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     with pytest.raises(FileNotFoundError, match=str(missing)):
@@ -150,16 +160,12 @@ class _TinyModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_fit_with_skip_report(tree: Path, tmp_path: Path) -> None:
+def test_fit_with_skip_report(tree: Path, tmp_path: Path, cpu_trainer) -> None:
     dm = PretrainDataModule(tree, img_size=16, batch_size=13, num_workers=0, pin_memory=False)
     callback = SkipReportCallback()
-    trainer = pl.Trainer(
+    trainer = cpu_trainer(
         max_epochs=1,
-        accelerator="cpu",
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         use_distributed_sampler=False,
         default_root_dir=tmp_path / "run",
         callbacks=[callback],
@@ -181,21 +187,14 @@ class _RecordingModule(_TinyModule):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_lightning_resume_mid_epoch(tree: Path, tmp_path: Path, workers: int) -> None:
+def test_lightning_resume_mid_epoch(tree: Path, tmp_path: Path, workers: int, cpu_trainer) -> None:
     """Stop 3 batches into epoch 1, resume from the checkpoint: same batches as one run."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def run(name: str, module: _RecordingModule, ckpt_path=None, **kwargs) -> None:
         dm = PretrainDataModule(tree, img_size=16, batch_size=4, num_workers=workers, pin_memory=False)
-        pl.Trainer(
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            default_root_dir=tmp_path / name,
-            **kwargs,
-        ).fit(module, dm, ckpt_path=ckpt_path)
+        trainer = cpu_trainer(use_distributed_sampler=False, default_root_dir=tmp_path / name, **kwargs)
+        trainer.fit(module, dm, ckpt_path=ckpt_path)
 
     full = _RecordingModule()
     run("full", full, max_epochs=2, enable_checkpointing=False)

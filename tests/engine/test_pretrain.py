@@ -182,3 +182,34 @@ def test_ddp_two_cpu_processes(tmp_path: Path, datasets: Path) -> None:
     assert (tmp_path / "ddp" / "encoder.safetensors").is_file()
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3
+
+
+def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: Path) -> None:
+    import shutil
+
+    import numpy as np
+    import rasterio
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for cls in ("Forest", "Port"):
+        (root / cls).mkdir(parents=True)
+        for p in sorted((datasets / "aid" / cls).glob("*.jpg"))[:6]:
+            shutil.copy(p, root / cls / p.name)
+    src = sorted((datasets / "aid" / "Port").glob("*.jpg"))[10]
+    data = src.read_bytes()
+    (root / "Port" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "Port" / "empty.jpg").write_bytes(b"")
+    (root / "Port" / "notes.jpg").write_text("not an image")
+    (root / "Port" / "readme.txt").write_text("not an image either")
+    Image.open(src).convert("L").save(root / "Forest" / "gray.png")
+    rgb = np.asarray(Image.open(src).convert("RGB")).transpose(2, 0, 1)
+    with rasterio.open(root / "Forest" / "four_band.tif", "w", driver="GTiff", width=rgb.shape[2],
+                       height=rgb.shape[1], count=4, dtype="uint8") as dst:
+        dst.write(np.concatenate([rgb, rgb[:1]], axis=0))
+    cfg = small_config(tmp_path, datasets, f"data.root={root}", "data.holdout_fraction=0", "data.batch_size=4",
+                       "trainer.max_epochs=2", "trainer.limit_train_batches=null")
+    result = run_pretrain(cfg)
+    assert result["skipped"] == {"truncated": 1, "zero_byte": 1, "not_an_image": 2}
+    assert Path(result["encoder"]).is_file()
+    assert (Path(result["run_dir"]) / "logs" / "skipped_files.json").is_file()

@@ -1,27 +1,20 @@
 import csv
-from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
 from rsfm.data.datamodule import ClassificationDataModule
-from rsfm.eval.finetune import ClassificationModule, finetune, warmup_cosine
+from rsfm.engine.optim import warmup_cosine
+from rsfm.eval.finetune import ClassificationModule, finetune
 from rsfm.models.vit import build_vit
 
-AID = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "aid"
 CLASSES = ["Desert", "Forest", "Parking"]
 
 
 @pytest.fixture(scope="module")
-def aid_folder(tmp_path_factory):
+def aid_folder(aid_subset):
     """10 real AID images per class (symlinks): 8 train + 2 held out per class."""
-    root = tmp_path_factory.mktemp("aid_ft")
-    for name in CLASSES:
-        (root / name).mkdir()
-        for f in sorted((AID / name).glob("*.jpg"))[:10]:
-            (root / name / f.name).symlink_to(f)
-    return root
+    return aid_subset(CLASSES, 10)
 
 
 def _datamodule(root, **kw):
@@ -29,16 +22,16 @@ def _datamodule(root, **kw):
 
 
 def test_warmup_cosine_schedule():
-    assert warmup_cosine(0, 4, 20) == pytest.approx(0.25)
-    assert warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    # The fine-tuning schedule is the engine's: linear warmup from 0, then half-cosine.
+    assert warmup_cosine(0, 4, 20) == pytest.approx(0.0)
+    assert warmup_cosine(3, 4, 20) == pytest.approx(0.75)
     assert warmup_cosine(4, 4, 20) == pytest.approx(1.0)
     assert warmup_cosine(12, 4, 20) == pytest.approx(0.5)
     assert warmup_cosine(20, 4, 20, min_ratio=0.1) == pytest.approx(0.1)
     assert warmup_cosine(50, 4, 20) == pytest.approx(0.0)
 
 
-def test_finetune_loss_goes_down(aid_folder, tmp_path):
-    torch.set_num_threads(2)
+def test_finetune_loss_goes_down(aid_folder, tmp_path, one_thread):
     torch.manual_seed(0)
     encoder = build_vit("tiny", img_size=32, patch_size=16)
     dm = _datamodule(aid_folder, train_transform="eval")  # fixed inputs: a clean signal
@@ -67,21 +60,11 @@ def test_finetune_loss_goes_down(aid_folder, tmp_path):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
-def test_layer_decay_param_groups(aid_folder, tmp_path):
+def test_layer_decay_param_groups(aid_folder, cpu_trainer):
     encoder = build_vit("tiny", img_size=32, patch_size=16, drop_path_rate=0.1)
     module = ClassificationModule(encoder, num_classes=3, lr=1e-3, batch_size=512, layer_decay=0.75, warmup_epochs=1)
     assert module.encoder.head.out_features == 3
-    trainer = L.Trainer(
-        max_epochs=2,
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(max_epochs=2, max_steps=1, enable_checkpointing=False, limit_val_batches=0)
     trainer.fit(module, datamodule=_datamodule(aid_folder))
     groups = trainer.optimizers[0].param_groups
     names = {id(p): n for n, p in module.encoder.named_parameters()}

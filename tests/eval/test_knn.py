@@ -1,14 +1,9 @@
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from rsfm.eval.knn import knn_predict
-
-AID = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "aid"
 
 
 def _points(angles_deg, norms):
@@ -65,22 +60,8 @@ def test_rejects_bad_labels_and_shapes():
         knn_predict(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.randn(2, 5), 2, k=2)
 
 
-def _colour_histogram(path, bins=8):
-    a = np.asarray(Image.open(path).convert("RGB"))
-    h = [np.histogram(a[..., c], bins=bins, range=(0, 256))[0] for c in range(3)]
-    return np.concatenate(h) / a[..., 0].size
-
-
-def test_knn_on_real_aid_colour_histograms():
-    classes = ["Forest", "Desert", "Parking"]
-    feats, labels = [], []
-    for ci, name in enumerate(classes):
-        files = sorted((AID / name).glob("*.jpg"))[:40]
-        assert len(files) == 40
-        feats += [_colour_histogram(f) for f in files]
-        labels += [ci] * len(files)
-    x = torch.tensor(np.array(feats), dtype=torch.float32)
-    y = torch.tensor(labels)
+def test_knn_on_real_aid_colour_histograms(aid_histograms):
+    x, y = aid_histograms(["Forest", "Desert", "Parking"], 40)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     train, test = perm[:80], perm[80:]
     scores = knn_predict(x[train], y[train], x[test], num_classes=3, k=10)

@@ -1,40 +1,23 @@
 import inspect
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from rsfm.eval.linear import linear_probe, train_linear_head
 
-AID = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "aid"
 CLASSES = ["Forest", "Desert", "Parking"]
 
 
-def _colour_histogram(path, bins=8):
-    a = np.asarray(Image.open(path).convert("RGB"))
-    h = [np.histogram(a[..., c], bins=bins, range=(0, 256))[0] for c in range(3)]
-    return np.concatenate(h) / a[..., 0].size
-
-
 @pytest.fixture(scope="module")
-def aid_hist():
+def aid_hist(aid_histograms):
     """Colour histograms of 50 real AID images per class, split 80/20 (seeded)."""
-    feats, labels = [], []
-    for ci, name in enumerate(CLASSES):
-        files = sorted((AID / name).glob("*.jpg"))[:50]
-        feats += [_colour_histogram(f) for f in files]
-        labels += [ci] * len(files)
-    x = torch.tensor(np.array(feats), dtype=torch.float32)
-    y = torch.tensor(labels)
+    x, y = aid_histograms(CLASSES, 50)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     tr, va = perm[:120], perm[120:]
     return x[tr], y[tr], x[va], y[va]
 
 
-def test_learns_real_features(aid_hist):
-    torch.set_num_threads(1)
+def test_learns_real_features(aid_hist, one_thread):
     xt, yt, xv, yv = aid_hist
     r = linear_probe(xt, yt, xv, yv, num_classes=3, epochs=60)
     assert r.preds.shape == (30,) and r.preds.dtype == torch.int64

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,20 +7,19 @@ from rsfm.engine.export import export_encoder, load_encoder
 from rsfm.eval.run import _set_img_size, evaluate
 from rsfm.models.vit import build_vit
 
-AID = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "aid"
 CLASSES = ["Beach", "Desert", "Forest", "Parking"]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 @pytest.fixture(scope="module")
-def aid_folder(tmp_path_factory):
+def aid_folder(aid_subset):
     """A labelled folder of 10 real AID images per class (symlinks)."""
-    root = tmp_path_factory.mktemp("aid_small")
-    for name in CLASSES:
-        (root / name).mkdir()
-        for f in sorted((AID / name).glob("*.jpg"))[:10]:
-            (root / name / f.name).symlink_to(f)
-    return root
+    return aid_subset(CLASSES, 10)
+
+
+def _evaluate(encoder, folder, protocols, out_dir, **kwargs):
+    """``evaluate`` on CPU, in the main process, silently."""
+    return evaluate(encoder, folder, protocols, out_dir=out_dir, num_workers=0, device="cpu", verbose=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +39,9 @@ def encoder_file(tmp_path_factory):
     return export_encoder(model, tmp_path_factory.mktemp("enc") / "tiny64.safetensors", meta)
 
 
-def test_evaluate_knn_linear_on_real_folder(aid_folder, encoder_file, tmp_path):
-    torch.set_num_threads(2)
+def test_evaluate_knn_linear_on_real_folder(aid_folder, encoder_file, tmp_path, one_thread):
     out = tmp_path / "out"
-    result = evaluate(
-        encoder_file,
-        aid_folder,
-        ("knn", "linear"),
-        out_dir=out,
-        batch_size=16,
-        num_workers=0,
-        k=20,
-        linear_epochs=20,
-        device="cpu",
-        verbose=False,
-    )
+    result = _evaluate(encoder_file, aid_folder, ("knn", "linear"), out, batch_size=16, k=20, linear_epochs=20)
 
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("knn", "linear"):
@@ -80,18 +66,7 @@ def test_evaluate_knn_linear_on_real_folder(aid_folder, encoder_file, tmp_path):
 
 
 def test_evaluate_clamps_k_and_accepts_other_img_size(aid_folder, encoder_file, tmp_path):
-    result = evaluate(
-        encoder_file,
-        aid_folder,
-        ("knn",),
-        out_dir=tmp_path,
-        img_size=32,
-        batch_size=40,
-        num_workers=0,
-        k=100,
-        device="cpu",
-        verbose=False,
-    )
+    result = _evaluate(encoder_file, aid_folder, ("knn",), tmp_path, img_size=32, batch_size=40, k=100)
     assert result["protocols"]["knn"]["k"] == 32
     assert result["config"]["img_size"] == 32
 
@@ -115,36 +90,28 @@ def test_evaluate_rejects_bad_arguments(aid_folder, tmp_path):
         evaluate(None, aid_folder, ("knn",), out_dir=tmp_path)
 
 
-def test_evaluate_random_init_encoder(aid_folder, tmp_path):
-    result = evaluate(
-        None,
-        aid_folder,
-        ("knn",),
-        out_dir=tmp_path,
-        scratch_size="tiny",
-        img_size=32,
-        num_workers=0,
-        device="cpu",
-        verbose=False,
-    )
+def test_evaluate_random_init_encoder(aid_folder, tmp_path, monkeypatch):
+    # A random-init baseline is normalised with the statistics the caller passes.
+    import rsfm.eval.run as run
+
+    used, real = [], run.eval_transform
+
+    def spy(img_size, mean, std):
+        used.append((mean, std))
+        return real(img_size, mean, std)
+
+    monkeypatch.setattr(run, "eval_transform", spy)
+    mean, std = [0.4, 0.41, 0.42], [0.2, 0.21, 0.22]
+    result = _evaluate(None, aid_folder, ("knn",), tmp_path, scratch_size="tiny", img_size=32, mean=mean, std=std)
     assert result["encoder"]["meta"]["method"] == "random-init"
     assert result["protocols"]["knn"]["n"] == 8
+    assert result["config"]["mean"] == mean and result["config"]["std"] == std
+    assert used == [(tuple(mean), tuple(std))]
 
 
-def test_evaluate_finetune_and_scratch(aid_folder, encoder_file, tmp_path):
-    torch.set_num_threads(2)
-    result = evaluate(
-        encoder_file,
-        aid_folder,
-        ("finetune", "scratch"),
-        out_dir=tmp_path,
-        img_size=32,
-        finetune_epochs=1,
-        finetune_batch_size=16,
-        num_workers=0,
-        device="cpu",
-        verbose=False,
-    )
+def test_evaluate_finetune_and_scratch(aid_folder, encoder_file, tmp_path, one_thread):
+    budget = {"img_size": 32, "finetune_epochs": 1, "finetune_batch_size": 16}
+    result = _evaluate(encoder_file, aid_folder, ("finetune", "scratch"), tmp_path, **budget)
     for name in ("finetune", "scratch"):
         assert result["protocols"][name]["n"] == 8
         assert (tmp_path / name / "csv" / "metrics.csv").is_file()

@@ -15,9 +15,9 @@ import copy
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -180,26 +180,6 @@ def _world(datamodule: pl.LightningDataModule) -> tuple[int, int]:
     return trainer.world_size, trainer.global_rank
 
 
-def _loader(
-    dataset: ImageFolder,
-    sampler: EpochSampler,
-    batch_size: int,
-    num_workers: int,
-    pin_memory: bool,
-    drop_last: bool,
-) -> StatefulDataLoader:
-    return StatefulDataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_skipping,
-        pin_memory=pin_memory and torch.cuda.is_available(),
-        drop_last=drop_last,
-        persistent_workers=num_workers > 0,
-    )
-
-
 def _combine_skipped(*datasets: ImageFolder | None) -> list[tuple[str, str]]:
     seen: dict[str, str] = {}
     for dataset in datasets:
@@ -209,16 +189,99 @@ def _combine_skipped(*datasets: ImageFolder | None) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
-def _check_common(batch_size: int, num_workers: int, fraction: float, name: str) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+def _round_robin(groups: Sequence[int]) -> list[int]:
+    """Positions of ``groups`` taking the first item of every group, then the second, and so on."""
+    taken: dict[int, int] = {}
+    rank = []
+    for group in groups:
+        rank.append(taken.get(group, 0))
+        taken[group] = rank[-1] + 1
+    return sorted(range(len(groups)), key=lambda i: (rank[i], groups[i]))
+
+
+def _check_fraction(fraction: float, name: str) -> None:
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {fraction}")
 
 
-class PretrainDataModule(pl.LightningDataModule):
+_Folder = TypeVar("_Folder", bound=ImageFolder)
+
+
+class _FolderDataModule(pl.LightningDataModule):
+    """Settings, datasets and loaders shared by the datamodules over an image folder."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        img_size: int,
+        batch_size: int,
+        num_workers: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        split_seed: int,
+        seed: int,
+        raster: RasterRule,
+        pin_memory: bool,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.root = check_image_root(root)
+        self.img_size = img_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.split_seed = split_seed
+        self.seed = seed
+        self.raster = raster
+        self.pin_memory = pin_memory
+
+    def _eval_transform(self) -> Callable[[Tensor], Tensor]:
+        return eval_transform(self.img_size, self.mean, self.std)
+
+    def _dataset(
+        self, cls: type[_Folder], held_out: bool, fraction: float, transform: Callable[[Tensor], Tensor]
+    ) -> _Folder:
+        """The held-out split, or the training split (everything when ``fraction`` is 0)."""
+        split = "val" if held_out else "train" if fraction > 0 else "all"
+        return cls(
+            self.root,
+            split=split,
+            val_fraction=fraction,
+            split_seed=self.split_seed,
+            transform=transform,
+            raster=self.raster,
+            seed=self.seed,
+        )
+
+    def _loader(
+        self, dataset: ImageFolder, shuffle: bool, drop_last: bool, drop_last_batch: bool = False
+    ) -> StatefulDataLoader:
+        """Loader over this rank's :class:`EpochSampler` keys.
+
+        ``drop_last`` goes to the sampler (ranks stay equal by dropping, else by padding);
+        ``drop_last_batch`` drops the last incomplete batch, unless the rank has less than one.
+        """
+        world_size, rank = _world(self)
+        sampler = EpochSampler(
+            len(dataset), shuffle=shuffle, seed=self.seed, num_replicas=world_size, rank=rank, drop_last=drop_last
+        )
+        return StatefulDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_skipping,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            drop_last=drop_last_batch and len(sampler) >= self.batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class PretrainDataModule(_FolderDataModule):
     """Unlabeled images of a folder, augmented MAE-style, for self-supervised pretraining.
 
     Batches (from :func:`~rsfm.data.folder.collate_skipping`): ``{'image': (B, 3, S, S)
@@ -269,21 +332,11 @@ class PretrainDataModule(pl.LightningDataModule):
             ValueError: if a setting is out of range.
 
         """
-        super().__init__()
-        _check_common(batch_size, num_workers, holdout_fraction, "holdout_fraction")
-        self.root = check_image_root(root)
-        self.img_size = img_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        _check_fraction(holdout_fraction, "holdout_fraction")
+        super().__init__(root, img_size, batch_size, num_workers, mean, std, split_seed, seed, raster, pin_memory)
         self.holdout_fraction = holdout_fraction
-        self.split_seed = split_seed
-        self.seed = seed
         self.scale = tuple(scale)
         self.hflip = hflip
-        self.raster = raster
-        self.pin_memory = pin_memory
         self.train_dataset: ImageFolder | None = None
         self.holdout_dataset: ImageFolder | None = None
         self._viz_dataset: ImageFolder | None = None
@@ -299,25 +352,10 @@ class PretrainDataModule(pl.LightningDataModule):
 
         """
         if self.train_dataset is None:
-            self.train_dataset = ImageFolder(
-                self.root,
-                split="train" if self.holdout_fraction > 0 else "all",
-                val_fraction=self.holdout_fraction,
-                split_seed=self.split_seed,
-                transform=pretrain_transform(self.img_size, self.mean, self.std, scale=self.scale, hflip=self.hflip),
-                raster=self.raster,
-                seed=self.seed,
-            )
+            transform = pretrain_transform(self.img_size, self.mean, self.std, scale=self.scale, hflip=self.hflip)
+            self.train_dataset = self._dataset(ImageFolder, False, self.holdout_fraction, transform)
         if self.holdout_fraction > 0 and self.holdout_dataset is None:
-            self.holdout_dataset = ImageFolder(
-                self.root,
-                split="val",
-                val_fraction=self.holdout_fraction,
-                split_seed=self.split_seed,
-                transform=eval_transform(self.img_size, self.mean, self.std),
-                raster=self.raster,
-                seed=self.seed,
-            )
+            self.holdout_dataset = self._dataset(ImageFolder, True, self.holdout_fraction, self._eval_transform())
 
     def _train(self) -> ImageFolder:
         if self.train_dataset is None:
@@ -337,22 +375,22 @@ class PretrainDataModule(pl.LightningDataModule):
             ``(index, epoch)`` keys from an :class:`EpochSampler`.
 
         """
-        dataset = self._train()
-        world_size, rank = _world(self)
-        sampler = EpochSampler(len(dataset), shuffle=True, seed=self.seed, num_replicas=world_size, rank=rank)
-        drop_last = len(sampler) >= self.batch_size
-        return _loader(dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, drop_last)
+        return self._loader(self._train(), shuffle=True, drop_last=True, drop_last_batch=True)
 
     def viz_batch(self, n: int = 8) -> Tensor:
         """Return fixed images for reconstruction figures, without randomness.
+
+        The images are spread over the sub-folders (classes, on a labeled tree): the first
+        image of every sub-folder, then the second of every sub-folder, and so on, each in
+        path order; unreadable files are passed over.
 
         Args:
             n: number of images.
 
         Returns:
             images: (k, 3, img_size, img_size) float32, normalised with ``eval_transform``:
-            the first k = min(n, readable) readable images of the held-out split, or of the
-            training set when there is none.
+            k = min(n, readable) images of the held-out split, or of the training set when
+            there is none.
 
         """
         if self._viz_dataset is None:
@@ -362,14 +400,14 @@ class PretrainDataModule(pl.LightningDataModule):
             else:
                 assert self.train_dataset is not None
                 self._viz_dataset = copy.copy(self.train_dataset)
-                self._viz_dataset.transform = eval_transform(self.img_size, self.mean, self.std)
+                self._viz_dataset.transform = self._eval_transform()
         images = []
-        for index in range(len(self._viz_dataset)):
+        for index in _round_robin(self._viz_dataset.groups):
+            if len(images) == n:
+                break
             item = self._viz_dataset[index]
             if "image" in item:
                 images.append(item["image"])
-                if len(images) == n:
-                    break
         if not images:
             return torch.empty((0, 3, self.img_size, self.img_size), dtype=torch.float32)
         return torch.stack(images)
@@ -404,7 +442,7 @@ def _list_classes(root: Path) -> list[str]:
     return classes
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(_FolderDataModule):
     """Scene classification from class folders (``root/<class>/**/<image>``), e.g. AID.
 
     The held-out split (``LabeledImageFolder(split='val')``, stratified per class, fixed by
@@ -457,23 +495,13 @@ class ClassificationDataModule(pl.LightningDataModule):
             ValueError: if a setting is out of range or an image lies directly in ``root``.
 
         """
-        super().__init__()
-        _check_common(batch_size, num_workers, val_fraction, "val_fraction")
         if train_transform not in ("finetune", "eval"):
             raise ValueError(f"train_transform must be 'finetune' or 'eval', got {train_transform!r}")
-        self.root = check_image_root(root)
+        _check_fraction(val_fraction, "val_fraction")
+        super().__init__(root, img_size, batch_size, num_workers, mean, std, split_seed, seed, raster, pin_memory)
         self.classes: list[str] = _list_classes(self.root)
-        self.img_size = img_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.mean = tuple(mean)
-        self.std = tuple(std)
         self.val_fraction = val_fraction
-        self.split_seed = split_seed
-        self.seed = seed
         self.train_transform = train_transform
-        self.raster = raster
-        self.pin_memory = pin_memory
         self.train_dataset: LabeledImageFolder | None = None
         self.val_dataset: LabeledImageFolder | None = None
 
@@ -489,27 +517,15 @@ class ClassificationDataModule(pl.LightningDataModule):
             stage: ignored; the same datasets serve every stage.
 
         """
-        common: dict[str, Any] = {
-            "val_fraction": self.val_fraction,
-            "split_seed": self.split_seed,
-            "raster": self.raster,
-            "seed": self.seed,
-        }
         if self.train_dataset is None:
             if self.train_transform == "finetune":
                 transform = finetune_transform(self.img_size, self.mean, self.std)
             else:
-                transform = eval_transform(self.img_size, self.mean, self.std)
-            split = "train" if self.val_fraction > 0 else "all"
-            self.train_dataset = LabeledImageFolder(self.root, split=split, transform=transform, **common)
+                transform = self._eval_transform()
+            self.train_dataset = self._dataset(LabeledImageFolder, False, self.val_fraction, transform)
             self.classes = self.train_dataset.classes
         if self.val_fraction > 0 and self.val_dataset is None:
-            self.val_dataset = LabeledImageFolder(
-                self.root,
-                split="val",
-                transform=eval_transform(self.img_size, self.mean, self.std),
-                **common,
-            )
+            self.val_dataset = self._dataset(LabeledImageFolder, True, self.val_fraction, self._eval_transform())
 
     def train_dataloader(self) -> StatefulDataLoader:
         """Build the training loader for this rank (shuffled only with ``'finetune'``).
@@ -521,17 +537,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None
-        world_size, rank = _world(self)
         shuffle = self.train_transform == "finetune"
-        sampler = EpochSampler(
-            len(self.train_dataset),
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=world_size,
-            rank=rank,
-            drop_last=shuffle,
-        )
-        return _loader(self.train_dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, False)
+        return self._loader(self.train_dataset, shuffle=shuffle, drop_last=shuffle)
 
     def val_dataloader(self) -> StatefulDataLoader | list[StatefulDataLoader]:
         """Build the held-out loader, in file order; ranks are padded to equal length.
@@ -545,16 +552,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             self.setup("validate")
         if self.val_dataset is None:
             return []
-        world_size, rank = _world(self)
-        sampler = EpochSampler(
-            len(self.val_dataset),
-            shuffle=False,
-            seed=self.seed,
-            num_replicas=world_size,
-            rank=rank,
-            drop_last=False,
-        )
-        return _loader(self.val_dataset, sampler, self.batch_size, self.num_workers, self.pin_memory, False)
+        return self._loader(self.val_dataset, shuffle=False, drop_last=False)
 
     def test_dataloader(self) -> StatefulDataLoader | list[StatefulDataLoader]:
         """Same as :meth:`val_dataloader` (the held-out split)."""

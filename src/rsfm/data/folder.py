@@ -377,13 +377,13 @@ class ImageFolder(Dataset[dict[str, Any]]):
 class LabeledImageFolder(ImageFolder):
     """Images in class folders: ``root/<class>/**/<file>``, class = first-level folder.
 
-    Same scanning, skipping, split and augmentation rules as :class:`ImageFolder`; the split
-    is stratified by class. Items also carry ``'label': int`` (skipped items too, so a batch
-    of only skipped items still has an empty ``'label'`` tensor).
+    Same arguments, scanning, skipping, split and augmentation rules as :class:`ImageFolder`;
+    the split is stratified by class. Items also carry ``'label': int`` (skipped items too, so
+    a batch of only skipped items still has an empty ``'label'`` tensor). An image directly in
+    ``root`` (no class folder) raises :class:`ValueError`.
 
     Attributes:
         classes: sorted names of the first-level folders that contain at least one image.
-        targets: class index of each sample of this split (same as ``groups``).
 
     .. versionadded:: 0.1
 
@@ -391,35 +391,10 @@ class LabeledImageFolder(ImageFolder):
 
     classes: list[str]
 
-    def __init__(
-        self,
-        root: str | os.PathLike[str],
-        split: str = "all",
-        val_fraction: float = 0.0,
-        split_seed: int = 0,
-        transform: Callable[[Tensor], Tensor] | None = None,
-        raster: RasterRule = RasterRule(),  # noqa: B008 (frozen, immutable)
-        seed: int = 0,
-    ) -> None:
-        """Scan ``root`` and select a split.
-
-        Args:
-            root: folder of class folders.
-            split: ``'all'``, ``'train'`` or ``'val'``.
-            val_fraction: fraction of each class held out as ``'val'``, 0 <= x < 1.
-            split_seed: seed of the split.
-            transform: maps a (3, H, W) uint8 image to a float32 tensor (torch RNG only).
-            raster: how files become 3-band uint8 images.
-            seed: augmentation seed.
-
-        Raises:
-            FileNotFoundError: if ``root`` is missing or contains no image file.
-            ValueError: if an image lies directly in ``root``, or ``split``/``val_fraction``
-                is invalid.
-
-        """
-        super().__init__(root, split, val_fraction, split_seed, transform, raster, seed)
-        self.targets: list[int] = list(self.groups)
+    @property
+    def targets(self) -> list[int]:
+        """Class index of each sample of this split (the same list as ``groups``)."""
+        return self.groups
 
     def _make_groups(self, relative: list[str]) -> list[int]:
         names = []

@@ -41,9 +41,23 @@ def _normalise(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform
     ]
 
 
-def _check_scale(scale: tuple[float, float]) -> None:
+def _crop_flip(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: tuple[float, float],
+    hflip: bool,
+    vflip: bool,
+) -> Callable[[Tensor], Tensor]:
+    """Random resized crop, optional flips, normalise: the body of the training transforms."""
     if not 0 < scale[0] <= scale[1] <= 1:
         raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(img_size, scale=scale, interpolation=_BICUBIC, antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if vflip:
+        steps.append(v2.RandomVerticalFlip())
+    return v2.Compose(steps + _normalise(mean, std))
 
 
 def pretrain_transform(
@@ -71,11 +85,7 @@ def pretrain_transform(
     .. versionadded:: 0.1
 
     """
-    _check_scale(scale)
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(img_size, scale=scale, interpolation=_BICUBIC, antialias=True)]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps + _normalise(mean, std))
+    return _crop_flip(img_size, mean, std, scale, hflip, vflip=False)
 
 
 def finetune_transform(
@@ -107,13 +117,7 @@ def finetune_transform(
     .. versionadded:: 0.1
 
     """
-    _check_scale(scale)
-    steps: list[v2.Transform] = [v2.RandomResizedCrop(img_size, scale=scale, interpolation=_BICUBIC, antialias=True)]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if vflip:
-        steps.append(v2.RandomVerticalFlip())
-    return v2.Compose(steps + _normalise(mean, std))
+    return _crop_flip(img_size, mean, std, scale, hflip, vflip)
 
 
 def eval_transform(

@@ -52,7 +52,8 @@ def reconstruction_grid(
         out: a method's forward output (``pred``, ``ids_visible``, ``ids_target`` and,
             for SelectiveMAE, ``ids_seed``/``ids_added``).
         patch_size: patch side in pixels.
-        mean, std: the normalisation, per channel.
+        mean: normalisation mean per channel (inputs in [0, 1]).
+        std: normalisation standard deviation per channel.
         norm_pix_loss: whether ``pred`` is in per-patch normalised units; if so it is
             mapped back with each target patch's own mean and variance.
 
@@ -99,7 +100,8 @@ class ReconstructionFigures(L.Callback):
         out_dir: folder for the PNG files.
         every_n_epochs: period in epochs (0: only at the end).
         num_images: images (rows) per figure.
-        mean, std: the data normalisation, to show true colours.
+        mean: the data normalisation mean per channel, to show true colours.
+        std: the data normalisation standard deviation per channel.
     """
 
     def __init__(
@@ -123,7 +125,8 @@ class ReconstructionFigures(L.Callback):
         try:
             imgs = self._imgs.to(pl_module.device)
             g = torch.Generator(device=pl_module.device).manual_seed(0)
-            out = model(imgs, progress=pl_module.progress(), generator=g)
+            with torch.no_grad():
+                out = model(imgs, progress=pl_module.progress(), generator=g)
             grid = reconstruction_grid(imgs, out, model.patch_size, self.mean, self.std, model.norm_pix_loss)
         finally:
             model.train(was_training)
@@ -133,9 +136,11 @@ class ReconstructionFigures(L.Callback):
         self.written.append(path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write a figure every ``every_n_epochs`` epochs."""
         epoch = trainer.current_epoch + 1
         if self.every_n_epochs > 0 and epoch % self.every_n_epochs == 0:
             self._write(trainer, pl_module, f"epoch{epoch:03d}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the final figure."""
         self._write(trainer, pl_module, "final")

@@ -42,8 +42,9 @@ def build_method(name: str, **kwargs: Any) -> MaskedImageModel:
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    """A 63-bit seed that depends only on (run seed, optimiser step, rank), so the random
-    masks of a resumed run equal those of an uninterrupted one.
+    """A 63-bit seed that depends only on (run seed, optimiser step, rank).
+
+    The random masks of a resumed run therefore equal those of an uninterrupted one.
     """
     digest = hashlib.blake2b(f"{seed}:{step}:{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
@@ -127,6 +128,7 @@ class PretrainModule(L.LightningModule):
         return g
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """One optimisation step on ``batch['image']`` ``(B, C, H, W)`` float32; None if empty."""
         imgs = batch["image"]
         if imgs.shape[0] == 0:  # every file of this batch was unreadable (counted elsewhere)
             return None
@@ -149,6 +151,7 @@ class PretrainModule(L.LightningModule):
         return int(self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches)
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (no decay on norms, biases, tokens) and a per-step warmup-cosine schedule."""
         hp = self.hparams
         lr = hp.lr if hp.lr is not None else scaled_lr(hp.blr, self.effective_batch(), self.model.lr_scale)
         optimizer = build_adamw(self.model, lr, hp.weight_decay, tuple(hp.betas))

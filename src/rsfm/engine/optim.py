@@ -12,8 +12,9 @@ __all__ = ["build_adamw", "scaled_lr", "warmup_cosine"]
 
 
 def scaled_lr(blr: float, effective_batch: int, lr_scale: float = 1.0) -> float:
-    """``lr = lr_scale · blr · effective_batch / 256`` (MAE's linear scaling rule; SelectiveMAE
-    adds ``lr_scale = r / m``, METHODS.md §2.6).
+    """Learning rate ``lr_scale · blr · effective_batch / 256``.
+
+    MAE's linear scaling rule; SelectiveMAE adds ``lr_scale = r / m`` (METHODS.md §2.6).
     """
     return lr_scale * blr * effective_batch / 256.0
 
@@ -40,8 +41,10 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 def build_adamw(
     model: nn.Module, lr: float, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95)
 ) -> torch.optim.AdamW:
-    """AdamW without weight decay on norms, biases and the model's ``no_weight_decay()`` names
-    (position embeddings, class and mask tokens), via timm's parameter grouping.
+    """AdamW without weight decay on norms, biases and the model's ``no_weight_decay()`` names.
+
+    Those names are position embeddings and class and mask tokens; grouping by timm's
+    ``param_groups_weight_decay``.
     """
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)

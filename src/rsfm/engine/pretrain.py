@@ -85,8 +85,10 @@ def _precision(cfg: PretrainConfig) -> str:
 
 
 def build_trainer(cfg: PretrainConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
-    """A Lightning trainer with checkpoints (every N epochs or steps, plus ``last``), CSV and
-    TensorBoard logs, reconstruction figures and the skipped-file report.
+    """A Lightning trainer for a recipe.
+
+    It writes checkpoints (every N epochs or steps, plus ``last``), CSV and TensorBoard logs,
+    reconstruction figures and the skipped-file report.
     """
     t, out = cfg.trainer, run_dir(cfg)
     ck = cfg.checkpoint
@@ -130,8 +132,10 @@ def build_trainer(cfg: PretrainConfig, extra_callbacks: list[L.Callback] | None 
 
 
 def resolve_resume(cfg: PretrainConfig) -> str | None:
-    """The checkpoint to resume from: None, ``last.ckpt`` of the run when ``resume: auto`` and
-    it exists, or an explicit path.
+    """The checkpoint to resume from.
+
+    None for a fresh run, ``last.ckpt`` of the run when ``resume: auto`` and it exists, or an
+    explicit path.
 
     Raises:
         FileNotFoundError: if an explicit checkpoint path does not exist.
@@ -240,12 +244,20 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list[L.Callback] | None = None)
         from rsfm.eval.run import evaluate
 
         e = cfg.evaluate
+        val_fraction = e.val_fraction if e.val_fraction is not None else cfg.data.holdout_fraction
+        if val_fraction <= 0:
+            val_fraction = 0.2
+            log.warning(
+                "data.holdout_fraction is 0: pretraining saw every image, so the evaluation's "
+                "held-out split (evaluate.val_fraction=%.2f) is not unseen data",
+                val_fraction,
+            )
         result["metrics"] = evaluate(
             encoder_path=str(encoder_path),
             data_root=e.root or cfg.data.root,
             protocols=tuple(e.protocols),
             out_dir=str(out / "eval"),
-            val_fraction=e.val_fraction if e.val_fraction is not None else cfg.data.holdout_fraction,
+            val_fraction=val_fraction,
             split_seed=cfg.data.split_seed,
             batch_size=e.batch_size,
             num_workers=e.num_workers,

@@ -1,7 +1,7 @@
 """Evaluation protocols for pretrained encoders: kNN, linear probe and fine-tuning."""
 
 from rsfm.eval.features import extract_features, pool_features
-from rsfm.eval.finetune import ClassificationModule, finetune, warmup_cosine
+from rsfm.eval.finetune import ClassificationModule, finetune
 from rsfm.eval.knn import knn_predict
 from rsfm.eval.linear import DEFAULT_LR_GRID, LinearProbeResult, linear_probe, train_linear_head
 from rsfm.eval.report import classification_report, format_table, write_json
@@ -21,6 +21,5 @@ __all__ = [
     "linear_probe",
     "pool_features",
     "train_linear_head",
-    "warmup_cosine",
     "write_json",
 ]

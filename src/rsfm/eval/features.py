@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -45,28 +45,18 @@ def pool_features(encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"
     raise ValueError(f"unknown pool {pool!r}; expected 'cls' or 'avg'")
 
 
+def _check_features(train_feats: Tensor, train_labels: Tensor, query_feats: Tensor) -> None:
+    """Raise ValueError unless ``(N, D)`` training features, ``(N,)`` labels and ``(M, D)`` queries."""
+    if train_feats.ndim != 2 or query_feats.ndim != 2 or train_feats.shape[1] != query_feats.shape[1]:
+        raise ValueError(
+            f"expected (N, D) and (M, D) features, got {tuple(train_feats.shape)} and {tuple(query_feats.shape)}"
+        )
+    n = train_feats.shape[0]
+    if train_labels.shape != (n,):
+        raise ValueError(f"train_labels must have shape ({n},), got {tuple(train_labels.shape)}")
+
+
 Batches = Iterable[Mapping[str, Any]]
-
-
-@overload
-def extract_features(
-    encoder: nn.Module,
-    loader: Batches,
-    device: str | torch.device = ...,
-    pool: Literal["cls", "avg"] = ...,
-    amp: bool = ...,
-    return_index: Literal[False] = ...,
-) -> tuple[Tensor, Tensor]: ...
-@overload
-def extract_features(
-    encoder: nn.Module,
-    loader: Batches,
-    device: str | torch.device = ...,
-    pool: Literal["cls", "avg"] = ...,
-    amp: bool = ...,
-    *,
-    return_index: Literal[True],
-) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 @torch.no_grad()
@@ -77,7 +67,7 @@ def extract_features(
     pool: Literal["cls", "avg"] = "cls",
     amp: bool = False,
     return_index: bool = False,
-) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, ...]:
     """Run a frozen encoder over a loader and collect pooled features and labels.
 
     The encoder is put in eval mode and moved to ``device``; gradients are off. Items the

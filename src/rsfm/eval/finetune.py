@@ -12,7 +12,6 @@ A from-scratch baseline is the same call on a randomly initialised
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -25,27 +24,9 @@ from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["ClassificationModule", "finetune", "warmup_cosine"]
+from rsfm.engine.optim import warmup_cosine
 
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
-    """Lr multiplier: linear warmup from 0 over ``warmup_steps``, then cosine to ``min_ratio``.
-
-    Args:
-        step: optimizer steps taken so far (0-based).
-        warmup_steps: length of the warmup.
-        total_steps: length of the whole schedule; later steps stay at ``min_ratio``.
-        min_ratio: final multiplier.
-
-    Returns:
-        The multiplier in ``[0, 1]``.
-
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+__all__ = ["ClassificationModule", "finetune"]
 
 
 class ClassificationModule(L.LightningModule):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rsfm.eval.features import _check_features
+
 __all__ = ["knn_predict"]
 
 
@@ -46,13 +48,8 @@ def knn_predict(
             temperature or chunk size, or labels outside ``[0, num_classes)``.
 
     """
-    if train_feats.ndim != 2 or query_feats.ndim != 2 or train_feats.shape[1] != query_feats.shape[1]:
-        raise ValueError(
-            f"expected (N, D) and (M, D) features, got {tuple(train_feats.shape)} and {tuple(query_feats.shape)}"
-        )
+    _check_features(train_feats, train_labels, query_feats)
     n = train_feats.shape[0]
-    if train_labels.shape != (n,):
-        raise ValueError(f"train_labels must have shape ({n},), got {tuple(train_labels.shape)}")
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be in [1, {n}] (the number of training features)")
     if temperature <= 0 or chunk_size <= 0:

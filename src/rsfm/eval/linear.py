@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rsfm.engine.optim import warmup_cosine
+from rsfm.eval.features import _check_features
+
 __all__ = ["DEFAULT_LR_GRID", "LinearProbeResult", "linear_probe", "train_linear_head"]
 
 DEFAULT_LR_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -105,7 +108,7 @@ def train_linear_head(
             if idx.numel() < 2:
                 continue
             for group in opt.param_groups:
-                group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * (step - 1) / total))
+                group["lr"] = lr * warmup_cosine(step - 1, 0, total)
             loss = F.cross_entropy(head(feats[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -172,12 +175,7 @@ def linear_probe(
         ValueError: on mismatched shapes or an empty lr grid.
 
     """
-    if train_feats.ndim != 2 or val_feats.ndim != 2 or train_feats.shape[1] != val_feats.shape[1]:
-        raise ValueError(
-            f"expected (N, D) and (M, D) features, got {tuple(train_feats.shape)} and {tuple(val_feats.shape)}"
-        )
-    if train_labels.shape != (train_feats.shape[0],):
-        raise ValueError("train_labels must have one entry per training feature")
+    _check_features(train_feats, train_labels, val_feats)
     if val_labels is not None and val_labels.shape != (val_feats.shape[0],):
         raise ValueError("val_labels must have one entry per held-out feature")
     grid = [float(lr)] if isinstance(lr, int | float) else [float(v) for v in lr]

@@ -64,6 +64,8 @@ def evaluate(
     *,
     out_dir: str | os.PathLike[str],
     img_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     val_fraction: float = 0.2,
     split_seed: int = 0,
     batch_size: int = 128,
@@ -88,7 +90,8 @@ def evaluate(
 
     The folder (``<root>/<Class>/<image>``) is split once, per ``val_fraction`` and
     ``split_seed``, into a training split and a held-out split (the datamodule's test split).
-    Images are normalised with the ``mean``/``std`` stored in the encoder's metadata.
+    Images are normalised with ``mean``/``std``: by default those stored in the encoder's
+    metadata, else ImageNet's.
 
     Args:
         encoder_path: an encoder written by :func:`rsfm.engine.export.export_encoder`, or
@@ -99,6 +102,10 @@ def evaluate(
         out_dir: where ``metrics.json``, ``metrics.md`` and fine-tuning logs go.
         img_size: input side in pixels; default the encoder's. A different size re-grids
             the (fixed sin-cos) position embedding.
+        mean: per-channel mean of images in [0, 1] used to normalise them, overriding the
+            encoder metadata's (default: the metadata's, else ImageNet's). With
+            ``encoder_path=None`` pass the data's own statistics (``rsfm stats``).
+        std: per-channel std of images in [0, 1], overriding the same way as ``mean``.
         val_fraction: share of each class held out.
         split_seed: seed of the split.
         batch_size: batch of feature extraction.
@@ -129,8 +136,8 @@ def evaluate(
         order, also written to ``split.json``.
 
     Raises:
-        ValueError: on an unknown protocol, or ``encoder_path=None`` without
-            ``scratch_size``.
+        ValueError: on an unknown protocol, ``encoder_path=None`` without ``scratch_size``,
+            or a ``mean``/``std`` that is not 3 values (std positive).
 
     """
     unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -187,10 +194,10 @@ def evaluate(
             )
 
     img_size = img_size or meta["img_size"]
-    mean = tuple(meta.get("mean", IMAGENET_MEAN))
-    std = tuple(meta.get("std", IMAGENET_STD))
-    if "mean" not in meta or "std" not in meta:
-        _log(verbose, "encoder metadata has no mean/std; normalising with ImageNet statistics")
+    if (mean is None and "mean" not in meta) or (std is None and "std" not in meta):
+        _log(verbose, "no mean/std given or in the encoder metadata; normalising with ImageNet statistics")
+    mean = tuple(mean if mean is not None else meta.get("mean", IMAGENET_MEAN))
+    std = tuple(std if std is not None else meta.get("std", IMAGENET_STD))
     config.update(img_size=img_size, mean=list(mean), std=list(std))
 
     # Same (val_fraction, split_seed) as the fine-tuning datamodule: one held-out set for all.

@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 from rsfm.methods.masking import gather_tokens, normalize_patch_targets, patchify
-from rsfm.models.vit import VIT_SIZES, build_vit
+from rsfm.models.vit import VIT_SIZES, build_vit, sincos_pos_embed_2d
 
 __all__ = ["MaskedImageModel", "init_mim_weights"]
 
 
 def init_mim_weights(module: nn.Module) -> None:
-    """MAE's initialisation (He et al. 2022, reference code): Xavier-uniform linear layers
-    (and the patch projection, viewed as a linear map), zero biases, unit LayerNorms.
+    """MAE's initialisation (He et al. 2022, reference code).
+
+    Xavier-uniform linear layers (and the patch projection, viewed as a linear map), zero
+    biases, unit LayerNorms.
     """
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -57,9 +59,28 @@ class MaskedImageModel(nn.Module):
         self.grid = tuple(self.encoder.patch_embed.grid_size)
         self.num_patches = self.grid[0] * self.grid[1]
 
-    def _init_encoder_tokens(self) -> None:
+    def _build_decoder_io(self, decoder_embed_dim: int | None, decoder_num_heads: int | None) -> tuple[int, int]:
+        """Create what every decoder needs around its blocks; return its width and heads.
+
+        That is the projection from encoder to decoder width, the mask token, the fixed
+        decoder position embedding, the final norm and the pixel head. Width and heads are the
+        size's defaults when None.
+        """
+        dd = decoder_embed_dim or self.spec.decoder_embed_dim
+        dh = decoder_num_heads or self.spec.decoder_num_heads
+        self.decoder_embed = nn.Linear(self.spec.embed_dim, dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+        pos = sincos_pos_embed_2d(dd, self.grid, cls_token=True).unsqueeze(0)
+        self.register_buffer("decoder_pos_embed", pos, persistent=False)
+        self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
+        self.decoder_pred = nn.Linear(dd, self.patch_size * self.patch_size * self.in_chans)
+        return dd, dh
+
+    def _init_weights(self) -> None:
+        """MAE's initialisation of all layers, then N(0, 0.02) class and mask tokens."""
         init_mim_weights(self)
         nn.init.normal_(self.encoder.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
 
     def embed_patches(self, imgs: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` → ``(B, N, D)`` patch embeddings plus position embeddings."""
@@ -85,8 +106,9 @@ class MaskedImageModel(nn.Module):
         return self.encode(gather_tokens(self.embed_patches(imgs), ids))
 
     def targets(self, imgs: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Pixel targets ``(B, K, p²·C)`` of the patches ``ids`` (all when None),
-        normalised per patch when ``norm_pix_loss``.
+        """Pixel targets ``(B, K, p²·C)`` of the patches ``ids`` (all when None).
+
+        Normalised per patch when ``norm_pix_loss``.
         """
         t = patchify(imgs, self.patch_size)
         if ids is not None:
@@ -95,7 +117,7 @@ class MaskedImageModel(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Full parameter names exempt from weight decay besides norms and biases."""
-        return {"encoder.cls_token", "encoder.pos_embed"}
+        return {"encoder.cls_token", "encoder.pos_embed", "mask_token"}
 
     def export_meta(self) -> dict[str, Any]:
         """Metadata to rebuild the encoder (see :func:`rsfm.engine.export.export_encoder`)."""

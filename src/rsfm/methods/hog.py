@@ -68,6 +68,7 @@ def gaussian_window(size: int, sigma: float, device: torch.device | None = None)
     Args:
         size: window side in pixels.
         sigma: standard deviation in pixels.
+        device: device of the result.
 
     Returns:
         ``(size, size)`` float32.

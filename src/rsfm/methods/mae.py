@@ -12,7 +12,6 @@ from torch import nn
 
 from rsfm.methods.base import MaskedImageModel
 from rsfm.methods.masking import random_token_mask
-from rsfm.models.vit import sincos_pos_embed_2d
 
 __all__ = ["MAE"]
 
@@ -49,23 +48,11 @@ class MAE(MaskedImageModel):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
-        dd = decoder_embed_dim or self.spec.decoder_embed_dim
-        dh = decoder_num_heads or self.spec.decoder_num_heads
-        self.decoder_embed = nn.Linear(self.spec.embed_dim, dd)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
-        self.register_buffer(
-            "decoder_pos_embed", sincos_pos_embed_2d(dd, self.grid, cls_token=True).unsqueeze(0), persistent=False
-        )
+        dd, dh = self._build_decoder_io(decoder_embed_dim, decoder_num_heads)
         self.decoder_blocks = nn.Sequential(
             *[Block(dd, dh, mlp_ratio=4.0, qkv_bias=True, norm_layer=_ln) for _ in range(decoder_depth)]
         )
-        self.decoder_norm = _ln(dd)
-        self.decoder_pred = nn.Linear(dd, patch_size * patch_size * in_chans)
-        self._init_encoder_tokens()
-        nn.init.normal_(self.mask_token, std=0.02)
-
-    def no_weight_decay(self) -> set[str]:
-        return super().no_weight_decay() | {"mask_token"}
+        self._init_weights()
 
     def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Decode all ``N`` positions.

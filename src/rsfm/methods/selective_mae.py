@@ -17,7 +17,6 @@ from rsfm.methods.base import MaskedImageModel
 from rsfm.methods.hog import hog_score
 from rsfm.methods.masking import gather_tokens
 from rsfm.methods.selection import psts_mix, psts_select, select_by_score, select_targets, token_budget
-from rsfm.models.vit import sincos_pos_embed_2d
 
 __all__ = ["CrossAttentionBlock", "SelectiveMAE"]
 
@@ -47,8 +46,14 @@ class CrossAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
-        """Args: ``x`` ``(B, Q, dim)`` queries; ``mem`` ``(B, M, dim)`` keys/values.
-        Returns ``(B, Q, dim)``.
+        """Attend from queries to memory.
+
+        Args:
+            x: ``(B, Q, dim)`` queries.
+            mem: ``(B, M, dim)`` keys/values.
+
+        Returns:
+            ``(B, Q, dim)``.
         """
         b, q_len, d = x.shape
         h = self.num_heads
@@ -122,21 +127,9 @@ class SelectiveMAE(MaskedImageModel):
         self.seed_selection, self.target_selection = seed_selection, target_selection
         self.score_temperature = score_temperature
         self.psts, self.psts_boundaries, self.psts_steps = psts, tuple(psts_boundaries), psts_steps
-        dd = decoder_embed_dim or self.spec.decoder_embed_dim
-        dh = decoder_num_heads or self.spec.decoder_num_heads
-        self.decoder_embed = nn.Linear(self.spec.embed_dim, dd)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
-        self.register_buffer(
-            "decoder_pos_embed", sincos_pos_embed_2d(dd, self.grid, cls_token=True).unsqueeze(0), persistent=False
-        )
+        dd, dh = self._build_decoder_io(decoder_embed_dim, decoder_num_heads)
         self.decoder_blocks = nn.ModuleList([CrossAttentionBlock(dd, dh) for _ in range(decoder_depth)])
-        self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
-        self.decoder_pred = nn.Linear(dd, patch_size * patch_size * in_chans)
-        self._init_encoder_tokens()
-        nn.init.normal_(self.mask_token, std=0.02)
-
-    def no_weight_decay(self) -> set[str]:
-        return super().no_weight_decay() | {"mask_token"}
+        self._init_weights()
 
     def select_tokens(
         self, imgs: torch.Tensor, embeddings: torch.Tensor, progress: float, generator: torch.Generator | None
