@@ -149,6 +149,14 @@ def test_export_loads_as_timm_encoder(tmp_path: Path, datasets: Path) -> None:
     assert feats.shape == (2, 65, 192)
     figs = sorted((Path(result["run_dir"]) / "figures").glob("*.png"))
     assert figs, "no reconstruction figure written"
+    # `rsfm export` from the last checkpoint gives the same weights and metadata
+    from rsfm.cli import main
+
+    again = tmp_path / "again.safetensors"
+    assert main(["export", "--checkpoint", result["checkpoint"], "--out", str(again)]) == 0
+    a, b = load_file(result["encoder"]), load_file(str(again))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_encoder_meta(again) == meta
 
 
 def test_ddp_two_cpu_processes(tmp_path: Path, datasets: Path) -> None:
@@ -204,11 +212,25 @@ def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: P
     (root / "Port" / "readme.txt").write_text("not an image either")
     Image.open(src).convert("L").save(root / "Forest" / "gray.png")
     rgb = np.asarray(Image.open(src).convert("RGB")).transpose(2, 0, 1)
-    with rasterio.open(root / "Forest" / "four_band.tif", "w", driver="GTiff", width=rgb.shape[2],
-                       height=rgb.shape[1], count=4, dtype="uint8") as dst:
+    with rasterio.open(
+        root / "Forest" / "four_band.tif",
+        "w",
+        driver="GTiff",
+        width=rgb.shape[2],
+        height=rgb.shape[1],
+        count=4,
+        dtype="uint8",
+    ) as dst:
         dst.write(np.concatenate([rgb, rgb[:1]], axis=0))
-    cfg = small_config(tmp_path, datasets, f"data.root={root}", "data.holdout_fraction=0", "data.batch_size=4",
-                       "trainer.max_epochs=2", "trainer.limit_train_batches=null")
+    cfg = small_config(
+        tmp_path,
+        datasets,
+        f"data.root={root}",
+        "data.holdout_fraction=0",
+        "data.batch_size=4",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=null",
+    )
     result = run_pretrain(cfg)
     assert result["skipped"] == {"truncated": 1, "zero_byte": 1, "not_an_image": 2}
     assert Path(result["encoder"]).is_file()

@@ -151,19 +151,26 @@ def resolve_resume(cfg: PretrainConfig) -> str | None:
     return str(path)
 
 
-def encoder_meta(module: PretrainModule, cfg: PretrainConfig, trainer: L.Trainer | None = None) -> dict[str, Any]:
-    """Build metadata of the exported encoder (see :func:`rsfm.engine.export.export_encoder`)."""
+def encoder_meta(module: PretrainModule, data: dict[str, Any], epochs: int | None, steps: int | None) -> dict[str, Any]:
+    """Metadata of an exported encoder (see :func:`rsfm.engine.export.export_encoder`).
+
+    Args:
+        module: the trained module.
+        data: the recipe's ``data`` section (normalisation and held-out split).
+        epochs: epochs trained.
+        steps: optimiser steps trained.
+    """
     meta = module.model.export_meta()
     meta.update(
         method=module.method_name,
-        mean=list(cfg.data.mean),
-        std=list(cfg.data.std),
-        data_root=str(cfg.data.root),
-        holdout_fraction=cfg.data.holdout_fraction,
-        split_seed=cfg.data.split_seed,
+        mean=list(data["mean"]),
+        std=list(data["std"]),
+        data_root=str(data["root"]),
+        holdout_fraction=data["holdout_fraction"],
+        split_seed=data["split_seed"],
+        epochs=epochs,
+        steps=steps,
     )
-    if trainer is not None:
-        meta.update(epochs=trainer.current_epoch, steps=trainer.global_step)
     return meta
 
 
@@ -172,23 +179,17 @@ def export_from_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
 
     Raises:
         FileNotFoundError: if ``ckpt`` does not exist.
+        ValueError: if it is not an rsfm pretraining checkpoint.
     """
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    module = PretrainModule.load_from_checkpoint(ckpt, map_location="cpu")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    cfg = state.get("rsfm_config")
-    meta = module.model.export_meta()
-    meta.update(method=module.method_name, epochs=state.get("epoch"), steps=state.get("global_step"))
-    if cfg:
-        meta.update(
-            mean=cfg["data"]["mean"],
-            std=cfg["data"]["std"],
-            data_root=cfg["data"]["root"],
-            holdout_fraction=cfg["data"]["holdout_fraction"],
-            split_seed=cfg["data"]["split_seed"],
-        )
+    if "rsfm_config" not in state or "hyper_parameters" not in state:
+        raise ValueError(f"{ckpt} is not an rsfm pretraining checkpoint (no rsfm_config)")
+    module = PretrainModule(**state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    meta = encoder_meta(module, state["rsfm_config"]["data"], state.get("epoch"), state.get("global_step"))
     return export_encoder(module.model.encoder, out, meta)
 
 
@@ -236,7 +237,8 @@ def run_pretrain(cfg: PretrainConfig, callbacks: list[L.Callback] | None = None)
     result["skipped"] = skip_cb.report.counts()
     if not trainer.is_global_zero:
         return result
-    encoder_path = export_encoder(module.model.encoder, out / "encoder.safetensors", encoder_meta(module, cfg, trainer))
+    meta = encoder_meta(module, plain["data"], trainer.current_epoch, trainer.global_step)
+    encoder_path = export_encoder(module.model.encoder, out / "encoder.safetensors", meta)
     result["encoder"] = str(encoder_path)
     result["checkpoint"] = str(out / "checkpoints" / "last.ckpt")
     print(f"encoder exported to {encoder_path}")
