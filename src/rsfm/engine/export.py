@@ -97,6 +97,7 @@ def load_encoder(
     num_classes: int = 0,
     global_pool: str = "token",
     drop_path_rate: float = 0.0,
+    dynamic_img_size: bool = False,
 ) -> nn.Module:
     """Rebuild an exported encoder and load its weights.
 
@@ -105,6 +106,8 @@ def load_encoder(
         num_classes: size of a new, randomly initialised classifier head (0: none).
         global_pool: ``token`` or ``avg`` pooling for ``forward_head``.
         drop_path_rate: stochastic depth for fine-tuning.
+        dynamic_img_size: accept any input size (position embedding resampled), see
+            :func:`rsfm.models.vit.build_vit`.
 
     Returns:
         A timm ``VisionTransformer``; its ``rsfm_meta`` attribute holds the metadata.
@@ -124,6 +127,7 @@ def load_encoder(
         num_classes=num_classes,
         global_pool=global_pool,
         drop_path_rate=drop_path_rate,
+        dynamic_img_size=dynamic_img_size,
     )
     from safetensors.torch import load_file
 

@@ -82,6 +82,7 @@ def build_vit(
     num_classes: int = 0,
     global_pool: str = "token",
     drop_path_rate: float = 0.0,
+    dynamic_img_size: bool = False,
 ) -> VisionTransformer:
     """Build a ViT encoder of a named size with a frozen 2-D sin-cos position embedding.
 
@@ -94,6 +95,9 @@ def build_vit(
         global_pool: ``token`` (class token) or ``avg`` (mean of patch tokens) for pooled
             features.
         drop_path_rate: stochastic depth rate (fine-tuning).
+        dynamic_img_size: accept inputs of any size that is a multiple of ``patch_size``; the
+            position embedding is then resampled (bicubic) to the input's patch grid, as
+            dense-prediction fine-tuning on crops other than ``img_size`` needs.
 
     Returns:
         A timm ``VisionTransformer`` whose ``forward_features(x)`` maps
@@ -121,6 +125,7 @@ def build_vit(
         qkv_bias=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         drop_path_rate=drop_path_rate,
+        dynamic_img_size=dynamic_img_size,
     )
     grid = model.patch_embed.grid_size
     model.pos_embed.data.copy_(sincos_pos_embed_2d(spec.embed_dim, grid, cls_token=True).unsqueeze(0))
