@@ -9,6 +9,7 @@ rsfm stats <folder>
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -92,6 +93,30 @@ def _stats(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace, rest: list[str]) -> int:
+    from rsfm.tasks.runner import finetune, load_task_config
+
+    result = finetune(load_task_config(args.config, rest))
+    print(f"test metrics: {json.dumps(result['metrics'], indent=1)}\nrun folder: {result['run_dir']}")
+    return 0
+
+
+def _test(args: argparse.Namespace, rest: list[str]) -> int:
+    from rsfm.tasks.runner import load_task_config, test
+
+    result = test(load_task_config(args.config, rest), args.checkpoint)
+    print(f"test metrics: {json.dumps(result['metrics'], indent=1)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace, rest: list[str]) -> int:
+    from rsfm.tasks.runner import load_task_config, predict
+
+    out = predict(load_task_config(args.config, rest), args.checkpoint, args.input, args.output)
+    print(f"prediction written to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rsfm`` command."""
     p = argparse.ArgumentParser(prog="rsfm", description="Remote-sensing foundation models")
@@ -131,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_export)
+
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune a downstream task from a YAML recipe, then test the best checkpoint",
+        description="Downstream recipes: configs/finetune/<task>_<dataset>.yaml. Override any value as "
+        "section.key=value, e.g. backbone.encoder=runs/x/encoder.safetensors trainer.max_epochs=5.",
+    )
+    ft.add_argument("--config", "-c", required=True)
+    ft.set_defaults(func=_finetune)
+    te = sub.add_parser("test", help="evaluate a fine-tuned checkpoint on the recipe's test split")
+    te.add_argument("--config", "-c", required=True)
+    te.add_argument("--checkpoint", required=True)
+    te.set_defaults(func=_test)
+    pr = sub.add_parser("predict", help="run a fine-tuned model on an image or GeoTIFF of any size")
+    pr.add_argument("--config", "-c", required=True)
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--input", required=True)
+    pr.add_argument("--output", required=True)
+    pr.set_defaults(func=_predict)
 
     st = sub.add_parser("stats", help="per-channel mean/std of a folder of images (for data.mean/std)")
     st.add_argument("folder")

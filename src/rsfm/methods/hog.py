@@ -78,6 +78,12 @@ def gaussian_window(size: int, sigma: float, device: torch.device | None = None)
     return torch.outer(w, w)
 
 
+@functools.cache
+def _tiled_window(window: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    # The Gaussian of one patch (σ = window/2) tiled over the image; built once per size.
+    return gaussian_window(window, window / 2.0, device=device).repeat(h // window, w // window)
+
+
 def _weighted_magnitude(
     imgs: torch.Tensor, window: int | None, kernel: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,8 +93,7 @@ def _weighted_magnitude(
         h, w = mag.shape[-2:]
         if h % window or w % window:
             raise ValueError(f"image size {h}x{w} is not a multiple of the Gaussian window {window}")
-        win = gaussian_window(window, window / 2.0, device=mag.device).repeat(h // window, w // window)
-        mag = mag * win
+        mag = mag * _tiled_window(window, h, w, mag.device)
     return gx, gy, mag
 
 

@@ -1,0 +1,1 @@
+"""Downstream tasks: fine-tuning and evaluation of encoders on dense and detection tasks."""
