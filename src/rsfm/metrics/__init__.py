@@ -1,0 +1,1 @@
+"""Field metrics for the downstream tasks."""

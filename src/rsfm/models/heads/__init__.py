@@ -1,0 +1,1 @@
+"""Task heads that turn a backbone's feature pyramid into predictions."""

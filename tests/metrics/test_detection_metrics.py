@@ -1,0 +1,157 @@
+"""mAP50 / mAP50:95 checked against a hand computation and against pycocotools' COCOeval run directly."""
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from rsfm.metrics.detection import DetectionMAP
+
+pycocotools = pytest.importorskip("pycocotools")
+from pycocotools.coco import COCO  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+
+
+def _det(boxes, scores, labels):
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
+
+
+def _gt(boxes, labels, difficult=None):
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "difficult": torch.tensor(difficult if difficult is not None else [False] * len(labels)),
+    }
+
+
+def test_hand_computed_ap():
+    # two objects; detections by score: hit, false positive, hit. Precision 1, 1/2, 2/3 at
+    # recall 1/2, 1/2, 1. COCO's 101-point interpolated AP: 51 points (r <= 0.5) at 1 and
+    # 50 points at 2/3 → (51 + 50 · 2/3) / 101.
+    m = DetectionMAP(["a"])
+    m.update(
+        [_det([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]], [0.9, 0.8, 0.7], [0, 0, 0])],
+        [_gt([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])],
+    )
+    r = m.compute()
+    expected = (51 + 50 * 2 / 3) / 101
+    assert r["mAP50"] == pytest.approx(expected, abs=1e-6)
+    assert r["mAP50_95"] == pytest.approx(expected, abs=1e-6)  # exact boxes: same at every IoU
+    assert r["per_class"]["a"] == {
+        "AP50": pytest.approx(expected, abs=1e-6),
+        "AP50_95": pytest.approx(expected, abs=1e-6),
+        "num_objects": 2,
+    }
+
+
+def _scene(seed: int):
+    """Random images: 2 classes, jittered detections, false positives, difficult objects."""
+    g = np.random.default_rng(seed)
+    preds, targets = [], []
+    for _ in range(6):
+        n = int(g.integers(1, 6))
+        xy = g.uniform(0, 400, (n, 2))
+        wh = g.uniform(10, 80, (n, 2))
+        gt = np.concatenate([xy, xy + wh], 1)
+        labels = g.integers(0, 2, n)
+        difficult = g.uniform(size=n) < 0.2
+        keep = g.uniform(size=n) < 0.8
+        jitter = gt[keep] + g.normal(0, 4, (int(keep.sum()), 4))
+        fp_xy = g.uniform(0, 400, (2, 2))
+        fp = np.concatenate([fp_xy, fp_xy + g.uniform(10, 60, (2, 2))], 1)
+        boxes = np.concatenate([jitter, fp])
+        plabels = np.concatenate([labels[keep], g.integers(0, 2, 2)])
+        scores = g.uniform(0.05, 1, len(boxes))
+        preds.append(_det(boxes.tolist(), scores.tolist(), plabels.tolist()))
+        targets.append(_gt(gt.tolist(), labels.tolist(), difficult.tolist()))
+    return preds, targets
+
+
+def _cocoeval(preds, targets, cat_ids=None):
+    """Stats of pycocotools' COCOeval on the same boxes (difficult → iscrowd)."""
+    images, anns, dets = [], [], []
+    for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
+        images.append({"id": i, "width": 500, "height": 500})
+        for b, lab, d in zip(t["boxes"].tolist(), t["labels"].tolist(), t["difficult"].tolist(), strict=True):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": lab,
+                    "bbox": [b[0], b[1], w, h],
+                    "area": w * h,
+                    "iscrowd": int(d),
+                }
+            )
+        for b, s, lab in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True):
+            dets.append({"image_id": i, "category_id": lab, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, iouType="bbox")
+        if cat_ids is not None:
+            ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_against_pycocotools(seed):
+    preds, targets = _scene(seed)
+    m = DetectionMAP(["a", "b"])
+    m.update(preds[:3], targets[:3])  # accumulated over two updates
+    m.update(preds[3:], targets[3:])
+    r = m.compute()
+    stats = _cocoeval(preds, targets)
+    assert r["mAP50"] == pytest.approx(stats[1], abs=1e-6)
+    assert r["mAP50_95"] == pytest.approx(stats[0], abs=1e-6)
+    assert 0.0 < r["mAP50"] < 1.0  # the scene has misses and false positives
+    for k, name in enumerate(["a", "b"]):
+        s = _cocoeval(preds, targets, cat_ids=[k])
+        assert r["per_class"][name]["AP50"] == pytest.approx(s[1], abs=1e-6)
+        assert r["per_class"][name]["AP50_95"] == pytest.approx(s[0], abs=1e-6)
+        n = sum(int(((t["labels"] == k) & ~t["difficult"]).sum()) for t in targets)
+        assert r["per_class"][name]["num_objects"] == n
+    assert r["num_images"] == 6
+
+
+def test_difficult_is_ignored():
+    # a detection on a difficult object is neither a hit nor a false positive; the missed
+    # difficult object is not a miss: AP stays 1.
+    m = DetectionMAP(["a"])
+    m.update(
+        [_det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.95], [0, 0])],
+        [_gt([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0, 0, 0], [False, True, True])],
+    )
+    r = m.compute()
+    assert r["mAP50"] == pytest.approx(1.0)
+    assert r["per_class"]["a"]["num_objects"] == 1
+    # the same detection counts as a false positive when the object is not difficult
+    m.reset()
+    m.update(
+        [_det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.95], [0, 0])],
+        [_gt([[0, 0, 10, 10]], [0])],
+    )
+    assert m.compute()["mAP50"] < 1.0
+
+
+def test_absent_class_and_empty():
+    m = DetectionMAP(["a", "b"])
+    assert m.compute()["mAP50"] is None
+    m.update([_det([[0, 0, 10, 10]], [0.9], [1])], [_gt([[0, 0, 10, 10]], [0])])
+    r = m.compute()
+    assert r["per_class"]["b"]["AP50"] is None  # no ground truth of class b
+    assert r["per_class"]["a"]["AP50"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="labels"):
+        m.update([_det([[0, 0, 1, 1]], [0.5], [2])], [_gt([], [])])
