@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import torch
-from timm.optim import param_groups_weight_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-__all__ = ["build_adamw", "scaled_lr", "warmup_cosine"]
+__all__ = ["build_adamw", "dense_param_groups", "scaled_lr", "step_schedule", "warmup_cosine"]
 
 
 def scaled_lr(blr: float, effective_batch: int, lr_scale: float = 1.0) -> float:
@@ -49,3 +50,65 @@ def build_adamw(
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def dense_param_groups(
+    model: nn.Module, encoder: nn.Module | None, lr: float, weight_decay: float, layer_decay: float | None
+) -> list[dict]:
+    """Parameter groups for fine-tuning a model built around a ViT encoder.
+
+    The encoder gets timm's layer-wise lr decay groups (``lr · layer_decay^(depth − i)``, no
+    decay on norms, biases and its ``no_weight_decay()`` names), or plain weight-decay groups
+    when ``layer_decay`` is None or 1; every other trainable parameter (necks, heads) gets the
+    full ``lr``, without weight decay on 1-D tensors. timm leaves its per-group ``lr_scale`` to
+    its own schedulers, so it is folded into each group's ``lr`` here and any torch scheduler
+    scales the decayed rates.
+
+    Args:
+        model: the whole model.
+        encoder: the ViT inside it (None, or frozen: all parameters at full lr).
+        lr: base learning rate.
+        weight_decay: AdamW weight decay.
+        layer_decay: per-block lr decay (e.g. 0.75), or None.
+
+    Returns:
+        Non-empty parameter groups with ``params``, ``lr`` and ``weight_decay``.
+    """
+    groups: list[dict] = []
+    taken: set[int] = set()
+    if encoder is not None:
+        taken = {id(p) for p in encoder.parameters()}
+        if any(p.requires_grad for p in encoder.parameters()):
+            skip = encoder.no_weight_decay() if hasattr(encoder, "no_weight_decay") else set()
+            if layer_decay not in (None, 1, 1.0):
+                groups += param_groups_layer_decay(
+                    encoder, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay
+                )
+            else:
+                groups += param_groups_weight_decay(encoder, weight_decay, no_weight_decay_list=skip)
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    groups.append({"params": [p for p in rest if p.ndim > 1], "weight_decay": weight_decay})
+    groups.append({"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0})
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["lr"] = lr * g.pop("lr_scale", 1.0)
+    return groups
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer, trainer: L.Trainer, warmup_epochs: float, min_ratio: float = 0.0
+) -> dict:
+    """Lightning ``lr_scheduler`` entry: per-step linear warmup then cosine over the run.
+
+    Args:
+        optimizer: the optimiser whose groups' ``lr`` are the peak rates.
+        trainer: the attached trainer (for the run's optimiser steps and epochs).
+        warmup_epochs: warmup length in epochs (fractions allowed).
+        min_ratio: final lr as a fraction of the peak.
+    """
+    total = max(1, int(trainer.estimated_stepping_batches))
+    max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else 1
+    steps_per_epoch = max(1, total // max(1, max_epochs))
+    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, min_ratio))
+    return {"scheduler": scheduler, "interval": "step"}

@@ -32,14 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.optim import create_optimizer_v2
 from torch import Tensor
 
 from rsfm.data.change_detection import ChangeDetectionDataModule
 from rsfm.data.io import read_image
 from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsfm.engine.export import atomic_write
-from rsfm.engine.optim import warmup_cosine
+from rsfm.engine.optim import dense_param_groups, step_schedule
 from rsfm.eval.report import write_json
 from rsfm.metrics.change_detection import ChangeDetectionMetrics, change_scores
 from rsfm.models.adapters import build_backbone
@@ -332,36 +331,16 @@ class ChangeDetectionTask(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------------
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW: timm layer-decay groups on a ViT encoder, full lr on the rest; warmup + cosine per step."""
+        """AdamW: layer-decay groups on the ViT encoder, full lr elsewhere; warmup + cosine per step."""
         hp = self.hparams
-        encoder = getattr(self.model.backbone, "encoder", None)
-        layer_decay = hp.layer_decay if hp.layer_decay not in (None, 1, 1.0) else None
-        groups: list[dict[str, Any]] = []
-        taken: set[int] = set()
-        if encoder is not None and any(p.requires_grad for p in encoder.parameters()):
-            enc_opt = create_optimizer_v2(
-                encoder, opt="adamw", lr=hp.lr, weight_decay=hp.weight_decay, layer_decay=layer_decay
-            )
-            for g in enc_opt.param_groups:
-                # timm leaves ``lr_scale`` to its own schedulers; fold it into each group's lr
-                lr = hp.lr * g.get("lr_scale", 1.0)
-                groups.append({"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr})
-            taken = {id(p) for p in encoder.parameters()}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
-        decay, no_decay = [p for p in rest if p.ndim > 1], [p for p in rest if p.ndim <= 1]
-        groups += [
-            {"params": decay, "weight_decay": hp.weight_decay, "lr": hp.lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": hp.lr},
-        ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, betas=(0.9, 0.999))
-
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 1
-        warmup = min(int(round(hp.warmup_epochs * max(1, total // max_epochs))), total - 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio)
+        groups = dense_param_groups(
+            self, getattr(self.model.backbone, "encoder", None), hp.lr, hp.weight_decay, hp.layer_decay
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": step_schedule(optimizer, self.trainer, hp.warmup_epochs, hp.min_lr_ratio),
+        }
 
 
 def _check_keys(section: str, given: dict[str, Any], allowed: set[str]) -> None:

@@ -28,14 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import Tensor
 
 from rsfm.data.io import read_image
 from rsfm.data.segmentation import IGNORE_INDEX, SegmentationDataModule, colourise, datamodule_from_config
 from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsfm.engine.export import atomic_write, read_encoder_meta
-from rsfm.engine.optim import warmup_cosine
+from rsfm.engine.optim import dense_param_groups, step_schedule
 from rsfm.eval.report import write_json
 from rsfm.metrics.segmentation import SegmentationMetrics
 from rsfm.models.adapters import ViTFeaturePyramid, build_backbone
@@ -341,37 +340,20 @@ class SegmentationTask(L.LightningModule):
         self._vis = []
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW: timm's layer-decay groups on the ViT, full lr elsewhere; warmup + cosine per step."""
+        """AdamW: layer-decay groups on the ViT encoder, full lr elsewhere; warmup + cosine per step."""
         hp = self.hparams
-        groups: list[dict[str, Any]] = []
-        encoder = self.backbone.encoder if isinstance(self.backbone, ViTFeaturePyramid) else None
-        skip: set[int] = set()
-        if encoder is not None:
-            skip = {id(p) for p in encoder.parameters()}
-            if any(p.requires_grad for p in encoder.parameters()):
-                no_wd = encoder.no_weight_decay() if hasattr(encoder, "no_weight_decay") else set()
-                if hp.layer_decay not in (None, 1, 1.0):
-                    groups += param_groups_layer_decay(
-                        encoder, hp.weight_decay, no_weight_decay_list=no_wd, layer_decay=hp.layer_decay
-                    )
-                else:
-                    groups += param_groups_weight_decay(encoder, hp.weight_decay, no_weight_decay_list=no_wd)
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
-        groups.append({"params": [p for p in rest if p.ndim > 1], "weight_decay": hp.weight_decay})
-        groups.append({"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0})
-        groups = [g for g in groups if g["params"]]
-        for g in groups:
-            g["lr"] = hp.lr * g.pop("lr_scale", 1.0)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999))
-
-        total = int(self.trainer.estimated_stepping_batches)
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 1
-        steps_per_epoch = max(1, total // max(1, max_epochs))
-        warmup = min(int(round(hp.warmup_epochs * steps_per_epoch)), max(0, total - 1))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_ratio)
+        groups = dense_param_groups(
+            self,
+            self.backbone.encoder if isinstance(self.backbone, ViTFeaturePyramid) else None,
+            hp.lr,
+            hp.weight_decay,
+            hp.layer_decay,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.999))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": step_schedule(optimizer, self.trainer, hp.warmup_epochs, hp.min_lr_ratio),
+        }
 
 
 # --------------------------------------------------------------------------- recipes
