@@ -43,6 +43,7 @@ from rsfm.eval.report import write_json
 from rsfm.metrics.change_detection import ChangeDetectionMetrics, change_scores
 from rsfm.models.adapters import build_backbone
 from rsfm.models.change import SiameseChangeDetector
+from rsfm.tasks.recipe import recipe_sections
 
 __all__ = ["ChangeDetectionTask", "build", "change_panel", "predict_file"]
 
@@ -52,7 +53,6 @@ DATA_KEYS = {
     "split_seed", "train_repeats", "hflip", "vflip", "rot90", "change_value", "mean", "std",
 }  # fmt: skip
 MODEL_KEYS = {"fusion", "channels", "num_classes", "loss", "dice_weight", "num_visualisations"}
-OPTIM_KEYS = {"lr", "weight_decay", "layer_decay", "warmup_epochs", "min_lr_ratio"}
 
 
 def soft_dice_loss(prob: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
@@ -343,12 +343,6 @@ class ChangeDetectionTask(L.LightningModule):
         }
 
 
-def _check_keys(section: str, given: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ValueError(f"{section}.{unknown[0]} is not a change-detection option; expected one of {sorted(allowed)}")
-
-
 def build(cfg: dict[str, Any]) -> tuple[ChangeDetectionTask, ChangeDetectionDataModule]:
     """Task and datamodule from a change-detection recipe (plain dict of the YAML).
 
@@ -371,16 +365,11 @@ def build(cfg: dict[str, Any]) -> tuple[ChangeDetectionTask, ChangeDetectionData
     """
     if cfg.get("task", "change_detection") != "change_detection":
         raise ValueError(f"task must be 'change_detection', got {cfg.get('task')!r}")
-    data = dict(cfg.get("data") or {})
-    model = dict(cfg.get("model") or {})
-    optim = dict(cfg.get("optim") or {})
-    _check_keys("data", data, DATA_KEYS)
-    _check_keys("model", model, MODEL_KEYS)
-    _check_keys("optim", optim, OPTIM_KEYS)
+    backbone, data, model, optim = recipe_sections(cfg, "change-detection", DATA_KEYS, MODEL_KEYS)
     if not data.get("root"):
         raise ValueError("data.root is required (a folder with A/, B/ and label/)")
     norm = {k: tuple(v) for k in ("mean", "std") if (v := data.pop(k, None)) is not None}
-    task = ChangeDetectionTask(backbone=dict(cfg.get("backbone") or {}), **model, **optim, **norm)
+    task = ChangeDetectionTask(backbone=backbone, **model, **optim, **norm)
     return task, ChangeDetectionDataModule(**data)
 
 

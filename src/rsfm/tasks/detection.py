@@ -32,6 +32,7 @@ from rsfm.eval.report import write_json
 from rsfm.metrics.detection import DetectionMAP
 from rsfm.models.adapters import ViTFeaturePyramid
 from rsfm.models.detection import IMAGENET_MEAN, IMAGENET_STD, build_faster_rcnn, detect_tiled
+from rsfm.tasks.recipe import recipe_sections
 
 __all__ = ["DetectionTask", "build", "predict_file", "render_boxes"]
 
@@ -317,7 +318,6 @@ class DetectionTask(L.LightningModule):
 
 # --------------------------------------------------------------------------- recipes
 
-BACKBONE_KEYS = {"encoder", "arch", "size", "img_size", "patch_size", "frozen", "drop_path_rate", "out_indices"}
 DATA_KEYS = {
     "format", "root", "sets", "image_dir", "classes", "split_fractions", "crop_size", "crops_per_image",
     "min_visibility", "object_crop_prob", "flip", "keep_difficult", "batch_size", "eval_batch_size",
@@ -328,13 +328,6 @@ MODEL_KEYS = {
     "box_nms_thresh", "merge_iou", "max_detections", "box_batch_size_per_image", "rpn_post_nms_top_n_test",
     "num_vis", "vis_score_thresh",
 }  # fmt: skip
-OPTIM_KEYS = {"lr", "weight_decay", "layer_decay", "warmup_epochs", "min_lr_ratio"}
-
-
-def _check_keys(section: str, values: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ValueError(f"{section}.{unknown[0]} is not a detection option; expected one of {sorted(allowed)}")
 
 
 def build(cfg: Mapping[str, Any]) -> tuple[DetectionTask, DetectionDataModule]:
@@ -355,14 +348,7 @@ def build(cfg: Mapping[str, Any]) -> tuple[DetectionTask, DetectionDataModule]:
         ValueError: naming ``section.key`` for an unknown key or a bad value.
         FileNotFoundError: if the data or the encoder file is missing.
     """
-    backbone = dict(cfg.get("backbone") or {})
-    data = dict(cfg.get("data") or {})
-    model = dict(cfg.get("model") or {})
-    optim = dict(cfg.get("optim") or {})
-    _check_keys("backbone", backbone, BACKBONE_KEYS)
-    _check_keys("data", data, DATA_KEYS)
-    _check_keys("model", model, MODEL_KEYS)
-    _check_keys("optim", optim, OPTIM_KEYS)
+    backbone, data, model, optim = recipe_sections(cfg, "detection", DATA_KEYS, MODEL_KEYS)
     for key in ("format", "root"):
         if key not in data:
             raise ValueError(f"data.{key} is required")

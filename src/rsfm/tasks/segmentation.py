@@ -39,6 +39,7 @@ from rsfm.eval.report import write_json
 from rsfm.metrics.segmentation import SegmentationMetrics
 from rsfm.models.adapters import ViTFeaturePyramid, build_backbone
 from rsfm.models.heads.upernet import UperNetHead
+from rsfm.tasks.recipe import recipe_sections
 
 __all__ = ["SegmentationTask", "build", "predict_file", "slide_inference", "window_starts"]
 
@@ -358,15 +359,7 @@ class SegmentationTask(L.LightningModule):
 
 # --------------------------------------------------------------------------- recipes
 
-BACKBONE_KEYS = {"encoder", "arch", "size", "img_size", "patch_size", "frozen", "drop_path_rate", "out_indices"}
 MODEL_KEYS = {"channels", "pool_scales", "dropout", "stride", "num_vis", "batch_windows"}
-OPTIM_KEYS = {"lr", "weight_decay", "layer_decay", "warmup_epochs", "min_lr_ratio"}
-
-
-def _check_keys(section: str, values: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ValueError(f"{section}.{unknown[0]} is not a segmentation option; expected one of {sorted(allowed)}")
 
 
 def build(cfg: Mapping[str, Any]) -> tuple[SegmentationTask, SegmentationDataModule]:
@@ -388,13 +381,8 @@ def build(cfg: Mapping[str, Any]) -> tuple[SegmentationTask, SegmentationDataMod
         FileNotFoundError: if the data or the encoder file is missing.
 
     """
-    backbone = dict(cfg.get("backbone") or {})
-    data = dict(cfg.get("data") or {})
-    model = dict(cfg.get("model") or {})
-    optim = dict(cfg.get("optim") or {})
-    _check_keys("backbone", backbone, BACKBONE_KEYS)
-    _check_keys("model", model, MODEL_KEYS)
-    _check_keys("optim", optim, OPTIM_KEYS)
+    # data keys depend on data.dataset and are checked by datamodule_from_config
+    backbone, data, model, optim = recipe_sections(cfg, "segmentation", set(cfg.get("data") or {}), MODEL_KEYS)
 
     patch = None
     if backbone.get("encoder"):
