@@ -23,6 +23,7 @@ flips; evaluation samples are whole images, predicted by sliding windows in the 
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import warnings
@@ -368,7 +369,7 @@ class SegmentationCrop:
 # --------------------------------------------------------------------------- datasets
 
 
-class SegmentationDataset(Dataset[dict[str, Any]]):
+class SegmentationDataset(Dataset[dict[str, Any]], abc.ABC):
     """Image/mask pairs read from disk; subclasses say how a mask file becomes labels.
 
     Args:
@@ -424,9 +425,9 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.pairs) * self.repeat
 
+    @abc.abstractmethod
     def load_mask(self, path: Path) -> np.ndarray:
         """Labels of one mask file: ``(H, W)`` int64 in ``[0, K)`` or the ignore index."""
-        raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Sample ``index``: ``{"image": (3, H, W) float32 normalised, "mask": (H, W) int64, "path": str}``.
