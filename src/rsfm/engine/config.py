@@ -15,6 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "CheckpointConfig",
     "DataConfig",
@@ -26,9 +28,6 @@ __all__ = [
     "load_config",
     "parse_overrides",
 ]
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 @dataclass

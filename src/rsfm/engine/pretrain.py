@@ -19,6 +19,7 @@ from rsfm.engine.config import PretrainConfig, to_dict
 from rsfm.engine.export import export_encoder
 from rsfm.engine.figures import ReconstructionFigures
 from rsfm.engine.module import PretrainModule
+from rsfm.engine.precision import default_precision
 
 __all__ = ["build_datamodule", "build_module", "build_trainer", "export_from_checkpoint", "run_pretrain"]
 
@@ -77,13 +78,6 @@ def build_module(cfg: PretrainConfig) -> PretrainModule:
     )
 
 
-def _precision(cfg: PretrainConfig) -> str:
-    if cfg.trainer.precision:
-        return cfg.trainer.precision
-    on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    return "bf16-mixed" if on_gpu else "32-true"
-
-
 def build_trainer(cfg: PretrainConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
     """A Lightning trainer for a recipe.
 
@@ -113,7 +107,7 @@ def build_trainer(cfg: PretrainConfig, extra_callbacks: list[L.Callback] | None 
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=_precision(cfg),
+        precision=cfg.trainer.precision or default_precision(cfg.trainer.accelerator),
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         max_time=t.max_time,

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from rsfm.engine.optim import warmup_cosine
+from rsfm.engine.precision import default_precision
 
 __all__ = ["ClassificationModule", "finetune"]
 
@@ -150,12 +151,6 @@ class ClassificationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _default_precision(accelerator: str) -> str:
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
 def finetune(
     encoder: nn.Module,
     datamodule: L.LightningDataModule,
@@ -212,7 +207,7 @@ def finetune(
     """
     L.seed_everything(seed, workers=True)
     if precision is None:
-        precision = _default_precision(accelerator)
+        precision = default_precision(accelerator)
     module = ClassificationModule(
         encoder,
         num_classes=datamodule.num_classes,

@@ -29,11 +29,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, batched_nms
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsfm.models.adapters import build_backbone
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "FPNBackbone",
     "build_faster_rcnn",
     "default_anchor_sizes",
@@ -41,9 +40,6 @@ __all__ = [
     "merge_detections",
     "tile_windows",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class FPNBackbone(nn.Module):

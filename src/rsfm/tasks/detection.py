@@ -26,12 +26,13 @@ from torchvision.utils import draw_bounding_boxes
 
 from rsfm.data.detection import DetectionDataModule
 from rsfm.data.io import read_image
+from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rsfm.engine.export import atomic_write, read_encoder_meta
 from rsfm.engine.optim import dense_param_groups, step_schedule
 from rsfm.eval.report import write_json
 from rsfm.metrics.detection import DetectionMAP
 from rsfm.models.adapters import ViTFeaturePyramid
-from rsfm.models.detection import IMAGENET_MEAN, IMAGENET_STD, build_faster_rcnn, detect_tiled
+from rsfm.models.detection import build_faster_rcnn, detect_tiled
 from rsfm.tasks.recipe import recipe_sections
 
 __all__ = ["DetectionTask", "build", "predict_file", "render_boxes"]

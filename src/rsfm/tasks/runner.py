@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rsfm.engine.config import parse_overrides
+from rsfm.engine.precision import default_precision
 
 __all__ = ["MONITOR", "TASKS", "finetune", "load_task_config", "predict", "test"]
 
@@ -81,8 +82,7 @@ def _task_module(cfg: dict[str, Any]) -> Any:
 def _trainer(cfg: dict[str, Any], run_dir: Path, monitor: str | None) -> L.Trainer:
     t = dict(cfg["trainer"])
     if t.get("precision") is None:
-        on_gpu = torch.cuda.is_available() and t.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-        t["precision"] = "bf16-mixed" if on_gpu else "32-true"
+        t["precision"] = default_precision(t.get("accelerator", "auto"))
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
