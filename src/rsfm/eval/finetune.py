@@ -37,7 +37,7 @@ class ClassificationModule(L.LightningModule):
     ``(B,)`` int64, as made by :func:`rsfm.data.folder.collate_skipping`.
 
     Args:
-        encoder: a timm ``VisionTransformer``; its classifier is replaced by a fresh
+        encoder: a timm ``VisionTransformer`` or ``ResNet``; its classifier is replaced by a fresh
             ``num_classes`` head (weights trunc-normal, std 2e-5, as MAE) unless it already
             has that many outputs. Set ``drop_path_rate`` when building it.
         num_classes: number of scene classes ``C``.
@@ -74,8 +74,9 @@ class ClassificationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["encoder"])
         if getattr(encoder, "num_classes", None) != num_classes:
             encoder.reset_classifier(num_classes)
-            nn.init.trunc_normal_(encoder.head.weight, std=2e-5)
-            nn.init.zeros_(encoder.head.bias)
+            head = encoder.get_classifier()  # ``head`` of a ViT, ``fc`` of a ResNet
+            nn.init.trunc_normal_(head.weight, std=2e-5)
+            nn.init.zeros_(head.bias)
         self.encoder = encoder
         self.val_oa = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_aa = MulticlassAccuracy(num_classes=num_classes, average="macro")
