@@ -1,0 +1,92 @@
+"""GeRSP's paired RS + natural data on real AID and CIFAR-10 files."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rsfm.data.folder import ImageFolder, LabeledImageFolder, collate_skipping
+from rsfm.data.paired import PairedDataModule, PairedDataset, TwoViews, moco_v1_transform, natural_classes
+
+
+def _natural_subset(datasets: Path, tmp_path: Path, classes=("airplane", "cat"), per_class: int = 2) -> Path:
+    root = tmp_path / "natural"
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for src in sorted((datasets / "cifar10" / "train" / name).glob("*.jpg"))[:per_class]:
+            (root / name / src.name).symlink_to(src)
+    return root
+
+
+def test_paired_sampler_wraps_the_shorter_set(datasets: Path, aid_subset, tmp_path: Path) -> None:
+    rs_root = aid_subset(["Airport", "Forest"], 3)  # 6 RS images
+    nat_root = _natural_subset(datasets, tmp_path)  # 4 natural images
+    t = moco_v1_transform(32)
+    rs = ImageFolder(rs_root, transform=TwoViews(t))
+    nat = LabeledImageFolder(nat_root, transform=t, seed=1)
+    ds = PairedDataset(rs, nat)
+    assert len(ds) == 6  # the longer set
+    items = [ds[(i, 0)] for i in range(6)]
+    for i, item in enumerate(items):
+        assert item["index"] == i
+        assert item["image"].shape == item["image_key"].shape == item["natural"].shape == (3, 32, 32)
+        assert item["image"].dtype == torch.float32
+        assert not torch.equal(item["image"], item["image_key"])  # two different views
+    # natural image i mod 4: items 4 and 5 wrap around to natural images 0 and 1 ...
+    assert [it["natural_label"] for it in items] == [nat.targets[i % 4] for i in range(6)]
+    raw = LabeledImageFolder(nat_root)
+    assert [it["natural_label"] for it in items] == [0, 0, 1, 1, 0, 0]
+    # ... with fresh augmentation, and the same augmentation again for the same (index, epoch)
+    assert not torch.equal(items[4]["natural"], items[0]["natural"])
+    assert torch.equal(ds[(4, 0)]["natural"], items[4]["natural"])
+    assert not torch.equal(ds[(4, 1)]["natural"], items[4]["natural"])
+    assert len(raw) == 4
+    # the other way round: the RS set wraps when it is the shorter one
+    ds2 = PairedDataset(ImageFolder(aid_subset(["Port"], 3), transform=TwoViews(t)), nat)
+    assert len(ds2) == 4 and ds2[(3, 0)]["natural_label"] == nat.targets[3]
+    with pytest.raises(IndexError):
+        ds[(6, 0)]
+
+
+def test_paired_datamodule_batches_and_holdout(datasets: Path, aid_subset, tmp_path: Path) -> None:
+    rs_root = aid_subset(["Airport", "Forest"], 10)
+    nat_root = _natural_subset(datasets, tmp_path, per_class=3)
+    dm = PairedDataModule(rs_root, nat_root, img_size=32, batch_size=4, num_workers=0, holdout_fraction=0.2)
+    assert dm.classes == ["airplane", "cat"] and dm.num_classes == 2
+    dm.setup("fit")
+    assert len(dm.train_dataset.rs) == 16  # 2 of each 10 held out, as PretrainDataModule
+    held_out = ImageFolder(rs_root, split="val", val_fraction=0.2)
+    assert not set(held_out.samples) & set(dm.train_dataset.rs.samples)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 4  # 16 pairs / 4
+    b = batches[0]
+    assert b["image"].shape == b["image_key"].shape == b["natural"].shape == (4, 3, 32, 32)
+    assert b["natural_label"].dtype == torch.int64 and b["skipped"] == []
+
+
+def test_bad_natural_roots_are_named(datasets: Path, aid_subset, tmp_path: Path) -> None:
+    rs_root = aid_subset(["Airport"], 2)
+    with pytest.raises(FileNotFoundError, match="data.natural_root: folder not found"):
+        PairedDataModule(rs_root, tmp_path / "nope")
+    nat_root = _natural_subset(datasets, tmp_path)
+    (nat_root / "empty_class").mkdir()
+    with pytest.raises(ValueError, match=r"class folders without images.*empty_class"):
+        natural_classes(nat_root)
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ValueError, match="no class folder"):
+        natural_classes(tmp_path / "flat")
+
+
+def test_corrupt_files_are_skipped_and_counted(datasets: Path, aid_subset, tmp_path: Path) -> None:
+    rs_root = aid_subset(["Airport"], 3, copy=True)
+    src = next((rs_root / "Airport").glob("*.jpg"))
+    (rs_root / "Airport" / "truncated.jpg").write_bytes(src.read_bytes()[:300])
+    nat_root = tmp_path / "natural"
+    shutil.copytree(_natural_subset(datasets, tmp_path / "x"), nat_root, symlinks=False)
+    (nat_root / "cat" / "empty.jpg").write_bytes(b"")
+    dm = PairedDataModule(rs_root, nat_root, img_size=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    assert ("zero_byte" in {r for _, r in dm.scan_skipped}) and len(dm.train_dataset) == 4
+    batch = collate_skipping([dm.train_dataset[(i, 0)] for i in range(4)])
+    assert batch["image"].shape[0] == 3 and [r for _, r in batch["skipped"]] == ["truncated"]
