@@ -15,7 +15,10 @@ def pool_features(encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"
     """One pooled feature vector per image.
 
     Args:
-        encoder: a timm ``VisionTransformer`` (e.g. from :func:`rsfm.engine.export.load_encoder`).
+        encoder: a timm ``VisionTransformer`` (e.g. from :func:`rsfm.engine.export.load_encoder`),
+            or a CNN such as a timm ``ResNet``: anything without a ``patch_embed`` gives its
+            own pooled features (global average pool, 2048-d for ResNet-50) for either
+            ``pool``.
         images: ``(B, C, H, W)`` float32, normalised.
         pool: ``cls``: the class token after the final norm, i.e.
             ``forward_head(forward_features(x), pre_logits=True)`` of a ``global_pool='token'``
@@ -30,7 +33,11 @@ def pool_features(encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"
             class-token pooling.
 
     """
+    if pool not in ("cls", "avg"):
+        raise ValueError(f"unknown pool {pool!r}; expected 'cls' or 'avg'")
     tokens = encoder.forward_features(images)
+    if not hasattr(encoder, "patch_embed"):  # a CNN: (B, C, h, w) maps, pooled by its own head
+        return encoder.forward_head(tokens, pre_logits=True)
     global_pool = getattr(encoder, "global_pool", "token")
     if pool == "cls":
         if global_pool != "token":
@@ -76,7 +83,7 @@ def extract_features(
     left with no image is passed over.
 
     Args:
-        encoder: a timm ``VisionTransformer``.
+        encoder: a timm ``VisionTransformer`` or ``ResNet``.
         loader: yields dicts with ``image`` ``(B, C, H, W)`` float32 (normalised), ``label``
             ``(B,)`` int64 and, for ``return_index``, ``index`` ``(B,)`` int64.
         device: where the encoder runs.

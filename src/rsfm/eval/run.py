@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from rsfm.data.datamodule import ClassificationDataModule
 from rsfm.data.folder import LabeledImageFolder, collate_skipping
 from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from rsfm.engine.export import atomic_write, load_encoder, read_encoder_meta
+from rsfm.engine.export import atomic_write, is_resnet, load_encoder, read_encoder_meta
 from rsfm.eval.features import extract_features
 from rsfm.eval.finetune import finetune
 from rsfm.eval.knn import knn_predict
@@ -32,7 +33,8 @@ from rsfm.models.vit import build_vit, sincos_pos_embed_2d
 __all__ = ["PROTOCOLS", "evaluate"]
 
 #: ``knn`` and ``linear`` on frozen features; ``finetune`` the encoder end to end;
-#: ``scratch``: fine-tune a randomly initialised ViT of the same shape under the same budget.
+#: ``scratch``: fine-tune a randomly initialised encoder of the same shape (ViT or ResNet)
+#: under the same budget.
 PROTOCOLS = ("knn", "linear", "finetune", "scratch")
 
 
@@ -42,7 +44,12 @@ def _log(verbose: bool, msg: str) -> None:
 
 
 def _set_img_size(model: nn.Module, img_size: int) -> nn.Module:
-    """Re-grid a ViT to ``img_size``; exact because build_vit's position embedding is sin-cos."""
+    """Re-grid a ViT to ``img_size``; exact because build_vit's position embedding is sin-cos.
+
+    A CNN (no ``patch_embed``) takes any input size and is returned as is.
+    """
+    if not hasattr(model, "patch_embed"):
+        return model
     if tuple(model.patch_embed.img_size) == (img_size, img_size):
         return model
     model.set_input_size(img_size=(img_size, img_size))
@@ -70,7 +77,7 @@ def evaluate(
     split_seed: int = 0,
     batch_size: int = 128,
     num_workers: int = 2,
-    pool: str = "cls",
+    pool: str | None = None,
     k: int = 20,
     temperature: float = 0.07,
     linear_epochs: int = 100,
@@ -94,7 +101,8 @@ def evaluate(
     metadata, else ImageNet's.
 
     Args:
-        encoder_path: an encoder written by :func:`rsfm.engine.export.export_encoder`, or
+        encoder_path: an encoder written by :func:`rsfm.engine.export.export_encoder` (a ViT,
+            or a ResNet such as GeRSP's ``resnet50``), or
             ``None`` for a randomly initialised ViT of ``scratch_size`` (a random-feature
             baseline).
         data_root: labelled folder, e.g. ``shared/datasets/aid``.
@@ -110,7 +118,9 @@ def evaluate(
         split_seed: seed of the split.
         batch_size: batch of feature extraction.
         num_workers: data-loading workers.
-        pool: ``cls`` or ``avg`` features for kNN and linear.
+        pool: ``cls`` or ``avg`` features of a ViT for kNN and linear; None: ``avg`` for an
+            encoder exported with ``global_pool: avg``, else ``cls``. A ResNet export always
+            gives its global-average-pooled features.
         k: kNN neighbours (clamped to the training-set size).
         temperature: kNN vote temperature.
         linear_epochs: linear-probe epochs.
@@ -194,6 +204,9 @@ def evaluate(
             )
 
     img_size = img_size or meta["img_size"]
+    if pool is None:
+        pool = "avg" if meta.get("global_pool") == "avg" else "cls"
+    config["pool"] = pool
     if (mean is None and "mean" not in meta) or (std is None and "std" not in meta):
         _log(verbose, "no mean/std given or in the encoder metadata; normalising with ImageNet statistics")
     mean = tuple(mean if mean is not None else meta.get("mean", IMAGENET_MEAN))
@@ -300,6 +313,14 @@ def evaluate(
 
         def make_scratch() -> nn.Module:
             torch.manual_seed(seed)
+            if is_resnet(meta["arch"]):
+                return timm.create_model(
+                    meta["arch"],
+                    pretrained=False,
+                    num_classes=0,
+                    in_chans=meta.get("in_chans", 3),
+                    drop_path_rate=drop_path_rate,
+                )
             return build_vit(
                 scratch_size or meta["size"],
                 img_size,

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from rsfm.engine.export import load_encoder
+from rsfm.engine.export import is_resnet, load_encoder, read_encoder_meta
 from rsfm.models.vit import build_vit
 
 __all__ = ["ResNetFeatures", "ViTFeaturePyramid", "build_backbone", "evenly_spaced_blocks"]
@@ -127,8 +127,9 @@ class ResNetFeatures(nn.Module):
 def build_backbone(spec: dict[str, Any]) -> nn.Module:
     """Build a multi-scale backbone from a config mapping.
 
-    Keys: ``encoder`` (path of an rsfm ``.safetensors`` export; its size, patch size and
-    normalisation are read from it) or, for random initialisation, ``arch`` (``vit`` or a
+    Keys: ``encoder`` (path of an rsfm ``.safetensors`` export, a ViT or a ResNet such as
+    GeRSP's ``resnet50``; its architecture, sizes and normalisation are read from it) or,
+    for random initialisation, ``arch`` (``vit`` or a
     timm ResNet name such as ``resnet50``) with ``size``, ``img_size`` and ``patch_size`` for
     ViTs; optional ``frozen`` (bool), ``drop_path_rate`` (float) and ``out_indices``.
 
@@ -144,6 +145,13 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
     drop_path = float(spec.get("drop_path_rate", 0.0))
     if spec.get("encoder"):
         path = Path(spec["encoder"])
+        meta = read_encoder_meta(path)
+        if is_resnet(str(meta.get("arch", ""))):
+            from safetensors.torch import load_file
+
+            resnet = ResNetFeatures(meta["arch"], frozen=frozen, state_dict=load_file(str(path)))
+            resnet.rsfm_meta = meta
+            return resnet
         encoder = load_encoder(path, drop_path_rate=drop_path, dynamic_img_size=True)
         backbone = ViTFeaturePyramid(encoder, spec.get("out_indices"), frozen=frozen)
         backbone.rsfm_meta = encoder.rsfm_meta
