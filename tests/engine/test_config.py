@@ -8,7 +8,8 @@ from rsfm.engine.module import build_method
 from rsfm.engine.optim import scaled_lr, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+# masked-image recipes; the GeRSP ones are tested in tests/engine/test_gersp_pretrain.py
+RECIPES = sorted(p for p in (REPO / "configs" / "pretrain").glob("*.yaml") if not p.stem.startswith("gersp"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -32,9 +32,11 @@ __all__ = [
 
 @dataclass
 class DataConfig:
-    """Pretraining images (``rsfm.data.datamodule.PretrainDataModule``)."""
+    """Pretraining images (``PretrainDataModule``; GeRSP: ``rsfm.data.paired.PairedDataModule``)."""
 
     root: str = "../shared/datasets/aid"
+    #: GeRSP only: labeled natural images in ImageNet layout, ``<natural_root>/<class>/<image>``
+    natural_root: str | None = None
     img_size: int = 224
     batch_size: int = 64
     num_workers: int = 4
@@ -53,14 +55,24 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the warmup-cosine schedule (METHODS.md §1, §2.6)."""
+    """The optimiser and its per-step schedule.
 
+    ``adamw`` with warmup-cosine (the MAE family, METHODS.md §1, §2.6) or ``sgd`` with
+    momentum and cosine with ``restarts`` cycles (GeRSP, METHODS.md §3).
+    """
+
+    #: 'adamw' or 'sgd'
+    name: str = "adamw"
     blr: float = 1.5e-4
     lr: float | None = None
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_epochs: float = 1.0
     min_lr: float = 0.0
+    #: SGD momentum (``optim.name: sgd``)
+    momentum: float = 0.9
+    #: cosine cycles over the run, each restarting at the peak lr (0 or 1: one cosine)
+    restarts: int = 0
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""The Lightning module that trains any masked-image-modeling method of rsfm."""
+"""The Lightning module that trains any masked-image-modeling method of rsfm.
+
+:class:`StepModule` holds what every pretraining module shares: the run length in optimiser
+steps, the per-step seed, the optimiser and its per-step schedule.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,25 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
-from rsfm.engine.optim import build_adamw, scaled_lr, warmup_cosine
+from rsfm.engine.optim import build_optimizer, scaled_lr, warmup_cosine_restarts
 from rsfm.methods.base import MaskedImageModel
 from rsfm.methods.mae import MAE
 from rsfm.methods.selection import psts_mix
 from rsfm.methods.selective_mae import SelectiveMAE
 
-__all__ = ["METHODS", "PretrainModule", "build_method", "step_seed"]
+__all__ = ["METHODS", "PretrainModule", "StepModule", "build_method", "check_options", "step_seed"]
 
 METHODS: dict[str, type[MaskedImageModel]] = {"mae": MAE, "selective_mae": SelectiveMAE}
+
+
+def check_options(name: str, cls: type, kwargs: dict[str, Any]) -> None:
+    """Raise ValueError naming ``model.<key>`` if ``cls`` does not take a key of ``kwargs``."""
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"model.{unknown[0]} is not an option of {name}; options: {sorted(accepted)}")
 
 
 def build_method(name: str, **kwargs: Any) -> MaskedImageModel:
@@ -34,10 +47,7 @@ def build_method(name: str, **kwargs: Any) -> MaskedImageModel:
     if name not in METHODS:
         raise ValueError(f"model.name: unknown method {name!r}; expected one of {sorted(METHODS)}")
     cls = METHODS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ValueError(f"model.{unknown[0]} is not an option of {name}; options: {sorted(accepted)}")
+    check_options(name, cls, kwargs)
     return cls(**kwargs)
 
 
@@ -50,46 +60,17 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-class PretrainModule(L.LightningModule):
-    """Trains a :class:`MaskedImageModel` with AdamW and a warmup-cosine schedule.
+class StepModule(L.LightningModule):
+    """Run length, per-step seeds and the optimiser shared by rsfm's pretraining modules.
 
-    The learning rate is ``lr_scale · blr · effective_batch / 256`` (``lr_scale`` is the
-    method's, e.g. ``r/m`` for SelectiveMAE) unless ``lr`` is given; the schedule is per
-    optimiser step over the run, so training progress ``t = step / total_steps`` also drives
-    SelectiveMAE's PSTS curriculum.
-
-    Args:
-        model: method options; ``name`` plus the method's constructor arguments.
-        blr: base learning rate.
-        lr: absolute learning rate (overrides ``blr`` scaling) or None.
-        weight_decay: AdamW weight decay (0.05).
-        betas: AdamW betas (0.9, 0.95).
-        warmup_epochs: epochs of linear warmup (fractions allowed).
-        min_lr: final learning rate of the cosine.
-        batch_size: per-device batch size (for the lr scaling).
-        seed: run seed; the per-step mask RNG derives from it.
+    Subclasses set ``self.model`` (with ``lr_scale``) and save hyper-parameters ``blr``,
+    ``lr``, ``weight_decay``, ``betas``, ``warmup_epochs``, ``min_lr``, ``batch_size``,
+    ``seed``, ``optimizer``, ``momentum`` and ``restarts``.
     """
 
-    def __init__(
-        self,
-        model: dict[str, Any],
-        blr: float = 1.5e-4,
-        lr: float | None = None,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 1.0,
-        min_lr: float = 0.0,
-        batch_size: int = 64,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        opts = dict(model)
-        self.method_name = opts.pop("name")
-        self.model = build_method(self.method_name, **opts)
-        self._total: int | None = None
+    model: nn.Module
+    _total: int | None = None
 
-    # -- training -------------------------------------------------------------------------
     def progress(self) -> float:
         """Fraction of the run's optimiser steps done, in [0, 1]."""
         total = self._total_steps()
@@ -127,6 +108,83 @@ class PretrainModule(L.LightningModule):
         g.manual_seed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
         return g
 
+    # -- optimisation ---------------------------------------------------------------------
+    def effective_batch(self) -> int:
+        """Per-device batch × devices × nodes × gradient accumulation."""
+        return int(self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The optimiser and a per-step schedule: warmup, then cosine (``restarts`` cycles).
+
+        AdamW has no decay on norms, biases and tokens; SGD decays every parameter.
+        """
+        hp = self.hparams
+        lr = hp.lr if hp.lr is not None else scaled_lr(hp.blr, self.effective_batch(), self.model.lr_scale)
+        optimizer = build_optimizer(
+            hp.get("optimizer", "adamw"), self.model, lr, hp.weight_decay, tuple(hp.betas), hp.get("momentum", 0.9)
+        )
+        total = self._total_steps()
+        if total <= 0:
+            raise ValueError("the run needs a finite length: set trainer.max_epochs or trainer.max_steps")
+        max_epochs = self.trainer.max_epochs or 1
+        warmup = int(round(total * hp.warmup_epochs / max_epochs)) if max_epochs > 0 else 0
+        min_ratio = hp.min_lr / lr if lr > 0 else 0.0
+        cycles = int(hp.get("restarts", 0) or 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine_restarts(step, warmup, total, cycles, min_ratio)
+        )
+        self.print(
+            f"lr {lr:.3e} (effective batch {self.effective_batch()}), {warmup} warmup of {total} steps, "
+            f"{cycles} cosine cycle(s)"
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class PretrainModule(StepModule):
+    """Trains a :class:`MaskedImageModel` with AdamW and a warmup-cosine schedule.
+
+    The learning rate is ``lr_scale · blr · effective_batch / 256`` (``lr_scale`` is the
+    method's, e.g. ``r/m`` for SelectiveMAE) unless ``lr`` is given; the schedule is per
+    optimiser step over the run, so training progress ``t = step / total_steps`` also drives
+    SelectiveMAE's PSTS curriculum.
+
+    Args:
+        model: method options; ``name`` plus the method's constructor arguments.
+        blr: base learning rate.
+        lr: absolute learning rate (overrides ``blr`` scaling) or None.
+        weight_decay: AdamW weight decay (0.05).
+        betas: AdamW betas (0.9, 0.95).
+        warmup_epochs: epochs of linear warmup (fractions allowed).
+        min_lr: final learning rate of the cosine.
+        batch_size: per-device batch size (for the lr scaling).
+        seed: run seed; the per-step mask RNG derives from it.
+        optimizer: ``adamw`` or ``sgd``.
+        momentum: SGD momentum.
+        restarts: cosine cycles over the run (0 or 1: one).
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        blr: float = 1.5e-4,
+        lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 1.0,
+        min_lr: float = 0.0,
+        batch_size: int = 64,
+        seed: int = 0,
+        optimizer: str = "adamw",
+        momentum: float = 0.9,
+        restarts: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        opts = dict(model)
+        self.method_name = opts.pop("name")
+        self.model = build_method(self.method_name, **opts)
+        self._total: int | None = None
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         """One optimisation step on ``batch['image']`` ``(B, C, H, W)`` float32; None if empty."""
         imgs = batch["image"]
@@ -144,25 +202,3 @@ class PretrainModule(L.LightningModule):
         if isinstance(self.model, SelectiveMAE):
             self.log("train/psts_stage", float(psts_mix(t, self.model.psts_boundaries).stage), batch_size=imgs.shape[0])
         return loss
-
-    # -- optimisation ---------------------------------------------------------------------
-    def effective_batch(self) -> int:
-        """Per-device batch × devices × nodes × gradient accumulation."""
-        return int(self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW (no decay on norms, biases, tokens) and a per-step warmup-cosine schedule."""
-        hp = self.hparams
-        lr = hp.lr if hp.lr is not None else scaled_lr(hp.blr, self.effective_batch(), self.model.lr_scale)
-        optimizer = build_adamw(self.model, lr, hp.weight_decay, tuple(hp.betas))
-        total = self._total_steps()
-        if total <= 0:
-            raise ValueError("the run needs a finite length: set trainer.max_epochs or trainer.max_steps")
-        max_epochs = self.trainer.max_epochs or 1
-        warmup = int(round(total * hp.warmup_epochs / max_epochs)) if max_epochs > 0 else 0
-        min_ratio = hp.min_lr / lr if lr > 0 else 0.0
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total, min_ratio)
-        )
-        self.print(f"lr {lr:.3e} (effective batch {self.effective_batch()}), {warmup} warmup of {total} steps")
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

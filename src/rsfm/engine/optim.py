@@ -1,4 +1,8 @@
-"""Optimiser and learning-rate schedule of the MAE family (METHODS.md §1, §2.6)."""
+"""Optimisers and learning-rate schedules.
+
+AdamW with warmup-cosine (the MAE family, METHODS.md §1, §2.6) and SGD with cosine restarts
+(GeRSP, METHODS.md §3).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,18 @@ import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-__all__ = ["build_adamw", "dense_param_groups", "scaled_lr", "step_schedule", "warmup_cosine"]
+__all__ = [
+    "build_adamw",
+    "build_optimizer",
+    "build_sgd",
+    "dense_param_groups",
+    "scaled_lr",
+    "step_schedule",
+    "warmup_cosine",
+    "warmup_cosine_restarts",
+]
+
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def scaled_lr(blr: float, effective_batch: int, lr_scale: float = 1.0) -> float:
@@ -37,6 +52,61 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     span = max(1, total_steps - warmup_steps)
     t = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def warmup_cosine_restarts(
+    step: int, warmup_steps: int, total_steps: int, cycles: int = 1, min_ratio: float = 0.0
+) -> float:
+    """Learning-rate multiplier: linear warmup, then ``cycles`` equal cosine cycles.
+
+    After the warmup the remaining steps are cut into ``cycles`` equal spans; each runs a
+    half-cycle cosine from 1 to ``min_ratio`` and the next restarts at 1 (SGDR, Loshchilov &
+    Hutter 2017, with ``T_mult = 1``). GeRSP: 5 cycles over 100 epochs (METHODS.md §3).
+    ``cycles <= 1`` is :func:`warmup_cosine`.
+
+    Args:
+        step: optimiser steps done.
+        warmup_steps: steps of linear warmup.
+        total_steps: steps of the whole run.
+        cycles: number of cosine cycles.
+        min_ratio: multiplier at the end of each cycle.
+
+    Returns:
+        A multiplier in ``[0, 1]``.
+    """
+    if cycles <= 1 or (warmup_steps > 0 and step < warmup_steps):
+        return warmup_cosine(step, warmup_steps, total_steps, min_ratio)
+    span = max(1, total_steps - warmup_steps) / cycles
+    done = min(step - warmup_steps, max(0, total_steps - warmup_steps) - 1)
+    t = (done - span * min(cycles - 1, int(done // span))) / span
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def build_sgd(model: nn.Module, lr: float, weight_decay: float = 5e-4, momentum: float = 0.9) -> torch.optim.SGD:
+    """SGD with momentum over the trainable parameters, weight decay on all (as MoCo and GeRSP)."""
+    return torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+
+
+def build_optimizer(
+    name: str,
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """``optim.name``: ``adamw`` (:func:`build_adamw`) or ``sgd`` (:func:`build_sgd`).
+
+    Raises:
+        ValueError: on another name.
+    """
+    if name == "adamw":
+        return build_adamw(model, lr, weight_decay, betas)
+    if name == "sgd":
+        return build_sgd(model, lr, weight_decay, momentum)
+    raise ValueError(f"optim.name: unknown optimiser {name!r}; expected one of {OPTIMIZERS}")
 
 
 def build_adamw(

@@ -15,10 +15,12 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from rsfm.data.datamodule import PretrainDataModule
 from rsfm.data.folder import SkipReportCallback
 from rsfm.data.io import RasterRule
+from rsfm.data.paired import PairedDataModule, natural_classes
 from rsfm.engine.config import PretrainConfig, to_dict
 from rsfm.engine.export import export_encoder
 from rsfm.engine.figures import ReconstructionFigures
-from rsfm.engine.module import PretrainModule
+from rsfm.engine.gersp_module import GeRSPModule
+from rsfm.engine.module import PretrainModule, StepModule
 from rsfm.engine.precision import default_precision
 
 __all__ = ["build_datamodule", "build_module", "build_trainer", "export_from_checkpoint", "run_pretrain"]
@@ -31,13 +33,46 @@ def run_dir(cfg: PretrainConfig) -> Path:
     return Path(cfg.output_dir) / cfg.run_name
 
 
-def build_datamodule(cfg: PretrainConfig) -> PretrainDataModule:
-    """The pretraining datamodule of a recipe; fails at once on a missing or empty folder."""
+def is_gersp(cfg: PretrainConfig) -> bool:
+    """Whether a recipe trains GeRSP (``model.name: gersp``), which pairs RS and natural images."""
+    return cfg.model.get("name") == "gersp"
+
+
+def _natural_root(cfg: PretrainConfig) -> str:
+    if not cfg.data.natural_root:
+        raise ValueError(
+            "data.natural_root is required for model.name=gersp: a labeled natural-image folder "
+            "<root>/<class>/<image>, e.g. an ImageNet train folder or ../shared/datasets/cifar10/train"
+        )
+    return str(cfg.data.natural_root)
+
+
+def build_datamodule(cfg: PretrainConfig) -> PretrainDataModule | PairedDataModule:
+    """The pretraining datamodule of a recipe; fails at once on a missing or empty folder.
+
+    GeRSP recipes get a :class:`~rsfm.data.paired.PairedDataModule` over ``data.root`` and
+    ``data.natural_root``; the others a :class:`~rsfm.data.datamodule.PretrainDataModule`.
+    """
     d = cfg.data
     raster = RasterRule(
         bands=tuple(d.bands) if d.bands is not None else None,
         scale=d.raster_scale if d.raster_scale == "auto" else float(d.raster_scale),
     )
+    if is_gersp(cfg):
+        return PairedDataModule(
+            root=d.root,
+            natural_root=_natural_root(cfg),
+            img_size=d.img_size,
+            batch_size=d.batch_size,
+            num_workers=d.num_workers,
+            mean=tuple(d.mean),
+            std=tuple(d.std),
+            holdout_fraction=d.holdout_fraction,
+            split_seed=d.split_seed,
+            seed=cfg.seed,
+            scale=tuple(d.scale),
+            raster=raster,
+        )
     return PretrainDataModule(
         root=d.root,
         img_size=d.img_size,
@@ -54,18 +89,21 @@ def build_datamodule(cfg: PretrainConfig) -> PretrainDataModule:
     )
 
 
-def build_module(cfg: PretrainConfig) -> PretrainModule:
+def build_module(cfg: PretrainConfig) -> PretrainModule | GeRSPModule:
     """The Lightning module of a recipe; ``model.img_size`` follows ``data.img_size``.
 
+    For GeRSP, ``model.num_classes`` is the number of class folders of ``data.natural_root``.
+
     Raises:
-        ValueError: if ``model.img_size`` is set and differs from ``data.img_size``.
+        ValueError: if ``model.img_size`` is set and differs from ``data.img_size``, or on a
+            GeRSP recipe without ``data.natural_root``.
     """
     model = dict(to_dict(cfg.model))
     if "img_size" in model and model["img_size"] != cfg.data.img_size:
         raise ValueError(f"model.img_size={model['img_size']} differs from data.img_size={cfg.data.img_size}")
     model["img_size"] = cfg.data.img_size
     o = cfg.optim
-    return PretrainModule(
+    options = dict(
         model=model,
         blr=o.blr,
         lr=o.lr,
@@ -75,14 +113,21 @@ def build_module(cfg: PretrainConfig) -> PretrainModule:
         min_lr=o.min_lr,
         batch_size=cfg.data.batch_size,
         seed=cfg.seed,
+        optimizer=o.name,
+        momentum=o.momentum,
+        restarts=o.restarts,
     )
+    if is_gersp(cfg):
+        model.setdefault("num_classes", len(natural_classes(_natural_root(cfg))))
+        return GeRSPModule(**options)
+    return PretrainModule(**options)
 
 
 def build_trainer(cfg: PretrainConfig, extra_callbacks: list[L.Callback] | None = None) -> L.Trainer:
     """A Lightning trainer for a recipe.
 
     It writes checkpoints (every N epochs or steps, plus ``last``), CSV and TensorBoard logs,
-    reconstruction figures and the skipped-file report.
+    reconstruction figures (masked-image methods only) and the skipped-file report.
     """
     t, out = cfg.trainer, run_dir(cfg)
     ck = cfg.checkpoint
@@ -95,12 +140,12 @@ def build_trainer(cfg: PretrainConfig, extra_callbacks: list[L.Callback] | None 
         every_n_epochs=None if ck.every_n_train_steps else ck.every_n_epochs,
         every_n_train_steps=ck.every_n_train_steps,
     )
-    callbacks: list[L.Callback] = [
-        checkpoint,
-        ReconstructionFigures(out / "figures", cfg.viz.every_n_epochs, cfg.viz.num_images, cfg.data.mean, cfg.data.std),
-        SkipReportCallback(),
-        *(extra_callbacks or []),
-    ]
+    callbacks: list[L.Callback] = [checkpoint, SkipReportCallback(), *(extra_callbacks or [])]
+    if not is_gersp(cfg):
+        figures = ReconstructionFigures(
+            out / "figures", cfg.viz.every_n_epochs, cfg.viz.num_images, cfg.data.mean, cfg.data.std
+        )
+        callbacks.insert(1, figures)
     loggers = [CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tensorboard", version="")]
     return L.Trainer(
         accelerator=t.accelerator,
@@ -145,7 +190,7 @@ def resolve_resume(cfg: PretrainConfig) -> str | None:
     return str(path)
 
 
-def encoder_meta(module: PretrainModule, data: dict[str, Any], epochs: int | None, steps: int | None) -> dict[str, Any]:
+def encoder_meta(module: StepModule, data: dict[str, Any], epochs: int | None, steps: int | None) -> dict[str, Any]:
     """Metadata of an exported encoder (see :func:`rsfm.engine.export.export_encoder`).
 
     Args:
@@ -165,11 +210,13 @@ def encoder_meta(module: PretrainModule, data: dict[str, Any], epochs: int | Non
         epochs=epochs,
         steps=steps,
     )
+    if data.get("natural_root"):
+        meta["natural_root"] = str(data["natural_root"])
     return meta
 
 
 def export_from_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
-    """Export the encoder of a Lightning checkpoint of :class:`PretrainModule`.
+    """Export the (student) encoder of a checkpoint of :class:`PretrainModule` or :class:`GeRSPModule`.
 
     Raises:
         FileNotFoundError: if ``ckpt`` does not exist.
@@ -181,7 +228,9 @@ def export_from_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     if "rsfm_config" not in state or "hyper_parameters" not in state:
         raise ValueError(f"{ckpt} is not an rsfm pretraining checkpoint (no rsfm_config)")
-    module = PretrainModule(**state["hyper_parameters"])
+    hparams = state["hyper_parameters"]
+    cls = GeRSPModule if hparams.get("model", {}).get("name") == "gersp" else PretrainModule
+    module = cls(**hparams)
     module.load_state_dict(state["state_dict"])
     meta = encoder_meta(module, state["rsfm_config"]["data"], state.get("epoch"), state.get("global_step"))
     return export_encoder(module.model.encoder, out, meta)
