@@ -115,7 +115,26 @@ def test_missing_natural_root_is_a_clear_error(tmp_path: Path, datasets: Path, c
         build_module(load_config(recipe, [f"data.natural_root={datasets / 'cifar10' / 'train'}", "model.queue=3"]))
 
 
-@pytest.mark.slow
+def test_resume_mid_epoch_gives_identical_student_teacher_and_queue(tmp_path: Path, datasets: Path, one_thread) -> None:
+    from test_pretrain import Crash
+
+    recipe = REPO / "configs" / "pretrain" / "gersp_vit_tiny.yaml"
+    common = ["checkpoint.every_n_train_steps=2", "trainer.limit_train_batches=4", "resume=auto"]
+    run_pretrain(load_config(recipe, _overrides(tmp_path / "a", datasets, *common)))
+    try:
+        run_pretrain(load_config(recipe, _overrides(tmp_path / "b", datasets, *common)), callbacks=[Crash(3)])
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    run_pretrain(load_config(recipe, _overrides(tmp_path / "b", datasets, *common)))  # resumes from step 2
+    a, b = (
+        torch.load(tmp_path / r / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        for r in "ab"
+    )
+    assert a["global_step"] == b["global_step"] == 4
+    for k in a["state_dict"]:  # student, teacher (EMA) and queue alike
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
 @pytest.mark.parametrize("variant", ["moco_only", "natural_only", "released_teacher"])
 def test_ablations_run(tmp_path: Path, datasets: Path, variant: str, one_thread) -> None:
     extra = {

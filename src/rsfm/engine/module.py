@@ -141,7 +141,7 @@ class StepModule(L.LightningModule):
 
 
 class PretrainModule(StepModule):
-    """Trains a :class:`MaskedImageModel` with AdamW and a warmup-cosine schedule.
+    """Trains a :class:`MaskedImageModel`, by default with AdamW and a warmup-cosine schedule.
 
     The learning rate is ``lr_scale · blr · effective_batch / 256`` (``lr_scale`` is the
     method's, e.g. ``r/m`` for SelectiveMAE) unless ``lr`` is given; the schedule is per
