@@ -28,12 +28,18 @@ __all__ = ["MONITOR", "TASKS", "finetune", "load_task_config", "predict", "test"
 
 #: task name → module implementing ``build(cfg)`` (and ``predict_file`` where it applies)
 TASKS = {
+    "classification": "rsfm.tasks.classification",
     "segmentation": "rsfm.tasks.segmentation",
     "change_detection": "rsfm.tasks.change_detection",
     "detection": "rsfm.tasks.detection",
 }
 #: validation metric that selects the checkpoint tested at the end of ``finetune``
-MONITOR = {"segmentation": "val/mIoU", "change_detection": "val/F1", "detection": "val/mAP50"}
+MONITOR = {
+    "classification": "val/OA",
+    "segmentation": "val/mIoU",
+    "change_detection": "val/F1",
+    "detection": "val/mAP50",
+}
 TOP_LEVEL = {"task", "seed", "output_dir", "run_name", "resume", "backbone", "data", "model", "optim", "trainer"}
 TRAINER_KEYS = {
     "max_epochs", "max_steps", "max_time", "accelerator", "devices", "num_nodes", "strategy", "precision",
@@ -131,12 +137,27 @@ def finetune(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_module(cfg: dict[str, Any], ckpt: str | Path) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The recipe's task with the checkpoint's weights, and its datamodule.
+
+    Raises:
+        FileNotFoundError: if ``ckpt`` does not exist.
+        ValueError: if it is not a Lightning checkpoint or its weights do not fit the model.
+    """
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     module, datamodule = _task_module(cfg).build(cfg)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    module.load_state_dict(state["state_dict"])
+    if "state_dict" not in state:
+        raise ValueError(f"{ckpt} is not a Lightning checkpoint of `rsfm finetune` (no 'state_dict')")
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as err:
+        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise ValueError(
+            f"{ckpt} does not fit the model the recipe builds ({first}); "
+            "pass the recipe and the overrides it was trained with"
+        ) from None
     return module, datamodule
 
 
