@@ -114,6 +114,8 @@ def test_evaluate_finetune_and_scratch(aid_folder, encoder_file, tmp_path, one_t
     result = _evaluate(encoder_file, aid_folder, ("finetune", "scratch"), tmp_path, **budget)
     for name in ("finetune", "scratch"):
         assert result["protocols"][name]["n"] == 8
+        # a 1-epoch run warms up for a tenth of it, not MAE's 5 epochs (the whole run)
+        assert result["protocols"][name]["warmup_epochs"] == pytest.approx(0.1)
         assert (tmp_path / name / "csv" / "metrics.csv").is_file()
     table = (tmp_path / "metrics.md").read_text()
     assert "| finetune |" in table and "| scratch |" in table

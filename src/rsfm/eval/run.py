@@ -125,7 +125,8 @@ def evaluate(
         temperature: kNN vote temperature.
         linear_epochs: linear-probe epochs.
         linear_lr: linear-probe lr or lr grid (searched on the training split only).
-        finetune_epochs: fine-tuning epochs (``finetune`` and ``scratch``).
+        finetune_epochs: fine-tuning epochs (``finetune`` and ``scratch``); the lr warms up
+            for ``min(5, finetune_epochs / 10)`` epochs, then follows a cosine.
         finetune_max_time: optional wall-clock budget per fine-tuning run, ``DD:HH:MM:SS``.
         finetune_batch_size: fine-tuning batch.
         finetune_lr: fine-tuning base lr (scaled by batch / 256).
@@ -355,9 +356,13 @@ def evaluate(
             f"{name}: up to {finetune_epochs} epochs"
             + (f", time budget {finetune_max_time}" if finetune_max_time else ""),
         )
+        # MAE's 5 warmup epochs of 50-100, scaled down for short runs (a warmup as long as the
+        # run would leave the whole run at a fraction of the peak lr)
+        warmup = min(5.0, finetune_epochs / 10)
         preds, labels = finetune(
             make(),
             datamodule,
+            warmup_epochs=warmup,
             max_epochs=finetune_epochs,
             max_time=finetune_max_time,
             accelerator="gpu" if dev.type == "cuda" else "cpu",
@@ -371,6 +376,7 @@ def evaluate(
         result["protocols"][name] = {
             **report,
             "epochs": finetune_epochs,
+            "warmup_epochs": warmup,
             "max_time": finetune_max_time,
             "lr": finetune_lr,
         }
