@@ -43,6 +43,12 @@ def test_test_split_is_the_pretraining_holdout_and_val_is_disjoint(aid3: Path) -
     assert len(dm.val_dataloader()) == 1 and len(dm.test_dataloader()) == 1
 
 
+def test_no_validation_split(aid3: Path) -> None:
+    dm = SceneClassificationDataModule(aid3, test_fraction=0.2, val_fraction=0.0, img_size=64, num_workers=0)
+    assert dm.val_dataloader() == []
+    assert len(dm.train_dataset) == 48 and len(dm.test_dataset) == 12
+
+
 def test_fractions_are_checked(aid3: Path) -> None:
     with pytest.raises(ValueError, match="data.test_fraction"):
         SceneClassificationDataModule(aid3, test_fraction=0.0)

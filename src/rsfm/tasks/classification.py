@@ -178,6 +178,9 @@ class ClassificationTask(ClassificationModule):
         **kwargs: :class:`ClassificationModule` arguments (``lr``, ``batch_size``,
             ``weight_decay``, ``layer_decay``, ``label_smoothing``, ``warmup_epochs``,
             ``min_lr_ratio``).
+
+    Under DDP the test split is padded to equal rank lengths, so a few images count twice;
+    test on one device for exact figures.
     """
 
     def __init__(
@@ -336,7 +339,10 @@ def build(cfg: dict[str, Any]) -> tuple[ClassificationTask, SceneClassificationD
     datamodule = SceneClassificationDataModule(seed=int(cfg.get("seed", 0)), **data)
     encoder = build_classifier(backbone, datamodule.num_classes)
     trainer_cfg = cfg.get("trainer") or {}
-    batch = int(data.get("batch_size", 64)) * int(trainer_cfg.get("accumulate_grad_batches", 1))
+    # effective batch for the lr scaling: per-device batch × devices × nodes × accumulation
+    devices = trainer_cfg.get("devices", 1)
+    world = (devices if isinstance(devices, int) and devices > 0 else 1) * int(trainer_cfg.get("num_nodes", 1))
+    batch = int(data.get("batch_size", 64)) * world * int(trainer_cfg.get("accumulate_grad_batches", 1))
     if "lr" in optim:
         optim["lr"] = float(optim["lr"])
     task = ClassificationTask(
