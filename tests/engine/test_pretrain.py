@@ -192,6 +192,28 @@ def test_ddp_two_cpu_processes(tmp_path: Path, datasets: Path) -> None:
     assert ckpt["global_step"] == 3
 
 
+def test_ddp_rank_with_only_unreadable_files_keeps_step(tmp_path: Path, datasets: Path) -> None:
+    """Two ranks, batch 1, one good and one truncated image: each step one rank has an empty batch."""
+    root = tmp_path / "images" / "Forest"
+    root.mkdir(parents=True)
+    data = sorted((datasets / "aid" / "Forest").glob("*.jpg"))[0].read_bytes()
+    (root / "good.jpg").write_bytes(data)
+    (root / "truncated.jpg").write_bytes(data[:3000])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "rsfm.cli", "pretrain", "--config", str(RECIPE),
+        f"data.root={tmp_path / 'images'}", f"output_dir={tmp_path}", "run_name=ddp_bad", "resume=null",
+        "data.img_size=64", "data.batch_size=1", "data.num_workers=0", "data.holdout_fraction=0",
+        "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+        "trainer.devices=2", "trainer.strategy=ddp", "viz.num_images=1", "evaluate.enabled=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 truncated" in proc.stdout + proc.stderr
+    ckpt = torch.load(tmp_path / "ddp_bad" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+
+
 def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: Path) -> None:
     import shutil
 

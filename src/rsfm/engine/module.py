@@ -103,6 +103,10 @@ class StepModule(L.LightningModule):
         self._total = int(total)
         return self._total
 
+    def zero_loss(self) -> torch.Tensor:
+        """A scalar 0 with a (zero) gradient path to every trainable parameter."""
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device))
+
     def _generator(self) -> torch.Generator:
         g = torch.Generator(device=self.device)
         g.manual_seed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
@@ -186,9 +190,17 @@ class PretrainModule(StepModule):
         self._total: int | None = None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        """One optimisation step on ``batch['image']`` ``(B, C, H, W)`` float32; None if empty."""
+        """One optimisation step on ``batch['image']`` ``(B, C, H, W)`` float32.
+
+        A batch whose files were all unreadable (counted by the skip report) is skipped: the
+        step returns None in one process. Under DDP every rank must join the gradient
+        all-reduce, so the rank returns a zero loss that touches every trainable parameter;
+        the step then averages the other ranks' gradients with zeros.
+        """
         imgs = batch["image"]
-        if imgs.shape[0] == 0:  # every file of this batch was unreadable (counted elsewhere)
+        if imgs.shape[0] == 0:
+            if self.trainer.world_size > 1:
+                return self.zero_loss()
             return None
         t = self.progress()
         out = self.model(imgs, progress=t, generator=self._generator())
