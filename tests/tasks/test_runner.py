@@ -68,3 +68,22 @@ def test_cli_finetune_test_predict(tmp_path: Path, datasets: Path, one_thread: N
     assert Image.open(out).size == Image.open(before).size
     assert main(["test", "--config", recipe, "--checkpoint", str(tmp_path / "missing.ckpt"), *common]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_encoder_normalisation_prefers_the_export(tmp_path: Path) -> None:
+    from rsfm.engine.export import export_encoder
+    from rsfm.models.vit import build_vit
+    from rsfm.tasks.recipe import encoder_normalisation
+
+    path = tmp_path / "enc.safetensors"
+    meta = {"arch": "vit", "size": "tiny", "img_size": 32, "patch_size": 8, "in_chans": 3}
+    export_encoder(build_vit("tiny", img_size=32, patch_size=8), path, {**meta, "mean": [0.1] * 3, "std": [0.2] * 3})
+    data = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert encoder_normalisation({}, data) is None and data["mean"] == [0.5] * 3
+    assert encoder_normalisation({"encoder": str(path)}, data)["patch_size"] == 8
+    assert data == {"mean": [0.1] * 3, "std": [0.2] * 3}
+    no_stats = tmp_path / "plain.safetensors"
+    export_encoder(build_vit("tiny", img_size=32, patch_size=8), no_stats, meta)
+    data = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    encoder_normalisation({"encoder": str(no_stats)}, data)
+    assert data == {"mean": [0.5] * 3, "std": [0.5] * 3}

@@ -58,22 +58,7 @@ def build_datamodule(cfg: PretrainConfig) -> PretrainDataModule | PairedDataModu
         bands=tuple(d.bands) if d.bands is not None else None,
         scale=d.raster_scale if d.raster_scale == "auto" else float(d.raster_scale),
     )
-    if is_gersp(cfg):
-        return PairedDataModule(
-            root=d.root,
-            natural_root=_natural_root(cfg),
-            img_size=d.img_size,
-            batch_size=d.batch_size,
-            num_workers=d.num_workers,
-            mean=tuple(d.mean),
-            std=tuple(d.std),
-            holdout_fraction=d.holdout_fraction,
-            split_seed=d.split_seed,
-            seed=cfg.seed,
-            scale=tuple(d.scale),
-            raster=raster,
-        )
-    return PretrainDataModule(
+    common = dict(
         root=d.root,
         img_size=d.img_size,
         batch_size=d.batch_size,
@@ -84,9 +69,11 @@ def build_datamodule(cfg: PretrainConfig) -> PretrainDataModule | PairedDataModu
         split_seed=d.split_seed,
         seed=cfg.seed,
         scale=tuple(d.scale),
-        hflip=d.hflip,
         raster=raster,
     )
+    if is_gersp(cfg):
+        return PairedDataModule(natural_root=_natural_root(cfg), **common)
+    return PretrainDataModule(hflip=d.hflip, **common)
 
 
 def build_module(cfg: PretrainConfig) -> PretrainModule | GeRSPModule:

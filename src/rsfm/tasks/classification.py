@@ -37,11 +37,11 @@ from torch import Tensor, nn
 from rsfm.data.datamodule import ClassificationDataModule
 from rsfm.data.folder import LabeledImageFolder, stratified_split
 from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from rsfm.engine.export import atomic_write, load_encoder, read_encoder_meta
+from rsfm.engine.export import atomic_write, load_encoder
 from rsfm.eval.finetune import ClassificationModule
 from rsfm.eval.report import classification_report, write_json
 from rsfm.models.vit import build_vit
-from rsfm.tasks.recipe import recipe_sections
+from rsfm.tasks.recipe import encoder_normalisation, recipe_sections
 
 __all__ = ["ClassificationTask", "SceneClassificationDataModule", "build", "build_classifier", "prediction_grid"]
 
@@ -330,12 +330,9 @@ def build(cfg: dict[str, Any]) -> tuple[ClassificationTask, SceneClassificationD
     if not data.get("root"):
         raise ValueError("data.root is required (a folder of class folders, e.g. ../shared/datasets/aid)")
     data.setdefault("img_size", int(backbone.get("img_size", 224)))
+    encoder_normalisation(backbone, data)
     data.setdefault("mean", list(IMAGENET_MEAN))
     data.setdefault("std", list(IMAGENET_STD))
-    if backbone.get("encoder"):
-        meta = read_encoder_meta(backbone["encoder"])
-        if meta.get("mean") and meta.get("std"):
-            data["mean"], data["std"] = list(meta["mean"]), list(meta["std"])
     datamodule = SceneClassificationDataModule(seed=int(cfg.get("seed", 0)), **data)
     encoder = build_classifier(backbone, datamodule.num_classes)
     trainer_cfg = cfg.get("trainer") or {}

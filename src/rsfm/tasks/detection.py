@@ -27,13 +27,13 @@ from torchvision.utils import draw_bounding_boxes
 from rsfm.data.detection import DetectionDataModule
 from rsfm.data.io import read_image
 from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from rsfm.engine.export import atomic_write, read_encoder_meta
+from rsfm.engine.export import atomic_write
 from rsfm.engine.optim import dense_param_groups, step_schedule
 from rsfm.eval.report import write_json
 from rsfm.metrics.detection import DetectionMAP
 from rsfm.models.adapters import ViTFeaturePyramid
 from rsfm.models.detection import build_faster_rcnn, detect_tiled
-from rsfm.tasks.recipe import recipe_sections
+from rsfm.tasks.recipe import encoder_normalisation, recipe_sections
 
 __all__ = ["DetectionTask", "build", "predict_file", "render_boxes"]
 
@@ -354,12 +354,9 @@ def build(cfg: Mapping[str, Any]) -> tuple[DetectionTask, DetectionDataModule]:
         if key not in data:
             raise ValueError(f"data.{key} is required")
 
+    encoder_normalisation(backbone, data)
     mean = [float(v) for v in data.pop("mean", IMAGENET_MEAN)]
     std = [float(v) for v in data.pop("std", IMAGENET_STD)]
-    if backbone.get("encoder"):
-        meta = read_encoder_meta(backbone["encoder"])
-        if meta.get("mean") and meta.get("std"):
-            mean, std = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"data.mean/data.std must be three values (std > 0), got {mean} and {std}")
     crop = int(data.get("crop_size", 256))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BACKBONE_KEYS", "OPTIM_KEYS", "recipe_sections"]
+from rsfm.engine.export import read_encoder_meta
+
+__all__ = ["BACKBONE_KEYS", "OPTIM_KEYS", "encoder_normalisation", "recipe_sections"]
 
 #: options of :func:`rsfm.models.adapters.build_backbone`
 BACKBONE_KEYS = frozenset(
@@ -41,3 +43,24 @@ def recipe_sections(
             raise ValueError(f"{name}.{unknown[0]} is not a {task} option; expected one of {sorted(keys)}")
         sections.append(values)
     return sections[0], sections[1], sections[2], sections[3]
+
+
+def encoder_normalisation(backbone: Mapping[str, Any], data: dict[str, Any]) -> dict[str, Any] | None:
+    """Normalise inputs as the encoder was pretrained: the export's ``mean``/``std`` win.
+
+    When ``backbone.encoder`` names an rsfm export that records ``mean`` and ``std``, they
+    replace ``data['mean']``/``data['std']`` in place (per channel, for inputs in [0, 1]);
+    otherwise ``data`` keeps the recipe's values.
+
+    Returns:
+        The export's metadata, or None without ``backbone.encoder``.
+
+    Raises:
+        FileNotFoundError, ValueError: see :func:`rsfm.engine.export.read_encoder_meta`.
+    """
+    if not backbone.get("encoder"):
+        return None
+    meta = read_encoder_meta(backbone["encoder"])
+    if meta.get("mean") and meta.get("std"):
+        data["mean"], data["std"] = [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
+    return meta

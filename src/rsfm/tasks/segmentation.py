@@ -33,13 +33,13 @@ from torch import Tensor
 from rsfm.data.io import read_image
 from rsfm.data.segmentation import IGNORE_INDEX, SegmentationDataModule, colourise, datamodule_from_config
 from rsfm.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from rsfm.engine.export import atomic_write, read_encoder_meta
+from rsfm.engine.export import atomic_write
 from rsfm.engine.optim import dense_param_groups, step_schedule
 from rsfm.eval.report import write_json
 from rsfm.metrics.segmentation import SegmentationMetrics
 from rsfm.models.adapters import ViTFeaturePyramid, build_backbone
 from rsfm.models.heads.upernet import UperNetHead
-from rsfm.tasks.recipe import recipe_sections
+from rsfm.tasks.recipe import encoder_normalisation, recipe_sections
 
 __all__ = ["SegmentationTask", "build", "predict_file", "slide_inference", "window_starts"]
 
@@ -385,11 +385,9 @@ def build(cfg: Mapping[str, Any]) -> tuple[SegmentationTask, SegmentationDataMod
     backbone, data, model, optim = recipe_sections(cfg, "segmentation", set(cfg.get("data") or {}), MODEL_KEYS)
 
     patch = None
-    if backbone.get("encoder"):
-        meta = read_encoder_meta(backbone["encoder"])
-        patch = int(meta["patch_size"])
-        if meta.get("mean") and meta.get("std"):
-            data["mean"], data["std"] = list(meta["mean"]), list(meta["std"])
+    meta = encoder_normalisation(backbone, data)
+    if meta is not None:
+        patch = int(meta["patch_size"]) if meta.get("arch") == "vit" else None
     elif backbone.get("arch", "vit") == "vit":
         patch = int(backbone.get("patch_size", 16))
     crop = int(data.get("crop_size", 256))
