@@ -1,3 +1,3 @@
 """rsfm: remote-sensing foundation models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

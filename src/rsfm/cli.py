@@ -1,9 +1,21 @@
 """The ``rsfm`` command.
 
-rsfm pretrain --config configs/pretrain/selective_mae_vit_tiny.yaml [key=value ...]
-rsfm evaluate --encoder runs/x/encoder.safetensors --data ../shared/datasets/aid
-rsfm export --checkpoint runs/x/checkpoints/last.ckpt --out encoder.safetensors
-rsfm stats <folder>
+::
+
+    rsfm pretrain --config configs/pretrain/selective_mae_vit_tiny.yaml [section.key=value ...]
+    rsfm finetune --config configs/finetune/segmentation_dubai.yaml [section.key=value ...]
+    rsfm test     --config <recipe> --checkpoint runs/x/checkpoints/best.ckpt
+    rsfm predict  --config <recipe> --checkpoint <ckpt> --input scene.tif --output mask.tif
+    rsfm evaluate --encoder runs/x/encoder.safetensors --data ../shared/datasets/aid
+    rsfm export   --checkpoint runs/x/checkpoints/last.ckpt --out encoder.safetensors
+    rsfm stats    <folder>
+    rsfm list     encoders|necks|heads|methods|datasets
+
+Every command takes ``--print-config`` (print the resolved settings and exit). This module
+is the one error boundary: a :class:`~rsfm.utils.errors.UserError` (and the
+``FileNotFoundError``/``ValueError`` that data and model code raise on bad input) is printed
+as one line naming the file, field or value, with exit status 2; the traceback is shown only
+with ``RSFM_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -12,55 +24,104 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 DATA_HINT = (
-    "point data.root at a folder of images (sub-folders = classes for evaluation), e.g. "
-    "`rsfm pretrain --config ... data.root=/path/to/images`, or download a public set with torchgeo "
-    'where there is internet (`pip install torchgeo`, then `python -c "from torchgeo.datasets import '
-    "UCMerced; UCMerced('data/ucmerced', download=True)\"` and "
-    "data.root=data/ucmerced/UCMerced_LandUse/Images)"
+    "point data.root at a folder of images, or download a public set with torchgeo where there is internet "
+    "(`pip install torchgeo`; e.g. torchgeo.datasets.UCMerced('data/ucmerced', download=True))"
 )
+RECIPE_COMMANDS = ("pretrain", "finetune", "test", "predict")
+
+
+def _recipe(args: argparse.Namespace, rest: list[str]) -> dict[str, Any] | None:
+    """Load and check the recipe; print it and return None under ``--print-config``."""
+    from rsfm.engine.config import load_recipe, print_config
+
+    recipe = load_recipe(args.command, args.config, rest)
+    if args.print_config:
+        print_config(recipe)
+        return None
+    return recipe
 
 
 def _pretrain(args: argparse.Namespace, rest: list[str]) -> int:
-    from omegaconf import OmegaConf
-
-    from rsfm.engine.config import load_config
-
-    cfg = load_config(args.config, rest)
-    if args.print_config:
-        print(OmegaConf.to_yaml(cfg))
+    recipe = _recipe(args, rest)
+    if recipe is None:
         return 0
-    root = Path(cfg.data.root)
-    if not root.is_dir():
-        print(f"rsfm: data folder not found: {root}; {DATA_HINT}", file=sys.stderr)
-        return 2
-    from rsfm.engine.pretrain import run_pretrain
+    from rsfm.engine.run import pretrain
 
-    result = run_pretrain(cfg)
+    result = pretrain(recipe)
     if result.get("encoder"):
         print(f"run folder: {result['run_dir']}")
     return 0
 
 
-def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
-    if rest:
-        raise SystemExit(f"rsfm evaluate: unexpected arguments {rest}")
-    from rsfm.eval.run import evaluate
+def _finetune(args: argparse.Namespace, rest: list[str]) -> int:
+    recipe = _recipe(args, rest)
+    if recipe is None:
+        return 0
+    from rsfm.engine.run import finetune
 
-    if not Path(args.data).is_dir():
-        print(f"rsfm: data folder not found: {args.data}; {DATA_HINT}", file=sys.stderr)
-        return 2
+    result = finetune(recipe)
+    print(f"test metrics (percent): {json.dumps(result['metrics'], indent=1)}\nrun folder: {result['run_dir']}")
+    return 0
+
+
+def _test(args: argparse.Namespace, rest: list[str]) -> int:
+    recipe = _recipe(args, rest)
+    if recipe is None:
+        return 0
+    from rsfm.engine.run import test
+
+    result = test(recipe, args.checkpoint)
+    print(f"test metrics (percent): {json.dumps(result['metrics'], indent=1)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace, rest: list[str]) -> int:
+    recipe = _recipe(args, rest)
+    if recipe is None:
+        return 0
+    from rsfm.engine.run import predict
+
+    inputs = [p.strip() for p in args.input.split(",") if p.strip()]
+    out = predict(recipe, args.checkpoint, inputs, args.output, args.head)
+    print(f"prediction written to {out}")
+    return 0
+
+
+def _no_rest(command: str, rest: list[str]) -> None:
+    if rest:
+        from rsfm.utils.errors import ConfigError
+
+        raise ConfigError(f"rsfm {command}: unexpected arguments {rest}")
+
+
+def _print_options(args: argparse.Namespace) -> int:
+    import yaml
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "print_config")}
+    sys.stdout.write(yaml.safe_dump(options, sort_keys=False))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
+    _no_rest("evaluate", rest)
+    if args.print_config:
+        return _print_options(args)
+    from rsfm.data.base import check_folder
+    from rsfm.engine.evaluate import evaluate
+
+    check_folder(args.data, "--data")
     evaluate(
         encoder_path=args.encoder,
         data_root=args.data,
-        protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
+        protocols=[p.strip() for p in args.protocols.split(",") if p.strip()],
         out_dir=args.out,
         img_size=args.img_size,
-        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
         split_seed=args.split_seed,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -75,72 +136,81 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _export(args: argparse.Namespace, rest: list[str]) -> int:
-    if rest:
-        raise SystemExit(f"rsfm export: unexpected arguments {rest}")
-    from rsfm.engine.pretrain import export_from_checkpoint
+    _no_rest("export", rest)
+    if args.print_config:
+        return _print_options(args)
+    from rsfm.engine.run import export_checkpoint
 
-    print(f"encoder exported to {export_from_checkpoint(args.checkpoint, args.out)}")
+    print(f"encoder exported to {export_checkpoint(args.checkpoint, args.out)}")
     return 0
 
 
 def _stats(args: argparse.Namespace, rest: list[str]) -> int:
-    if rest:
-        raise SystemExit(f"rsfm stats: unexpected arguments {rest}")
+    _no_rest("stats", rest)
+    if args.print_config:
+        return _print_options(args)
+    from rsfm.data.base import check_folder
     from rsfm.data.stats import compute_mean_std, format_stats
 
+    check_folder(args.folder, "folder")
     mean, std = compute_mean_std(args.folder, max_images=args.max_images, seed=args.seed)
     print(format_stats(mean, std))
     return 0
 
 
-def _finetune(args: argparse.Namespace, rest: list[str]) -> int:
-    from rsfm.tasks.runner import finetune, load_task_config
+def _list(args: argparse.Namespace, rest: list[str]) -> int:
+    _no_rest("list", rest)
+    if args.print_config:
+        return _print_options(args)
+    from rsfm.utils.registry import REGISTRIES
 
-    result = finetune(load_task_config(args.config, rest))
-    print(f"test metrics: {json.dumps(result['metrics'], indent=1)}\nrun folder: {result['run_dir']}")
-    return 0
-
-
-def _test(args: argparse.Namespace, rest: list[str]) -> int:
-    from rsfm.tasks.runner import load_task_config, test
-
-    result = test(load_task_config(args.config, rest), args.checkpoint)
-    print(f"test metrics: {json.dumps(result['metrics'], indent=1)}")
-    return 0
-
-
-def _predict(args: argparse.Namespace, rest: list[str]) -> int:
-    from rsfm.tasks.runner import load_task_config, predict
-
-    out = predict(load_task_config(args.config, rest), args.checkpoint, args.input, args.output)
-    print(f"prediction written to {out}")
+    kinds = [args.kind] if args.kind != "all" else list(REGISTRIES)
+    for kind in kinds:
+        rows = REGISTRIES[kind].describe()
+        print(f"{kind}:")
+        width = max((len(r[0]) for r in rows), default=0)
+        for name, path, doc in rows:
+            print(f"  {name:<{width}}  {doc}  [{path}]")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``rsfm`` command."""
-    p = argparse.ArgumentParser(prog="rsfm", description="Remote-sensing foundation models")
+    p = argparse.ArgumentParser(prog="rsfm", description="Remote-sensing foundation models", allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
-    pt = sub.add_parser(
-        "pretrain",
-        help="pretrain an encoder from a YAML recipe",
-        description="Pretrain, export the encoder and evaluate it. Any recipe value can be "
-        "overridden as section.key=value (e.g. trainer.max_epochs=5 data.root=/data).",
-    )
-    pt.add_argument(
-        "--config", "-c", required=True, help="YAML recipe, e.g. configs/pretrain/selective_mae_vit_tiny.yaml"
-    )
-    pt.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    pt.set_defaults(func=_pretrain)
+    def recipe_command(name: str, help: str, func: Any) -> argparse.ArgumentParser:
+        sp = sub.add_parser(
+            name,
+            help=help,
+            allow_abbrev=False,
+            description=f"{help}. Any recipe value can be overridden as section.key=value "
+            "(e.g. trainer.max_epochs=5 data.init_args.root=/data, or data.root=/data).",
+        )
+        sp.add_argument("--config", "-c", required=True, help="YAML recipe")
+        sp.add_argument(
+            "--print-config", "--print_config", action="store_true", help="print the resolved recipe and exit"
+        )
+        sp.set_defaults(func=func)
+        return sp
+
+    recipe_command("pretrain", "pretrain an encoder, export it and evaluate it", _pretrain)
+    recipe_command("finetune", "fine-tune a downstream task, then test the best checkpoint", _finetune)
+    te = recipe_command("test", "evaluate a fine-tuned checkpoint on the recipe's test split", _test)
+    te.add_argument("--checkpoint", required=True)
+    pr = recipe_command("predict", "run a fine-tuned model on an image or GeoTIFF of any size", _predict)
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--input", required=True, help="image file; 'before,after' for change detection")
+    pr.add_argument("--output", required=True, help="output file or folder")
+    pr.add_argument("--head", default=None, help="head to predict with (default: the first evaluated one)")
 
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tuning of an encoder on a labeled folder")
     ev.add_argument("--encoder", default=None, help="exported .safetensors encoder (omit for a scratch baseline)")
     ev.add_argument("--data", required=True, help="labeled image folder (class = sub-folder)")
-    ev.add_argument("--protocols", default="knn,linear", help="comma list of knn, linear, finetune")
+    ev.add_argument("--protocols", default="knn,linear", help="comma list of knn, linear, finetune, scratch")
     ev.add_argument("--out", default="runs/eval", help="output folder for metrics.json and metrics.md")
     ev.add_argument("--img-size", type=int, default=None, help="input size (default: the encoder's)")
-    ev.add_argument("--val-fraction", type=float, default=0.2, help="stratified held-out share")
+    ev.add_argument("--test-fraction", type=float, default=0.2, help="stratified held-out share")
     ev.add_argument("--split-seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--num-workers", type=int, default=2)
@@ -157,44 +227,45 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_export)
 
-    ft = sub.add_parser(
-        "finetune",
-        help="fine-tune a downstream task from a YAML recipe, then test the best checkpoint",
-        description="Downstream recipes: configs/finetune/<task>_<dataset>.yaml. Override any value as "
-        "section.key=value, e.g. backbone.encoder=runs/x/encoder.safetensors trainer.max_epochs=5.",
-    )
-    ft.add_argument("--config", "-c", required=True)
-    ft.set_defaults(func=_finetune)
-    te = sub.add_parser("test", help="evaluate a fine-tuned checkpoint on the recipe's test split")
-    te.add_argument("--config", "-c", required=True)
-    te.add_argument("--checkpoint", required=True)
-    te.set_defaults(func=_test)
-    pr = sub.add_parser("predict", help="run a fine-tuned model on an image or GeoTIFF of any size")
-    pr.add_argument("--config", "-c", required=True)
-    pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("--input", required=True)
-    pr.add_argument("--output", required=True)
-    pr.set_defaults(func=_predict)
-
     st = sub.add_parser("stats", help="per-channel mean/std of a folder of images (for data.mean/std)")
     st.add_argument("folder")
     st.add_argument("--max-images", type=int, default=None)
     st.add_argument("--seed", type=int, default=0)
     st.set_defaults(func=_stats)
+
+    ls = sub.add_parser("list", help="list the registered encoders, necks, heads, methods or datasets")
+    ls.add_argument(
+        "kind", nargs="?", default="all", choices=["all", "encoders", "necks", "heads", "methods", "datasets"]
+    )
+    ls.set_defaults(func=_list)
+
+    for sp in (ev, ex, st, ls):
+        sp.add_argument(
+            "--print-config", "--print_config", action="store_true", help="print the resolved options and exit"
+        )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``rsfm`` command; returns the exit status."""
+    """Entry point of the ``rsfm`` command; returns the exit status (2 for a user error)."""
+    from rsfm.utils.errors import UserError
+
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    debug = bool(os.environ.get("RSFM_DEBUG"))
     try:
         return int(args.func(args, rest) or 0)
-    except (FileNotFoundError, ValueError) as err:
-        if os.environ.get("RSFM_DEBUG"):
+    except (UserError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+        if debug:
             raise
-        print(f"rsfm {args.command}: error: {err} (set RSFM_DEBUG=1 for the traceback)", file=sys.stderr)
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "data.root" in message and "not found" in message:
+            message = f"{message}; {DATA_HINT}"
+        print(f"rsfm {args.command}: error: {message} (RSFM_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"rsfm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from rsfm.data.datamodule import ClassificationDataModule, EpochSampler, PretrainDataModule
-from rsfm.data.folder import SkipReportCallback
+from rsfm.engine.callbacks import SkipReportCallback
 
 
 @pytest.fixture

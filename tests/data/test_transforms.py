@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from rsfm.data.folder import SkipReport
+from rsfm.data.skips import SkipReport
 from rsfm.data.io import read_image
 from rsfm.data.stats import compute_mean_std, format_stats
 from rsfm.data.transforms import (

@@ -5,7 +5,7 @@ import pytest
 from rsfm.cli import main
 from rsfm.engine.config import load_config, parse_overrides
 from rsfm.engine.module import build_method
-from rsfm.engine.optim import scaled_lr, warmup_cosine
+from rsfm.optim import scaled_lr, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[2]
 # masked-image recipes; the GeRSP ones are tested in tests/engine/test_gersp_pretrain.py

@@ -10,8 +10,8 @@ import torch
 
 from rsfm.cli import main
 from rsfm.engine.config import load_config
-from rsfm.engine.export import load_encoder, read_encoder_meta
-from rsfm.engine.optim import warmup_cosine, warmup_cosine_restarts
+from rsfm.models.export import load_encoder, read_encoder_meta
+from rsfm.optim import warmup_cosine, warmup_cosine_restarts
 from rsfm.engine.pretrain import build_module, run_pretrain
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from rsfm.engine.config import load_config
-from rsfm.engine.export import load_encoder, read_encoder_meta
+from rsfm.models.export import load_encoder, read_encoder_meta
 from rsfm.engine.pretrain import build_datamodule, build_module, run_pretrain
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from rsfm.data.datamodule import ClassificationDataModule
-from rsfm.engine.optim import warmup_cosine
+from rsfm.optim import warmup_cosine
 from rsfm.eval.finetune import ClassificationModule, finetune
-from rsfm.models.vit import build_vit
+from rsfm.models.encoders.vit import build_vit
 
 CLASSES = ["Desert", "Forest", "Parking"]
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rsfm.eval.knn import knn_predict
+from rsfm.tasks.probes.knn import knn_predict
 
 
 def _points(angles_deg, norms):

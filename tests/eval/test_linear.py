@@ -3,7 +3,7 @@ import inspect
 import pytest
 import torch
 
-from rsfm.eval.linear import linear_probe, train_linear_head
+from rsfm.tasks.probes.linear import linear_probe, train_linear_head
 
 CLASSES = ["Forest", "Desert", "Parking"]
 

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from rsfm.engine.export import export_encoder, load_encoder
+from rsfm.models.export import export_encoder, load_encoder
 from rsfm.eval.run import _set_img_size, evaluate
-from rsfm.models.vit import build_vit
+from rsfm.models.encoders.vit import build_vit
 
 CLASSES = ["Beach", "Desert", "Forest", "Parking"]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -122,7 +122,7 @@ def test_evaluate_finetune_and_scratch(aid_folder, encoder_file, tmp_path, one_t
 
 
 def test_extract_features_pools_and_skips():
-    from rsfm.eval.features import extract_features
+    from rsfm.tasks.probes.features import extract_features
 
     torch.manual_seed(0)
     model = build_vit("tiny", img_size=32, patch_size=16)

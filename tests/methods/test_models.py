@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rsfm.engine.optim import build_adamw
+from rsfm.optim import build_adamw
 from rsfm.methods.mae import MAE
 from rsfm.methods.selective_mae import SelectiveMAE
-from rsfm.models.vit import VIT_SIZES, build_vit, sincos_pos_embed_2d
+from rsfm.models.encoders.vit import VIT_SIZES, build_vit, sincos_pos_embed_2d
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsfm.metrics.detection import DetectionMAP
+from rsfm.metrics.coco import DetectionMAP
 
 pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO  # noqa: E402

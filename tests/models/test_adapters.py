@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsfm.engine.export import export_encoder
+from rsfm.models.export import export_encoder
 from rsfm.models.adapters import build_backbone, evenly_spaced_blocks
-from rsfm.models.vit import build_vit
+from rsfm.models.encoders.vit import build_vit
 
 
 def test_evenly_spaced_blocks() -> None:

@@ -8,7 +8,7 @@ import torch
 
 from rsfm.cli import main
 from rsfm.data.folder import ImageFolder
-from rsfm.eval.report import classification_report
+from rsfm.metrics.classification import classification_report
 from rsfm.tasks.classification import (
     SceneClassificationDataModule,
     _as_fractions,

@@ -71,8 +71,8 @@ def test_cli_finetune_test_predict(tmp_path: Path, datasets: Path, one_thread: N
 
 
 def test_encoder_normalisation_prefers_the_export(tmp_path: Path) -> None:
-    from rsfm.engine.export import export_encoder
-    from rsfm.models.vit import build_vit
+    from rsfm.models.export import export_encoder
+    from rsfm.models.encoders.vit import build_vit
     from rsfm.tasks.recipe import encoder_normalisation
 
     path = tmp_path / "enc.safetensors"

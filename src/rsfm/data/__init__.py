@@ -1,54 +1,46 @@
-"""Data: image reading, folder datasets, transforms, statistics and datamodules."""
+"""Data: image reading, datasets of every layout, transforms, statistics and datamodules.
 
-from .datamodule import ClassificationDataModule, EpochSampler, PretrainDataModule
-from .folder import (
-    ImageFolder,
-    LabeledImageFolder,
-    SkipReport,
-    SkipReportCallback,
-    check_image_root,
-    collate_skipping,
-    scan_folder,
-    stratified_split,
-)
-from .io import (
-    IMAGE_EXTENSIONS,
-    BadImageError,
-    RasterRule,
-    UnsupportedImageError,
-    read_image,
-)
-from .stats import compute_mean_std, format_stats
-from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    eval_transform,
-    finetune_transform,
-    pretrain_transform,
-)
+Importing this package registers the built-in datamodules (``rsfm list datasets``). Its
+modules import only the standard library, numpy, PIL and torch at module level, so recipes
+are validated quickly; torchvision, rasterio and torchdata are imported when used.
+"""
+
+from rsfm.data import change, detection, segmentation
+from rsfm.data.base import IMAGENET_MEAN, IMAGENET_STD, DataInfo, DataModule
+from rsfm.data.folder import ImageFolder, LabeledImageFolder, check_image_root, scan_folder
+from rsfm.data.io import IMAGE_EXTENSIONS, BadImageError, RasterRule, UnsupportedImageError, read_image
+from rsfm.data.paired import PairedDataModule
+from rsfm.data.pretrain import PretrainDataModule
+from rsfm.data.samplers import EpochSampler, KeyedDataset
+from rsfm.data.scene import SceneClassificationDataModule
+from rsfm.data.skips import SkipReport, collate_skipping
+from rsfm.data.splits import seeded_split, split_names, stratified_split
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "BadImageError",
-    "ClassificationDataModule",
+    "DataInfo",
+    "DataModule",
     "EpochSampler",
     "ImageFolder",
+    "KeyedDataset",
     "LabeledImageFolder",
+    "PairedDataModule",
     "PretrainDataModule",
     "RasterRule",
+    "SceneClassificationDataModule",
     "SkipReport",
-    "SkipReportCallback",
     "UnsupportedImageError",
+    "change",
     "check_image_root",
     "collate_skipping",
-    "compute_mean_std",
-    "eval_transform",
-    "finetune_transform",
-    "format_stats",
-    "pretrain_transform",
+    "detection",
     "read_image",
     "scan_folder",
+    "seeded_split",
+    "segmentation",
+    "split_names",
     "stratified_split",
 ]

@@ -1,7 +1,8 @@
-"""Reading image files of any common remote-sensing format into ``(3, H, W) uint8`` tensors.
+"""Reading image files of any common remote-sensing format into ``(C, H, W) uint8`` tensors.
 
 One function, :func:`read_image`, turns a JPEG, PNG, BMP, WEBP, TIFF or GeoTIFF into an RGB
-tensor following a documented :class:`RasterRule` (which bands, how to scale to 8 bit). Files
+tensor (or, with :attr:`RasterRule.bands`, any chosen bands of a multispectral raster)
+following a documented :class:`RasterRule` (which bands, how to scale to 8 bit). Files
 that cannot be read raise :class:`BadImageError` with a machine-readable ``reason`` so that
 datasets can skip and count them instead of crashing a training run.
 
@@ -20,7 +21,6 @@ import numpy.typing as npt
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_jpeg
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -98,9 +98,11 @@ class RasterRule:
       alpha band): alpha dropped.
     * 4+ bands (multispectral GeoTIFF): the first three, assumed R, G, B[, NIR, ...].
 
-    ``bands`` (0-based indices into the file's bands, alpha included) overrides this, e.g.
-    ``(2, 1, 0)`` for a B, G, R file or ``(3,)`` for the NIR band of an R, G, B, NIR raster
-    shown as grayscale. It must select 1 or 3 bands that exist.
+    ``bands`` (0-based indices into the file's bands, alpha included) overrides this and gives
+    exactly those bands, in that order, as the channels: ``(2, 1, 0)`` for a B, G, R file,
+    ``(0, 1, 2, 3)`` for R, G, B and NIR of a 4-band raster (4 channels), ``(3,)`` for the NIR
+    band alone (1 channel). Encoders adapt their first layer to the number of channels
+    (:func:`rsfm.models.encoders.adapt_input_channels`).
 
     Scaling to 8 bit: ``uint8`` data is used as is. With ``scale='auto'`` other dtypes
     (uint16, int16, float, ...) get a per-image, per-band percentile stretch: the
@@ -127,8 +129,8 @@ class RasterRule:
     def __post_init__(self) -> None:
         if self.bands is not None:
             bands = tuple(int(b) for b in self.bands)
-            if len(bands) not in (1, 3) or any(b < 0 for b in bands):
-                raise ValueError(f"RasterRule.bands must be 1 or 3 non-negative band indices, got {self.bands}")
+            if not bands or any(b < 0 for b in bands) or len(set(bands)) != len(bands):
+                raise ValueError(f"data.bands must be distinct non-negative band indices, got {list(self.bands)}")
             object.__setattr__(self, "bands", bands)
         if isinstance(self.scale, str):
             if self.scale != "auto":
@@ -159,7 +161,8 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
         rule: band selection and 8-bit scaling rule, see :class:`RasterRule`.
 
     Returns:
-        image: (3, H, W) uint8, channels R, G, B.
+        image: ``(3, H, W)`` uint8, channels R, G, B; with ``rule.bands``, ``(len(bands), H, W)``
+        uint8 in the order of ``bands``.
 
     Raises:
         BadImageError: if the file is empty, truncated, not an image or cannot be decoded.
@@ -188,6 +191,8 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
 
 def _read_jpeg(path: Path, rule: RasterRule) -> Tensor | None:
     """Decode with libjpeg-turbo; None means "let PIL try" (not a JPEG, CMYK, 12-bit...)."""
+    from torchvision.io import ImageReadMode, decode_jpeg  # imported here: torchvision is slow to load
+
     try:
         data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
     except OSError as err:
@@ -327,7 +332,7 @@ def _check_bands(bands: tuple[int, ...], count: int, path: Path) -> None:
 def _select_bands(
     array: npt.NDArray[np.generic], bands: tuple[int, ...] | None, path: Path, has_alpha: bool
 ) -> npt.NDArray[np.generic]:
-    """Apply the band rule to a (C, H, W) array; returns (1 or 3, H, W)."""
+    """Apply the band rule to a (C, H, W) array; returns (1 or 3, H, W), or ``bands``' count."""
     count = array.shape[0]
     if bands is not None:
         _check_bands(bands, count, path)
@@ -346,7 +351,7 @@ def _to_rgb_uint8(
     if not selected:
         array = _select_bands(array, rule.bands, path, has_alpha)
     array = _scale_to_uint8(array, rule, mask)
-    if array.shape[0] == 1:
+    if array.shape[0] == 1 and rule.bands is None:
         array = np.repeat(array, 3, axis=0)
     return torch.from_numpy(np.ascontiguousarray(array))
 

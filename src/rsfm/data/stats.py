@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .folder import ImageFolder, SkipReport
+from .folder import ImageFolder
 from .io import BadImageError, RasterRule, read_image
+from .skips import SkipReport
 
 __all__ = ["compute_mean_std", "format_stats"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torchvision.utils import save_image
 
 from rsfm.methods.masking import patchify, unpatchify
+from rsfm.utils.files import atomic_write
 
 __all__ = ["ReconstructionFigures", "reconstruction_grid"]
 
@@ -58,7 +58,8 @@ def reconstruction_grid(
             mapped back with each target patch's own mean and variance.
 
     Returns:
-        ``(4·B, 3, H, W)`` float32 in [0, 1], row-major (image, then column).
+        ``(4·B, 3, H, W)`` float32 in [0, 1], row-major (image, then column); the first three
+        bands of a multispectral input.
     """
     b, c, h, w = imgs.shape
     grid = (h // patch_size, w // patch_size)
@@ -87,30 +88,28 @@ def reconstruction_grid(
     recon = torch.where(tgt.unsqueeze(-1), recon, visible)
     cols = [shown, visible, roles, recon]
     rows = torch.stack([unpatchify(x, patch_size, grid, c) for x in cols], dim=1)  # (B, 4, C, H, W)
-    return rows.reshape(b * 4, c, h, w)
+    rows = rows.reshape(b * 4, c, h, w)
+    return rows[:, :3] if c > 3 else rows
 
 
 class ReconstructionFigures(L.Callback):
     """Writes ``figures/reconstruction_epoch{E}.png`` every ``every_n_epochs`` epochs and at the end.
 
-    The images are the datamodule's ``viz_batch(num_images)`` (held-out, un-augmented) and
-    the masks use a fixed generator, so figures of different epochs are comparable.
+    The images are the datamodule's ``viz_batch(num_images)`` (held-out, un-augmented, in
+    [0, 1]), normalised by the module; the masks use a fixed generator, so figures of
+    different epochs are comparable. The method must be a
+    :class:`~rsfm.methods.base.MaskedImageModel`.
 
     Args:
         out_dir: folder for the PNG files.
         every_n_epochs: period in epochs (0: only at the end).
         num_images: images (rows) per figure.
-        mean: the data normalisation mean per channel, to show true colours.
-        std: the data normalisation standard deviation per channel.
     """
 
-    def __init__(
-        self, out_dir: str | Path, every_n_epochs: int, num_images: int, mean: Sequence[float], std: Sequence[float]
-    ) -> None:
+    def __init__(self, out_dir: str | Path, every_n_epochs: int, num_images: int) -> None:
         self.out_dir = Path(out_dir)
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
-        self.mean, self.std = tuple(mean), tuple(std)
         self._imgs: torch.Tensor | None = None
         self.written: list[Path] = []
 
@@ -119,20 +118,24 @@ class ReconstructionFigures(L.Callback):
             return
         if self._imgs is None:
             self._imgs = trainer.datamodule.viz_batch(self.num_images)
+        if self._imgs.shape[0] == 0:
+            return
+        from torchvision.utils import save_image
+
         model = pl_module.model
         was_training = model.training
         model.eval()
         try:
-            imgs = self._imgs.to(pl_module.device)
+            imgs = pl_module.normalise(self._imgs.to(pl_module.device))
             g = torch.Generator(device=pl_module.device).manual_seed(0)
             with torch.no_grad():
                 out = model(imgs, progress=pl_module.progress(), generator=g)
-            grid = reconstruction_grid(imgs, out, model.patch_size, self.mean, self.std, model.norm_pix_loss)
+            info = pl_module.info
+            grid = reconstruction_grid(imgs, out, model.patch_size, info.mean, info.std, model.norm_pix_loss)
         finally:
             model.train(was_training)
         path = self.out_dir / f"reconstruction_{tag}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid.cpu(), path, nrow=4, padding=2, pad_value=1.0)
+        atomic_write(path, lambda tmp: save_image(grid.cpu(), tmp, nrow=4, padding=2, pad_value=1.0, format="PNG"))
         self.written.append(path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

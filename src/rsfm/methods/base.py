@@ -1,16 +1,78 @@
-"""What MAE and SelectiveMAE share: the ViT encoder run on a subset of tokens, and the loss."""
+"""The interface of every pretraining method, and what MAE and SelectiveMAE share.
+
+A method is an ``nn.Module`` that owns its encoder and whatever else it trains (decoders,
+teachers, queues). The generic pretraining module (:class:`rsfm.methods.module.PretrainTask`)
+normalises the images of the method's :attr:`PretrainMethod.image_keys`, calls
+:meth:`PretrainMethod.training_step` once per batch with a :class:`StepContext` (training
+progress and seeded generators), and :meth:`PretrainMethod.after_optimizer_step` after every
+optimiser step. To add a method, subclass :class:`PretrainMethod`, register it with
+``@METHODS.register`` and name it in a recipe (``docs/extending.md``).
+
+.. versionadded:: 0.1
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from rsfm.methods.masking import gather_tokens, normalize_patch_targets, patchify
-from rsfm.models.vit import VIT_SIZES, build_vit, sincos_pos_embed_2d
+from rsfm.models.encoders.vit import VIT_SIZES, build_vit, sincos_pos_embed_2d
+from rsfm.utils.errors import ConfigError
 
-__all__ = ["MaskedImageModel", "init_mim_weights"]
+__all__ = ["MaskedImageModel", "PretrainMethod", "StepContext", "init_mim_weights"]
+
+
+@dataclass
+class StepContext:
+    """What a method's training step may use besides the batch.
+
+    Attributes:
+        progress: fraction of the run's optimiser steps done, in [0, 1].
+        generator: generator seeded from (run seed, step, rank), on the model's device: masks
+            and sampling of a resumed run equal an uninterrupted run's.
+        shared_generator: CPU generator in the same state on every rank (a permutation all
+            ranks must agree on, as MoCo's shuffle-BN).
+        world_size: number of ranks.
+    """
+
+    progress: float
+    generator: torch.Generator | None = None
+    shared_generator: torch.Generator | None = None
+    world_size: int = 1
+
+
+class PretrainMethod(nn.Module):
+    """Base of the pretraining methods.
+
+    Subclasses set :attr:`encoder` (the network that is exported, timm key names) and
+    implement :meth:`training_step` and :meth:`export_meta`.
+    """
+
+    #: keys every batch must carry
+    sample_keys: ClassVar[tuple[str, ...]] = ("image",)
+    #: image keys the pretraining module normalises with the data's mean/std
+    image_keys: ClassVar[tuple[str, ...]] = ("image",)
+    #: multiplies ``blr · batch / 256`` to give the learning rate (SelectiveMAE: r / m)
+    lr_scale: float = 1.0
+    #: the step runs collectives (gathers across ranks): under DDP, a rank whose batch is
+    #: empty still calls :meth:`training_step`, with zero-row image tensors, to join them
+    joins_collectives: ClassVar[bool] = False
+    encoder: nn.Module
+
+    def training_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
+        """Losses of one batch: ``loss`` (what is minimised) plus scalars to log."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Called after every optimiser step (an EMA teacher's update)."""
+
+    def export_meta(self) -> dict[str, Any]:
+        """Metadata to rebuild :attr:`encoder` (see :func:`rsfm.models.export.export_encoder`)."""
+        raise NotImplementedError
 
 
 def init_mim_weights(module: nn.Module) -> None:
@@ -33,22 +95,29 @@ def init_mim_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class MaskedImageModel(nn.Module):
+class MaskedImageModel(PretrainMethod):
     """A ViT encoder plus what every masked-image-modeling method needs around it.
 
     Args:
         size: encoder size, ``tiny`` | ``small`` | ``base`` | ``large``.
-        img_size: input side in pixels.
+        img_size: input side in pixels (None: the data's ``img_size``).
         patch_size: patch side ``p`` in pixels.
-        in_chans: input channels ``C``.
+        in_chans: input channels ``C`` (None: the data's bands).
         norm_pix_loss: regress per-patch normalised pixels (MAE §A.1).
+
+    Raises:
+        ConfigError: on an unknown size or an image size that is not a multiple of the patch.
     """
 
-    #: multiplies ``blr · batch / 256`` to give the learning rate (SelectiveMAE: r / m).
-    lr_scale: float = 1.0
-
-    def __init__(self, size: str, img_size: int, patch_size: int, in_chans: int, norm_pix_loss: bool) -> None:
+    def __init__(
+        self, size: str, img_size: int | None, patch_size: int, in_chans: int | None, norm_pix_loss: bool
+    ) -> None:
         super().__init__()
+        img_size, in_chans = int(img_size or 224), int(in_chans or 3)
+        if size not in VIT_SIZES:
+            raise ConfigError(f"model.size: unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
+        if img_size % patch_size:
+            raise ConfigError(f"model.patch_size {patch_size} does not divide the image size {img_size}")
         self.encoder = build_vit(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans)
         self.size = size
         self.spec = VIT_SIZES[size]
@@ -118,6 +187,10 @@ class MaskedImageModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Full parameter names exempt from weight decay besides norms and biases."""
         return {"encoder.cls_token", "encoder.pos_embed", "mask_token"}
+
+    def training_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
+        """``self(batch["image"], ctx.progress, ctx.generator)``: the loss and the chosen tokens."""
+        return self(batch["image"], progress=ctx.progress, generator=ctx.generator)
 
     def export_meta(self) -> dict[str, Any]:
         """Metadata to rebuild the encoder (see :func:`rsfm.engine.export.export_encoder`)."""

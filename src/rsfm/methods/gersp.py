@@ -19,7 +19,7 @@ Backbones (``arch``):
 
 - ``resnet50`` (the paper's): timm ResNet-50 from scratch, global-average-pooled 2048-d
   features; projector ``Linear(2048→2048) → ReLU → Linear(2048→128)`` (METHODS.md §3).
-- ``vit``: rsfm's ViT (:func:`rsfm.models.vit.build_vit`), class-token (or mean-pooled)
+- ``vit``: rsfm's ViT (:func:`rsfm.models.encoders.vit.build_vit`), class-token (or mean-pooled)
   ``D``-d features. Two details follow MoCo v3 (Chen, Xie & He, ICCV 2021), which made
   contrastive ViT training stable: BatchNorm after the projector's hidden layer (MoCo v3 §3,
   "BN in the MLP heads"; ``proj_bn``) and a frozen random patch embedding (MoCo v3 §4.2,
@@ -40,13 +40,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsfm.models.vit import VIT_SIZES, build_vit
+from rsfm.methods.base import PretrainMethod, StepContext
+from rsfm.models.encoders.vit import VIT_SIZES, build_vit
+from rsfm.utils.errors import ConfigError
+from rsfm.utils.registry import METHODS
 
 __all__ = [
     "GeRSP",
@@ -282,26 +284,34 @@ def _build_backbone(
     arch: str, size: str, img_size: int, patch_size: int, in_chans: int, global_pool: str
 ) -> tuple[nn.Module, int]:
     if arch == "resnet50":
+        import timm
+
         return timm.create_model("resnet50", pretrained=False, num_classes=0, in_chans=in_chans), 2048
     if arch == "vit":
         if global_pool not in ("token", "avg"):
-            raise ValueError(f"model.global_pool must be 'token' or 'avg', got {global_pool!r}")
+            raise ConfigError(f"model.global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if size not in VIT_SIZES:
+            raise ConfigError(f"model.size: unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
         vit = build_vit(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans, global_pool=global_pool)
         return vit, VIT_SIZES[size].embed_dim
-    raise ValueError(f"model.arch: unknown backbone {arch!r}; expected one of {ARCHS}")
+    raise ConfigError(f"model.arch: unknown backbone {arch!r}; expected one of {ARCHS}")
 
 
-class GeRSP(nn.Module):
+@METHODS.register
+class GeRSP(PretrainMethod):
     """Student (backbone, projector, classifier) and EMA teacher (backbone, projector).
 
+    Batches (:class:`rsfm.data.paired.PairedDataModule`) carry the RS query view ``image``,
+    its key view ``image_key``, natural images ``natural`` and their ``natural_label``.
+
     Args:
-        num_classes: natural-image classes ``K_nat`` (1000 for ImageNet); set by the engine
-            from ``data.natural_root``.
+        num_classes: natural-image classes ``K_nat`` (1000 for ImageNet); None: the data's
+            (the class folders of ``data.natural_root``).
         arch: ``resnet50`` (the paper's) or ``vit``.
         size: ViT size (``tiny`` … ``large``); ignored for ResNet.
-        img_size: input side in pixels.
+        img_size: input side in pixels (None: the data's).
         patch_size: ViT patch side in pixels.
-        in_chans: input channels.
+        in_chans: input channels (None: the data's bands).
         global_pool: ViT feature: ``token`` (class token) or ``avg`` (mean patch token).
         proj_hidden: projector hidden width; None: the feature width (2048 for ResNet-50).
         proj_dim: projector output width (128).
@@ -319,17 +329,21 @@ class GeRSP(nn.Module):
             code, whose teacher projector never changes.
 
     Raises:
-        ValueError: on an unknown ``arch`` / ``global_pool``, or when both losses are off.
+        ConfigError: on an unknown ``arch`` / ``global_pool``, or when both losses are off.
     """
+
+    sample_keys = ("image", "image_key", "natural", "natural_label")
+    image_keys = ("image", "image_key", "natural")
+    joins_collectives = True
 
     def __init__(
         self,
-        num_classes: int,
+        num_classes: int | None = None,
         arch: str = "resnet50",
         size: str = "tiny",
-        img_size: int = 224,
+        img_size: int | None = None,
         patch_size: int = 16,
-        in_chans: int = 3,
+        in_chans: int | None = None,
         global_pool: str = "token",
         proj_hidden: int | None = None,
         proj_dim: int = 128,
@@ -343,14 +357,15 @@ class GeRSP(nn.Module):
         ema_projector: bool = True,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        img_size, in_chans = int(img_size or 224), int(in_chans or 3)
+        if num_classes is None or num_classes < 1:
+            raise ConfigError(f"model.num_classes must be >= 1, got {num_classes}")
         if not contrastive and alpha <= 0:
-            raise ValueError("model.contrastive=false with model.alpha=0 leaves no loss to train")
+            raise ConfigError("model.contrastive=false with model.alpha=0 leaves no loss to train")
         if temperature <= 0:
-            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+            raise ConfigError(f"model.temperature must be > 0, got {temperature}")
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"model.momentum must be in [0, 1], got {momentum}")
+            raise ConfigError(f"model.momentum must be in [0, 1], got {momentum}")
         self.arch, self.size, self.img_size, self.patch_size = arch, size, img_size, patch_size
         self.in_chans, self.global_pool = in_chans, global_pool
         self.temperature, self.momentum, self.alpha = temperature, momentum, alpha
@@ -377,9 +392,16 @@ class GeRSP(nn.Module):
 
     @torch.no_grad()
     def keys(self, imgs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Teacher keys ``(B, proj_dim)`` float32, L2-normalised, computed under shuffle-BN."""
+        """Teacher keys ``(B, proj_dim)`` float32, L2-normalised, computed under shuffle-BN.
+
+        A rank whose batch is empty (every file unreadable) still joins the gathers of the
+        shuffle, with no rows, so that the other ranks' collectives complete.
+        """
         shuffled, order, sizes = batch_shuffle(imgs, generator)
-        k = F.normalize(self.teacher_projector(self.features(shuffled, teacher=True)).float(), dim=1)
+        if shuffled.shape[0] == 0:
+            k = imgs.new_zeros((0, self.queue.keys.shape[1]), dtype=torch.float32)
+        else:
+            k = F.normalize(self.teacher_projector(self.features(shuffled, teacher=True)).float(), dim=1)
         return batch_unshuffle(k, order, sizes)
 
     @torch.no_grad()
@@ -414,6 +436,8 @@ class GeRSP(nn.Module):
             rank's teacher keys (the queue received the keys of all ranks).
         """
         use_ce = self.alpha > 0
+        if query.shape[0] == 0:
+            return self._empty_step(key, generator)
         parts = ([query] if self.contrastive else []) + ([natural] if use_ce else [])
         feats = self.features(torch.cat(parts) if len(parts) > 1 else parts[0])  # one student pass
         b = query.shape[0] if self.contrastive else 0
@@ -432,8 +456,36 @@ class GeRSP(nn.Module):
         out["loss"] = out["loss_con"] + self.alpha * out["loss_ce"]
         return out
 
+    def _empty_step(self, key: Tensor, generator: torch.Generator | None) -> dict[str, Tensor]:
+        """A rank with no readable pair: join the key gathers (shuffle-BN, queue) with no rows.
+
+        The loss is a zero that touches every trainable parameter, so the rank also joins the
+        gradient all-reduce and averages zeros into the step (as MAE's empty rank does).
+        """
+        if self.contrastive:
+            k = self.keys(key, generator)
+            self.queue.enqueue(concat_all_gather(k)[0])
+        zero = sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), key.new_zeros(()))
+        return {
+            "loss": zero,
+            "loss_con": zero.detach(),
+            "loss_ce": zero.detach(),
+            "acc_con": zero.detach(),
+            "acc_natural": zero.detach(),
+        }
+
+    def training_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
+        """``L_con + α·L_ce`` of one paired batch (shuffle-BN from the shared generator)."""
+        out = self(batch["image"], batch["image_key"], batch["natural"], batch["natural_label"], ctx.shared_generator)
+        out.pop("keys", None)
+        return out
+
+    def after_optimizer_step(self) -> None:
+        """The teacher's EMA step."""
+        self.update_teacher()
+
     def export_meta(self) -> dict[str, Any]:
-        """Metadata to rebuild the student backbone (see :func:`rsfm.engine.export.export_encoder`)."""
+        """Metadata to rebuild the student backbone (see :func:`rsfm.models.export.export_encoder`)."""
         if self.arch == "vit":
             return {
                 "arch": "vit",

@@ -7,24 +7,26 @@ The method as METHODS.md §1: random masking, an encoder on the visible tokens, 
 from __future__ import annotations
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from rsfm.methods.base import MaskedImageModel
 from rsfm.methods.masking import random_token_mask
+from rsfm.utils.errors import ConfigError
+from rsfm.utils.registry import METHODS
 
 __all__ = ["MAE"]
 
 
+@METHODS.register
 class MAE(MaskedImageModel):
     """Masked autoencoder with a ViT encoder.
 
     Args:
         size: encoder size (``tiny`` | ``small`` | ``base`` | ``large``); the decoder width
             and heads follow METHODS.md §1 unless given.
-        img_size: input side in pixels.
+        img_size: input side in pixels (None: the data's).
         patch_size: patch side in pixels.
-        in_chans: input channels.
+        in_chans: input channels (None: the data's bands).
         mask_ratio: fraction ``m`` of patches masked (0.75).
         decoder_depth: decoder blocks (8).
         decoder_embed_dim: decoder width (None: the size's default).
@@ -35,18 +37,20 @@ class MAE(MaskedImageModel):
     def __init__(
         self,
         size: str = "base",
-        img_size: int = 224,
+        img_size: int | None = None,
         patch_size: int = 16,
-        in_chans: int = 3,
+        in_chans: int | None = None,
         mask_ratio: float = 0.75,
         decoder_depth: int = 8,
         decoder_embed_dim: int | None = None,
         decoder_num_heads: int | None = None,
         norm_pix_loss: bool = True,
     ) -> None:
+        from timm.models.vision_transformer import Block
+
         super().__init__(size, img_size, patch_size, in_chans, norm_pix_loss)
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise ConfigError(f"model.mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
         dd, dh = self._build_decoder_io(decoder_embed_dim, decoder_num_heads)
         self.decoder_blocks = nn.Sequential(

@@ -8,15 +8,18 @@ cross-attention decoder (§2.5).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
 from torch import nn
 
-from rsfm.methods.base import MaskedImageModel
+from rsfm.methods.base import MaskedImageModel, StepContext
 from rsfm.methods.hog import hog_score
 from rsfm.methods.masking import gather_tokens
 from rsfm.methods.selection import psts_mix, psts_select, select_by_score, select_targets, token_budget
+from rsfm.utils.errors import ConfigError
+from rsfm.utils.registry import METHODS
 
 __all__ = ["CrossAttentionBlock", "SelectiveMAE"]
 
@@ -33,6 +36,8 @@ class CrossAttentionBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        from timm.layers import Mlp
+
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -64,14 +69,15 @@ class CrossAttentionBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+@METHODS.register
 class SelectiveMAE(MaskedImageModel):
     """SelectiveMAE with a ViT encoder.
 
     Args:
         size: encoder size (``tiny`` | ``small`` | ``base`` | ``large``).
-        img_size: input side in pixels.
+        img_size: input side in pixels (None: the data's).
         patch_size: patch side in pixels.
-        in_chans: input channels.
+        in_chans: input channels (None: the data's bands).
         mask_ratio: ``m``; ``int(N·(1 − m))`` tokens are visible to the encoder (0.85).
         rec_ratio: ``r``; ``int(N·r)`` patches are reconstructed (0.25).
         seed_ratio: share of the visible tokens chosen as seeds (0.5).
@@ -95,9 +101,9 @@ class SelectiveMAE(MaskedImageModel):
     def __init__(
         self,
         size: str = "base",
-        img_size: int = 224,
+        img_size: int | None = None,
         patch_size: int = 16,
-        in_chans: int = 3,
+        in_chans: int | None = None,
         mask_ratio: float = 0.85,
         rec_ratio: float = 0.25,
         seed_ratio: float = 0.5,
@@ -106,7 +112,7 @@ class SelectiveMAE(MaskedImageModel):
         target_selection: str = "topk",
         score_temperature: float = 1.0,
         psts: bool = True,
-        psts_boundaries: tuple[float, float, float, float] = (0.35, 0.375, 0.725, 0.75),
+        psts_boundaries: list[float] = [0.35, 0.375, 0.725, 0.75],  # noqa: B006
         psts_steps: int = 2,
         decoder_depth: int = 8,
         decoder_embed_dim: int | None = None,
@@ -116,9 +122,9 @@ class SelectiveMAE(MaskedImageModel):
         super().__init__(size, img_size, patch_size, in_chans, norm_pix_loss)
         for name, value in (("seed_selection", seed_selection), ("target_selection", target_selection)):
             if value not in ("topk", "sample"):
-                raise ValueError(f"{name} must be 'topk' or 'sample', got {value!r}")
+                raise ConfigError(f"model.{name} must be 'topk' or 'sample', got {value!r}")
         if hog_score not in ("energy", "official"):
-            raise ValueError(f"hog_score must be 'energy' or 'official', got {hog_score!r}")
+            raise ConfigError(f"model.hog_score must be 'energy' or 'official', got {hog_score!r}")
         psts_mix(0.0, tuple(psts_boundaries))  # validates the boundaries early
         self.budget = token_budget(self.num_patches, mask_ratio, rec_ratio, seed_ratio if psts else 1.0)
         self.mask_ratio, self.rec_ratio = mask_ratio, rec_ratio
@@ -214,3 +220,9 @@ class SelectiveMAE(MaskedImageModel):
         target = self.targets(imgs, sel["ids_target"])
         loss = (pred.float() - target.float()).pow(2).mean()
         return {"loss": loss, "pred": pred, **sel}
+
+    def training_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """One step (:meth:`forward`), plus the PSTS stage (0 near, 1 far, 2 random) to log."""
+        out = self(batch["image"], progress=ctx.progress, generator=ctx.generator)
+        out["psts_stage"] = torch.tensor(float(psts_mix(ctx.progress, self.psts_boundaries).stage))
+        return out

@@ -10,7 +10,8 @@ Change-detection papers (LEVIR-CD, Chen & Shi 2020; BIT, ChangeFormer, MTP) scor
 * OA = (TP + TN) / (TP + TN + FP + FN).
 
 A score whose denominator is zero (e.g. precision when nothing is predicted as change) is 0,
-as torchmetrics' ``zero_division=0``. All scores are fractions in [0, 1].
+as torchmetrics' ``zero_division=0``. :func:`change_scores` returns fractions;
+:meth:`ChangeDetectionMetrics.report`, what rsfm writes and prints, percentages.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def change_scores(confmat: Tensor) -> dict[str, float]:
 class ChangeDetectionMetrics(BinaryConfusionMatrix):
     """Pixel confusion matrix of change maps, accumulated over batches (and devices).
 
-    A torchmetrics :class:`~torchmetrics.classification.BinaryConfusionMatrix` whose
-    :meth:`compute` returns the change-class scores of :func:`change_scores` rather than the
-    matrix; the state ``confmat`` holds the matrix itself.
+    A torchmetrics :class:`~torchmetrics.classification.BinaryConfusionMatrix`:
+    ``compute()`` returns the ``(2, 2)`` matrix summed over ranks under DDP; :meth:`scores`
+    (fractions) and :meth:`report` (percent, with counts) score the change class.
 
     ``update(preds, target)`` takes ``preds`` ``(B, H, W)`` int64 in {0, 1} (hard labels) or
     float probabilities of change (thresholded at ``threshold``), and ``target`` ``(B, H, W)``
@@ -78,17 +79,19 @@ class ChangeDetectionMetrics(BinaryConfusionMatrix):
     def __init__(self, ignore_index: int | None = None, threshold: float = 0.5, **kwargs: Any) -> None:
         super().__init__(threshold=threshold, ignore_index=ignore_index, normalize=None, **kwargs)
 
-    def compute(self) -> dict[str, float]:  # type: ignore[override]
-        """Change-class scores of the accumulated matrix; see :func:`change_scores`."""
-        return change_scores(self.confmat)
+    def scores(self) -> dict[str, float]:
+        """Change-class scores (fractions) of the accumulated matrix; see :func:`change_scores`."""
+        return change_scores(self.compute())
 
     def report(self) -> dict[str, Any]:
-        """Scores plus the raw counts, JSON-ready.
+        """Scores in percent plus the raw counts, JSON-ready.
 
         Returns:
-            ``{**scores, "TP", "FP", "FN", "TN": int, "confusion": [[TN, FP], [FN, TP]]}``.
+            ``{"precision", "recall", "F1", "IoU", "OA": percent, "TP", "FP", "FN", "TN":
+            int, "confusion": [[TN, FP], [FN, TP]]}``.
 
         """
-        cm = self.confmat.long()
+        cm = self.compute().long().cpu()
         (tn, fp), (fn, tp) = cm.tolist()
-        return {**change_scores(cm), "TP": tp, "FP": fp, "FN": fn, "TN": tn, "confusion": cm.tolist()}
+        percent = {k: 100.0 * v for k, v in change_scores(cm).items()}
+        return {**percent, "TP": tp, "FP": fp, "FN": fn, "TN": tn, "confusion": cm.tolist()}

@@ -12,7 +12,15 @@ not averaged per image. With ``TP_k`` the diagonal, ``FP_k`` the column sum minu
 
 A class with a zero denominator (absent from both the ground truth and the prediction) has
 NaN scores and is left out of the means, as in MMSegmentation. Pixels whose label is the
-ignore index never enter the matrix. All scores are fractions in [0, 1].
+ignore index never enter the matrix.
+
+Some benchmarks score a subset of the classes (ISPRS: five, without clutter). With
+``score_classes`` only pixels whose *true* label is scored count: a scored pixel predicted as
+an unscored class is a miss (FN), an unscored pixel is left out entirely (no FP), and OA is
+over scored pixels (:func:`rsfm.metrics.isprs.isprs_scores` is the ISPRS special case).
+
+:func:`segmentation_scores` returns fractions (tensors); :func:`segmentation_report`, what
+rsfm writes and prints, percentages.
 """
 
 from __future__ import annotations
@@ -33,58 +41,74 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, math.nan))
 
 
-def segmentation_scores(confmat: Tensor) -> dict[str, Tensor]:
-    """Per-class and mean scores of a confusion matrix.
+def segmentation_scores(confmat: Tensor, score_classes: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """Per-class and mean scores of a confusion matrix, as fractions.
 
     Args:
         confmat: ``(K, K)`` counts (any numeric dtype), rows = true class, columns =
             predicted class (torchmetrics' layout).
+        score_classes: labels to score (see the module docstring); None: all ``K``.
 
     Returns:
         ``IoU``, ``F1``, ``precision``, ``recall``: ``(K,)`` float64 (NaN for a class with a
-        zero denominator); ``mIoU``, ``mF1``: 0-d float64, means over the classes that are not
-        NaN (NaN if all are); ``OA``: 0-d float64 (NaN for an empty matrix).
+        zero denominator or not scored); ``mIoU``, ``mF1``: 0-d float64, means over the
+        scored classes that are not NaN (NaN if all are); ``OA``: 0-d float64 over scored
+        pixels (NaN for an empty matrix).
 
     Raises:
-        ValueError: if ``confmat`` is not square.
+        ValueError: if ``confmat`` is not square or a scored label is out of range.
 
     """
     if confmat.ndim != 2 or confmat.shape[0] != confmat.shape[1]:
         raise ValueError(f"confmat must be (K, K), got {tuple(confmat.shape)}")
+    k = confmat.shape[0]
     cm = confmat.double()
-    tp = cm.diagonal()
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    iou = _ratio(tp, tp + fp + fn)
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    scored = torch.zeros(k, dtype=torch.bool)
+    if score_classes is None:
+        scored[:] = True
+    else:
+        idx = [int(c) for c in score_classes]
+        if any(not 0 <= c < k for c in idx):
+            raise ValueError(f"score_classes {idx} outside [0, {k})")
+        scored[idx] = True
+    rows = cm * scored.double().unsqueeze(1)  # pixels whose true label is scored
+    tp = rows.diagonal()
+    fp = rows.sum(0) - tp
+    fn = rows.sum(1) - tp
+    nan = torch.full((k,), math.nan, dtype=torch.float64)
+    iou = torch.where(scored, _ratio(tp, tp + fp + fn), nan)
+    f1 = torch.where(scored, _ratio(2 * tp, 2 * tp + fp + fn), nan)
     return {
         "IoU": iou,
         "F1": f1,
-        "precision": _ratio(tp, tp + fp),
-        "recall": _ratio(tp, tp + fn),
+        "precision": torch.where(scored, _ratio(tp, tp + fp), nan),
+        "recall": torch.where(scored, _ratio(tp, tp + fn), nan),
         "mIoU": iou.nanmean(),
         "mF1": f1.nanmean(),
-        "OA": _ratio(tp.sum(), cm.sum()),
+        "OA": _ratio(tp.sum(), rows.sum()),
     }
 
 
-def _float(x: Tensor | float) -> float | None:
-    """Python float, or None for NaN (JSON has no NaN)."""
+def _percent(x: Tensor | float) -> float | None:
+    """A fraction as a Python percentage, or None for NaN (JSON has no NaN)."""
     value = float(x)
-    return None if math.isnan(value) else value
+    return None if math.isnan(value) else 100.0 * value
 
 
-def segmentation_report(confmat: Tensor, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Scores of :func:`segmentation_scores` as a JSON-ready dict.
+def segmentation_report(
+    confmat: Tensor, class_names: Sequence[str] | None = None, score_classes: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """Scores of :func:`segmentation_scores` as a JSON-ready dict, in percent.
 
     Args:
         confmat: ``(K, K)`` counts, rows = true class, columns = predicted class.
         class_names: ``K`` names for the per-class entries (default ``"0"``, ``"1"``...).
+        score_classes: labels to score; None: all.
 
     Returns:
-        ``{"mIoU", "OA", "mF1": float | None, "IoU", "F1", "precision", "recall":
-        {name: float | None}, "pixels": int, "classes": [names], "confusion_matrix": K × K
-        ints}``; None stands for NaN.
+        ``{"mIoU", "OA", "mF1": percent | None, "IoU", "F1", "precision", "recall":
+        {name: percent | None}, "pixels": int, "classes": [names], "scored_classes":
+        [names], "confusion_matrix": K × K ints}``; None stands for NaN.
 
     Raises:
         ValueError: if the number of names is not ``K``.
@@ -94,12 +118,13 @@ def segmentation_report(confmat: Tensor, class_names: Sequence[str] | None = Non
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     if len(names) != k:
         raise ValueError(f"{len(names)} class names for a {k}-class confusion matrix")
-    scores = segmentation_scores(confmat)
-    out: dict[str, Any] = {key: _float(scores[key]) for key in ("mIoU", "OA", "mF1")}
+    scores = segmentation_scores(confmat, score_classes)
+    out: dict[str, Any] = {key: _percent(scores[key]) for key in ("mIoU", "OA", "mF1")}
     for key in ("IoU", "F1", "precision", "recall"):
-        out[key] = {name: _float(v) for name, v in zip(names, scores[key], strict=True)}
+        out[key] = {name: _percent(v) for name, v in zip(names, scores[key], strict=True)}
     out["pixels"] = int(confmat.sum())
     out["classes"] = names
+    out["scored_classes"] = names if score_classes is None else [names[int(c)] for c in score_classes]
     out["confusion_matrix"] = confmat.long().tolist()
     return out
 
@@ -107,9 +132,9 @@ def segmentation_report(confmat: Tensor, class_names: Sequence[str] | None = Non
 class SegmentationMetrics(MulticlassConfusionMatrix):
     """Pixel confusion matrix of label maps, accumulated over batches (and devices).
 
-    A torchmetrics :class:`~torchmetrics.classification.MulticlassConfusionMatrix` whose
-    :meth:`compute` returns the scores of :func:`segmentation_scores`; the state ``confmat``
-    holds the matrix itself (rows = true class).
+    A torchmetrics :class:`~torchmetrics.classification.MulticlassConfusionMatrix`:
+    ``compute()`` returns the matrix (rows = true class), summed over ranks under DDP;
+    :meth:`scores` and :meth:`report` score it.
 
     ``update(preds, target)`` takes ``preds`` ``(B, H, W)`` int64 labels in ``[0, K)`` or
     ``(B, K, H, W)`` float logits/probabilities (arg-maxed), and ``target`` ``(B, H, W)`` int64;
@@ -128,10 +153,16 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
         kwargs.setdefault("validate_args", False)
         super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None, **kwargs)
 
-    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
-        """Scores of the accumulated matrix; see :func:`segmentation_scores`."""
-        return segmentation_scores(self.confmat)
+    def compute_matrix(self) -> Tensor:
+        """The accumulated ``(K, K)`` matrix, summed over ranks under DDP (same as ``compute()``)."""
+        return self.compute()
 
-    def report(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """JSON-ready scores and matrix; see :func:`segmentation_report`."""
-        return segmentation_report(self.confmat, class_names)
+    def scores(self, score_classes: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """Scores (fractions) of the accumulated matrix; see :func:`segmentation_scores`."""
+        return segmentation_scores(self.compute(), score_classes)
+
+    def report(
+        self, class_names: Sequence[str] | None = None, score_classes: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """JSON-ready scores (percent) and matrix; see :func:`segmentation_report`."""
+        return segmentation_report(self.compute(), class_names, score_classes)

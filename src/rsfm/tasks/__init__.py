@@ -1,1 +1,1 @@
-"""Downstream tasks: fine-tuning and evaluation of encoders on dense and detection tasks."""
+"""Downstream tasks: the generic fine-tuning module, file prediction and frozen-encoder probes."""

@@ -1,1 +1,19 @@
-"""Task heads that turn a backbone's feature pyramid into predictions."""
+"""Task heads: each owns its layers, loss, metrics and sample keys (:class:`~rsfm.models.heads.base.Head`)."""
+
+from rsfm.models.heads.base import Features, Head, HeadMetrics
+from rsfm.models.heads.change import ChangeHead
+from rsfm.models.heads.classification import ClassificationHead
+from rsfm.models.heads.detection import FasterRCNNHead
+from rsfm.models.heads.segmentation import FCNHead, SegmentationHead, UperNetHead
+
+__all__ = [
+    "ChangeHead",
+    "ClassificationHead",
+    "FCNHead",
+    "FasterRCNNHead",
+    "Features",
+    "Head",
+    "HeadMetrics",
+    "SegmentationHead",
+    "UperNetHead",
+]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PyramidPooling", "UperNetHead"]
+__all__ = ["PyramidPooling", "UperNet"]
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -55,7 +55,7 @@ class PyramidPooling(nn.Module):
         return torch.cat([x] + [_resize(branch(x), size) for branch in self.branches], dim=1)
 
 
-class UperNetHead(nn.Module):
+class UperNet(nn.Module):
     """UperNet: pyramid pooling on the coarsest level + FPN fusion of all levels.
 
     Args:

@@ -1,0 +1,116 @@
+"""Unlabeled images of a folder, augmented MAE-style, for self-supervised pretraining.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rsfm.data.folder import ImageFolder
+from rsfm.data.folder_base import FolderDataModule, combine_skipped, round_robin
+from rsfm.data.skips import collate_skipping
+from rsfm.utils.registry import DATASETS
+
+__all__ = ["PretrainDataModule"]
+
+
+@DATASETS.register
+class PretrainDataModule(FolderDataModule):
+    """Unlabeled images found recursively under a folder (a pretraining corpus).
+
+    Batches (:func:`~rsfm.data.skips.collate_skipping`): ``{'image': (B, C, S, S) float32 in
+    [0, 1], 'index': (B,) int64, 'skipped': list[(path, reason)]}`` with ``S = img_size`` and
+    ``B <= batch_size`` (unreadable files are left out and counted).
+
+    The held-out split (``test_fraction``, stratified by sub-folder) is kept out of training;
+    it is what ``rsfm pretrain`` evaluates the encoder on and what reconstruction figures show.
+
+    Args:
+        root: folder of images, at any depth.
+        scale: crop area range of the random resized crop (MAE: [0.2, 1.0]).
+        hflip: random horizontal flips.
+        **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options (``img_size``,
+            ``test_fraction``, ``split_seed``, ``batch_size``, ``num_workers``, ``bands``,
+            ``raster_scale``, ``mean``, ``std``, ``seed``, ``pin_memory``).
+
+    Raises:
+        DataError: if ``root`` is missing or holds no image, naming ``data.root``.
+        ValueError: on an out-of-range setting.
+
+    .. versionadded:: 0.1
+    """
+
+    sample_keys = ("image",)
+
+    def __init__(self, root: str, scale: list[float] = [0.2, 1.0], hflip: bool = True, **kwargs: Any) -> None:  # noqa: B006
+        kwargs.setdefault("num_workers", 4)
+        super().__init__(root, **kwargs)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"data.scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.hflip = bool(hflip)
+        self._viz: ImageFolder | None = None
+
+    def collate(self) -> Any:
+        """Set unreadable files aside (:func:`~rsfm.data.skips.collate_skipping`)."""
+        return collate_skipping
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan the folder and build the training (and held-out) datasets, once."""
+        if self.datasets:
+            return
+        from rsfm.data.transforms import eval_transform, pretrain_transform
+
+        self.datasets["train"] = self.folder(
+            ImageFolder, False, pretrain_transform(self.img_size, self.scale, self.hflip)
+        )
+        if self.test_fraction > 0:
+            self.datasets["holdout"] = self.folder(ImageFolder, True, eval_transform(self.img_size))
+
+    def val_dataloader(self) -> Any:
+        """No validation during pretraining."""
+        return []
+
+    def viz_batch(self, n: int = 8) -> Tensor:
+        """Fixed images for reconstruction figures, without randomness.
+
+        The images are spread over the sub-folders (classes, on a labeled tree): the first
+        image of every sub-folder, then the second of every sub-folder, and so on, each in
+        path order; unreadable files are passed over.
+
+        Args:
+            n: number of images.
+
+        Returns:
+            ``(k, C, img_size, img_size)`` float32 in [0, 1]: ``k = min(n, readable)`` images of
+            the held-out split, or of the training set when there is none.
+        """
+        if self._viz is None:
+            self.setup("fit")
+            if "holdout" in self.datasets:
+                self._viz = self.datasets["holdout"]
+            else:
+                from rsfm.data.transforms import eval_transform
+
+                self._viz = copy.copy(self.datasets["train"])
+                self._viz.transform = eval_transform(self.img_size)
+        images = []
+        for index in round_robin(self._viz.groups):
+            if len(images) == n:
+                break
+            item = self._viz[index]
+            if "image" in item:
+                images.append(item["image"])
+        if not images:
+            return torch.empty((0, self.num_channels, self.img_size, self.img_size), dtype=torch.float32)
+        return torch.stack(images)
+
+    @property
+    def scan_skipped(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the files under root that are not samples (after setup)."""
+        return combine_skipped(self.datasets.get("train"), self.datasets.get("holdout"))

@@ -1,0 +1,165 @@
+"""Callbacks of every rsfm trainer: skipped-file report, non-finite guard, recipe in checkpoints.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from rsfm.data.skips import SkipReport
+from rsfm.utils.errors import TrainingDiverged
+
+__all__ = ["NonFiniteGuard", "SkipReportCallback", "StoreRecipe", "gather_report"]
+
+
+def gather_report(report: SkipReport) -> SkipReport:
+    """Merge the skip reports of all ranks (identity when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return report
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, report.to_dict())
+    merged = SkipReport()
+    for part in parts:
+        merged.merge(part)
+    return merged
+
+
+class SkipReportCallback(L.Callback):
+    """Count the files skipped during a fit and report them at the end.
+
+    Seeded at ``setup`` with the datamodule's ``scan_skipped`` (files that were never
+    samples), it adds ``batch['skipped']`` of every train and validation batch (batches from
+    :func:`~rsfm.data.skips.collate_skipping`). At the end of ``fit`` the reports of all ranks
+    are merged, rank 0 prints a one-line summary (``'3 files skipped: 2 truncated, 1
+    zero_byte'`` or ``'no files skipped'``) and writes ``skipped_files.json`` into
+    ``trainer.log_dir`` (or ``trainer.default_root_dir``). The report is saved in checkpoints,
+    so a resumed run keeps its counts.
+
+    Args:
+        filename: name of the JSON file written at the end of fit.
+        scan_skipped: extra ``(path, reason)`` pairs to seed the report with.
+
+    Attributes:
+        report: the :class:`~rsfm.data.skips.SkipReport` of this rank (all ranks after ``fit``).
+        path: the JSON file written, once written.
+    """
+
+    def __init__(self, filename: str = "skipped_files.json", scan_skipped: Iterable[Sequence[str]] = ()) -> None:
+        self.filename = filename
+        self.report = SkipReport(scan_skipped)
+        self.path: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Seed the report with the datamodule's scan-time skips."""
+        datamodule = getattr(trainer, "datamodule", None)
+        self.report.add(getattr(datamodule, "scan_skipped", None) or ())
+
+    def _add_batch(self, batch: Any) -> None:
+        if isinstance(batch, Mapping) and batch.get("skipped"):
+            self.report.add(batch["skipped"])
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Record the batch's skipped files."""
+        self._add_batch(batch)
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Record the batch's skipped files."""
+        self._add_batch(batch)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Merge the reports of all ranks; rank 0 prints the summary and writes the JSON."""
+        self.report = gather_report(self.report)
+        log_dir = trainer.log_dir or trainer.default_root_dir  # log_dir: call on all ranks
+        if trainer.is_global_zero:
+            print(self.report.summary())
+            self.path = self.report.write_json(Path(log_dir) / self.filename)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The report, saved in checkpoints."""
+        return self.report.to_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the report from a checkpoint."""
+        self.report.merge(state_dict)
+
+
+class NonFiniteGuard(L.Callback):
+    """Stop a run before an optimiser step would use a NaN or infinite loss or gradient.
+
+    Every step, after the backward pass and before the optimiser step (and before gradient
+    clipping), the loss and the total gradient norm are checked on the device and read with
+    one synchronisation. A non-finite value raises :class:`~rsfm.utils.errors.TrainingDiverged`:
+    the weights never take the step, so no checkpoint ever holds non-finite weights and
+    ``last.ckpt`` stays the last good state. With ``16-mixed`` precision the gradient check is
+    left to the gradient scaler (which skips steps with overflowing gradients by design) and
+    only the loss is checked.
+
+    Args:
+        checkpoint_dir: where the run's checkpoints are, for the advice in the message.
+    """
+
+    def __init__(self, checkpoint_dir: str | Path | None = None) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._loss: torch.Tensor | None = None
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        """Keep the loss of the step (detached)."""
+        self._loss = loss.detach()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        """Raise :class:`TrainingDiverged` if the loss or a gradient is not finite."""
+        device = pl_module.device
+        loss = self._loss if self._loss is not None else torch.zeros((), device=device)
+        finite = torch.isfinite(loss.float()).all()
+        if str(trainer.precision) != "16-mixed":
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                norms = torch._foreach_norm(grads)
+                finite = finite & torch.isfinite(torch.stack([n.float() for n in norms]).sum())
+        if bool(finite):
+            return
+        what = (
+            f"loss is {float(loss):g}" if not bool(torch.isfinite(loss.float()).all()) else "a gradient is not finite"
+        )
+        raise TrainingDiverged(self.message(trainer, what))
+
+    def message(self, trainer: L.Trainer, what: str) -> str:
+        """The one-line advice: where the last good state is and how to continue."""
+        where = ""
+        if self.checkpoint_dir is not None and (self.checkpoint_dir / "last.ckpt").is_file():
+            where = f" the last good checkpoint is {self.checkpoint_dir / 'last.ckpt'};"
+        elif self.checkpoint_dir is not None:
+            where = " no checkpoint was written yet;"
+        return (
+            f"training diverged at step {trainer.global_step}: {what}, so the step was not taken and no "
+            f"checkpoint holds the bad values;{where} lower optim.lr (or optim.blr) and rerun the same command "
+            "to continue from the last checkpoint with the new rate"
+        )
+
+
+class StoreRecipe(L.Callback):
+    """Keep the resolved recipe inside every checkpoint (``rsfm_recipe``), for export and test."""
+
+    def __init__(self, recipe: dict[str, Any]) -> None:
+        self.recipe = recipe
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Add the recipe."""
+        checkpoint["rsfm_recipe"] = self.recipe

@@ -1,0 +1,65 @@
+"""Hand an rsfm datamodule (a plain class) to Lightning.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+from rsfm.data.base import DataModule
+
+__all__ = ["LightningData"]
+
+
+class LightningData(L.LightningDataModule):
+    """A :class:`~lightning.pytorch.LightningDataModule` that delegates to an rsfm :class:`~rsfm.data.base.DataModule`.
+
+    The wrapped datamodule gets the trainer (for rank and world size) when Lightning attaches
+    this adapter; its loaders, ``setup``, ``scan_skipped`` and other attributes are reached
+    through the adapter (``trainer.datamodule.viz_batch(...)`` works).
+
+    Args:
+        data: the rsfm datamodule.
+    """
+
+    def __init__(self, data: DataModule) -> None:
+        self.data = data  # first: Lightning's __init__ sets ``trainer``, which is forwarded to it
+        super().__init__()
+
+    @property
+    def trainer(self) -> Any:  # type: ignore[override]
+        """The attached trainer (also handed to the wrapped datamodule)."""
+        return self.data.trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        self.data.trainer = trainer
+
+    def setup(self, stage: str) -> None:
+        """Build the datasets."""
+        self.data.setup(stage)
+
+    def train_dataloader(self) -> Any:
+        """The training loader."""
+        return self.data.train_dataloader()
+
+    def val_dataloader(self) -> Any:
+        """The validation loader (``[]`` without a validation split)."""
+        return self.data.val_dataloader()
+
+    def test_dataloader(self) -> Any:
+        """The test loader."""
+        return self.data.test_dataloader()
+
+    def predict_dataloader(self) -> Any:
+        """The test loader."""
+        return self.data.predict_dataloader()
+
+    def __getattr__(self, name: str) -> Any:
+        data = self.__dict__.get("data")
+        if data is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(data, name)

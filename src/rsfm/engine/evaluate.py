@@ -1,0 +1,401 @@
+"""``rsfm evaluate``: score an encoder on a labelled scene folder, one small function per protocol.
+
+The folder (``root/<class>/<image>``) is split once, stratified per class by
+``test_fraction`` and ``split_seed`` — the split ``rsfm pretrain`` holds back — into a
+training split and a held-out test split. Protocols:
+
+- ``knn``: weighted k-nearest-neighbour vote on frozen pooled features (:func:`run_knn`);
+- ``linear``: a linear classifier on frozen features, lr chosen on the training split only
+  (:func:`run_linear`);
+- ``finetune``: the encoder fine-tuned end to end with a classification head, as
+  ``rsfm finetune`` does (:func:`run_finetune`);
+- ``scratch``: the same fine-tuning from a randomly initialised encoder of the same shape.
+
+Everything is scored on the held-out split, which no protocol trains on or selects
+hyper-parameters with, in percent. Results go to ``metrics.json`` and ``metrics.md``; the
+files behind the frozen features to ``split.json``.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rsfm.utils.errors import ConfigError
+from rsfm.utils.files import atomic_write, write_json
+
+__all__ = ["PROTOCOLS", "evaluate", "run_finetune", "run_knn", "run_linear"]
+
+#: the protocols of :func:`evaluate`
+PROTOCOLS = ("knn", "linear", "finetune", "scratch")
+
+
+def _say(verbose: bool, msg: str) -> None:
+    if verbose:
+        print(f"[rsfm.evaluate] {msg}", flush=True)
+
+
+def encoder_spec(encoder_path: str | None, scratch_size: str, img_size: int | None, patch_size: int) -> dict[str, Any]:
+    """The ``model.encoder`` specification of an export, or of a random ViT of ``scratch_size``."""
+    if encoder_path is not None:
+        from rsfm.models.export import is_resnet, read_encoder_meta
+
+        meta = read_encoder_meta(encoder_path)
+        if is_resnet(str(meta.get("arch", ""))):
+            return {"class_path": "ResNet", "init_args": {"weights": encoder_path}}
+        return {"class_path": "ViT", "init_args": {"weights": encoder_path}}
+    return {
+        "class_path": "ViT",
+        "init_args": {"size": scratch_size, "img_size": img_size or 224, "patch_size": patch_size},
+    }
+
+
+def scratch_spec(encoder_path: str | None, scratch_size: str | None, img_size: int, patch_size: int) -> dict[str, Any]:
+    """A random encoder of the export's shape (ViT size and patch, or the ResNet)."""
+    if encoder_path is None:
+        return encoder_spec(None, scratch_size or "tiny", img_size, patch_size)
+    from rsfm.models.export import is_resnet, read_encoder_meta
+
+    meta = read_encoder_meta(encoder_path)
+    if is_resnet(str(meta.get("arch", ""))):
+        return {"class_path": "ResNet", "init_args": {"name": meta["arch"]}}
+    return {
+        "class_path": "ViT",
+        "init_args": {"size": scratch_size or meta["size"], "img_size": img_size, "patch_size": meta["patch_size"]},
+    }
+
+
+def extract(
+    encoder: Any, data: Any, split: str, device: torch.device, pool: str, mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frozen pooled features, labels and dataset indices of one split (unreadable files left out)."""
+    from rsfm.tasks.probes import extract_features
+
+    loader = data.loader(data.datasets[split], train=False)
+    return extract_features(
+        encoder.model,
+        loader,
+        device=device,
+        pool=pool,
+        amp=device.type == "cuda",
+        return_index=True,
+        mean=mean,
+        std=std,
+    )
+
+
+def run_knn(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    classes: list[str],
+    k: int,
+    temperature: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """KNN on frozen features: the test report plus ``k`` and ``temperature``."""
+    from rsfm.metrics.classification import classification_report
+    from rsfm.tasks.probes import knn_predict
+
+    (xt, yt), (xv, yv) = train, test
+    k_used = min(k, len(yt))
+    scores = knn_predict(xt.to(device), yt.to(device), xv.to(device), len(classes), k=k_used, temperature=temperature)
+    return {**classification_report(scores.argmax(1).cpu(), yv, classes), "k": k_used, "temperature": temperature}
+
+
+def run_linear(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    classes: list[str],
+    epochs: int,
+    lr: float | Sequence[float],
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """A linear probe on frozen features: the test report, the chosen lr and the lr search."""
+    from rsfm.metrics.classification import classification_report
+    from rsfm.tasks.probes import linear_probe
+
+    (xt, yt), (xv, yv) = train, test
+    probe = linear_probe(
+        xt.to(device), yt.to(device), xv.to(device), yv.to(device), len(classes), epochs=epochs, lr=lr, seed=seed
+    )
+    return {
+        **classification_report(probe.preds, yv, classes),
+        "lr": probe.lr,
+        "epochs": epochs,
+        "lr_search": {f"{v:g}": acc for v, acc in probe.grid.items()},
+    }
+
+
+def run_finetune(
+    encoder: dict[str, Any],
+    data_args: dict[str, Any],
+    out_dir: Path,
+    epochs: int,
+    max_time: str | None,
+    blr: float,
+    seed: int,
+    accelerator: str,
+    drop_path_rate: float = 0.1,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``encoder`` with a classification head on the training split; score the test split.
+
+    The same module and trainer as ``rsfm finetune`` (MAE's protocol: AdamW, layer decay 0.75,
+    label smoothing 0.1, warmup ``min(5, epochs / 10)`` epochs then cosine), without
+    validation or checkpoint selection: the final weights are tested.
+
+    Returns:
+        The test report (OA, mean class accuracy, per class, confusion; percent) and settings.
+    """
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from rsfm.data.scene import SceneClassificationDataModule
+    from rsfm.engine.data import LightningData
+    from rsfm.engine.precision import default_precision
+    from rsfm.tasks.module import DownstreamTask
+
+    L.seed_everything(seed, workers=True)
+    data = SceneClassificationDataModule(**{**data_args, "val_fraction": 0.0, "augment": True, "seed": seed})
+    spec = {
+        "class_path": encoder["class_path"],
+        "init_args": {**encoder["init_args"], "drop_path_rate": drop_path_rate},
+    }
+    warmup = min(5.0, epochs / 10)
+    module = DownstreamTask(
+        model={"encoder": spec, "heads": {"classification": {"class_path": "ClassificationHead"}}},
+        optim={
+            "name": "adamw",
+            "blr": blr,
+            "weight_decay": 0.05,
+            "layer_decay": 0.75,
+            "warmup_epochs": warmup,
+            "min_lr_ratio": 1e-3,
+        },
+        data=data.info().to_dict(),
+        batch_size=data.batch_size,
+        seed=seed,
+        num_visualisations=0,
+    )
+    module.out_dir = str(out_dir)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        max_time=max_time,
+        accelerator=accelerator,
+        devices=1,
+        precision=default_precision(accelerator),
+        logger=CSVLogger(str(out_dir), name="csv", version=""),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=verbose,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(out_dir),
+    )
+    lightning_data = LightningData(data)
+    trainer.fit(module, datamodule=lightning_data)
+    trainer.test(module, datamodule=lightning_data, verbose=False)
+    from rsfm.utils.files import read_json
+
+    report = read_json(out_dir / "metrics.json")["heads"]["classification"]
+    return {**report, "epochs": epochs, "warmup_epochs": warmup, "max_time": max_time, "blr": blr}
+
+
+def evaluate(
+    encoder_path: str | None,
+    data_root: str,
+    protocols: Sequence[str] = ("knn", "linear"),
+    out_dir: str = "runs/eval",
+    img_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    pool: str | None = None,
+    k: int = 20,
+    temperature: float = 0.07,
+    linear_epochs: int = 100,
+    linear_lr: float | list[float] | None = None,
+    finetune_epochs: int = 10,
+    finetune_max_time: str | None = None,
+    finetune_batch_size: int = 64,
+    finetune_blr: float = 5e-4,
+    scratch_size: str | None = None,
+    patch_size: int = 16,
+    device: str = "auto",
+    seed: int = 0,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluate an encoder on a labelled image folder (see the module docstring).
+
+    Args:
+        encoder_path: an rsfm encoder export (ViT or ResNet), or None for a random ViT of
+            ``scratch_size`` (a random-feature baseline).
+        data_root: labelled folder, e.g. ``../shared/datasets/aid``.
+        protocols: any of :data:`PROTOCOLS`.
+        out_dir: where ``metrics.json``, ``metrics.md`` and ``split.json`` go.
+        img_size: input side in pixels; default the encoder's (a different size re-grids the
+            fixed sin-cos position embedding).
+        mean: per-band mean of images in [0, 1]; default the export's, else ImageNet's.
+        std: per-band std, likewise.
+        test_fraction: share of each class held out (the pretraining hold-out by default).
+        split_seed: seed of the split.
+        batch_size: feature-extraction batch.
+        num_workers: loader processes.
+        pool: ``cls`` or ``avg`` ViT features (default: the export's pooling); a ResNet's are
+            global-average-pooled.
+        k: kNN neighbours (clamped to the training-set size).
+        temperature: kNN vote temperature.
+        linear_epochs: linear-probe epochs.
+        linear_lr: linear-probe lr or grid (searched on the training split); None: the default grid.
+        finetune_epochs: epochs of ``finetune`` and ``scratch``.
+        finetune_max_time: wall-clock budget per fine-tuning run, ``DD:HH:MM:SS``.
+        finetune_batch_size: fine-tuning batch.
+        finetune_blr: fine-tuning base lr per 256 images (``optim.blr``).
+        scratch_size: ViT size of a scratch encoder (default: the export's).
+        patch_size: patch of a scratch ViT when ``encoder_path`` is None.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        seed: seed of models, probes and training.
+        verbose: print progress lines and the final table.
+
+    Returns:
+        The content of ``metrics.json``: ``protocols`` ``{name: report}`` (percent),
+        ``config``, ``encoder`` (path and metadata), ``data`` and ``timings_s``; with kNN or
+        linear also ``split`` (the files behind the features).
+
+    Raises:
+        ConfigError: on an unknown protocol or ``encoder_path=None`` without ``scratch_size``.
+        DataError, CheckpointError: on a bad folder or encoder file.
+    """
+    config = {key: value for key, value in locals().items() if key != "verbose"}
+    config["protocols"] = list(protocols)
+    from rsfm.data.scene import SceneClassificationDataModule
+    from rsfm.metrics.classification import format_table
+    from rsfm.tasks.module import DownstreamTask
+    from rsfm.tasks.probes import DEFAULT_LR_GRID
+
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"--protocols: unknown {unknown}; expected some of {list(PROTOCOLS)}")
+    if encoder_path is None and scratch_size is None:
+        raise ConfigError("--scratch_size is required without --encoder (e.g. tiny)")
+    out = Path(out_dir)
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+    timings: dict[str, float] = {}
+    spec = encoder_spec(encoder_path, scratch_size or "tiny", img_size, patch_size)
+    # the encoder, built once through the task model (first-layer adaptation, normalisation)
+    data_args = {
+        "root": data_root, "test_fraction": test_fraction, "split_seed": split_seed, "batch_size": batch_size,
+        "num_workers": num_workers, "mean": mean, "std": std, "seed": seed,
+    }  # fmt: skip
+    probe_data = SceneClassificationDataModule(**data_args, img_size=img_size or 224, val_fraction=0.0, augment=False)
+    info = probe_data.info()
+    task = DownstreamTask(
+        model={"encoder": spec, "heads": {"classification": {"class_path": "ClassificationHead"}}},
+        optim={"lr": 0.0},
+        data=info.to_dict(),
+        num_visualisations=0,
+    )
+    encoder = task.model.encoder
+    meta = dict(encoder.meta)
+    img_size = int(img_size or meta.get("img_size") or 224)
+    if img_size != probe_data.img_size:
+        probe_data = SceneClassificationDataModule(**data_args, img_size=img_size, val_fraction=0.0, augment=False)
+    norm_mean, norm_std = task.model.mean_std
+    if pool is None:
+        pool = "avg" if meta.get("global_pool") == "avg" else "cls"
+    config.update(img_size=img_size, mean=norm_mean, std=norm_std, pool=pool)
+    probe_data.setup("test")
+    classes = list(probe_data.classes)
+    train_set, test_set = probe_data.datasets["train"], probe_data.datasets["test"]
+    _say(
+        verbose,
+        f"{data_root}: {len(classes)} classes, {len(train_set)} train / {len(test_set)} held-out images "
+        f"at {img_size}px",
+    )
+    result: dict[str, Any] = {
+        "scale": "percent",
+        "encoder": {"path": encoder_path, "meta": meta},
+        "config": config,
+        "data": {"root": str(data_root), "classes": classes, "n_train": len(train_set), "n_heldout": len(test_set)},
+        "protocols": {},
+        "timings_s": timings,
+    }
+    frozen = [p for p in protocols if p in ("knn", "linear")]
+    if frozen:
+        t0 = time.perf_counter()
+        xt, yt, it = extract(encoder, probe_data, "train", dev, pool, norm_mean, norm_std)
+        xv, yv, iv = extract(encoder, probe_data, "test", dev, pool, norm_mean, norm_std)
+        timings["features"] = time.perf_counter() - t0
+        _say(verbose, f"features: {len(yt)} + {len(yv)} images -> {xt.shape[1]}-d in {timings['features']:.1f}s")
+        result["data"].update(
+            n_train_features=len(yt),
+            n_heldout_features=len(yv),
+            skipped=len(train_set) + len(test_set) - len(yt) - len(yv),
+        )
+        result["split"] = {
+            name: [ds.samples[i].relative_to(ds.root).as_posix() for i in idx.tolist()]
+            for name, ds, idx in (("train", train_set, it), ("heldout", test_set, iv))
+        }
+        if "knn" in frozen:
+            t0 = time.perf_counter()
+            result["protocols"]["knn"] = run_knn((xt, yt), (xv, yv), classes, k, temperature, dev)
+            timings["knn"] = time.perf_counter() - t0
+            r = result["protocols"]["knn"]
+            _say(verbose, f"knn (k={r['k']}, T={temperature}): OA {r['OA']:.2f}% in {timings['knn']:.1f}s")
+        if "linear" in frozen:
+            t0 = time.perf_counter()
+            grid = linear_lr if linear_lr is not None else DEFAULT_LR_GRID
+            result["protocols"]["linear"] = run_linear((xt, yt), (xv, yv), classes, linear_epochs, grid, seed, dev)
+            timings["linear"] = time.perf_counter() - t0
+            r = result["protocols"]["linear"]
+            _say(
+                verbose,
+                f"linear (lr={r['lr']:g}, {linear_epochs} epochs): OA {r['OA']:.2f}% in {timings['linear']:.1f}s",
+            )
+    del task, encoder
+    tuned = [("finetune", spec)] if "finetune" in protocols else []
+    if "scratch" in protocols:
+        tuned.append(("scratch", scratch_spec(encoder_path, scratch_size, img_size, patch_size)))
+    batch = min(finetune_batch_size, len(train_set))
+    for name, encoder_cfg in tuned:
+        t0 = time.perf_counter()
+        _say(
+            verbose,
+            f"{name}: up to {finetune_epochs} epochs"
+            + (f", time budget {finetune_max_time}" if finetune_max_time else ""),
+        )
+        ft_args = {**data_args, "img_size": img_size, "batch_size": batch, "mean": norm_mean, "std": norm_std}
+        result["protocols"][name] = run_finetune(
+            encoder_cfg, ft_args, out / name, finetune_epochs, finetune_max_time, finetune_blr, seed,
+            "gpu" if dev.type == "cuda" else "cpu", verbose=verbose,
+        )  # fmt: skip
+        timings[name] = time.perf_counter() - t0
+        _say(verbose, f"{name}: OA {result['protocols'][name]['OA']:.2f}% in {timings[name]:.1f}s")
+    table = format_table(result["protocols"])
+    source = encoder_path if encoder_path is not None else f"random-init ViT-{scratch_size}"
+    md = (
+        f"# Evaluation of {source}\n\nData: {data_root} ({len(classes)} classes, {len(train_set)} train / "
+        f"{len(test_set)} held-out images, {img_size}px). Scores in percent.\n\n{table}\n"
+    )
+    split = result.pop("split", None)
+    write_json(out / "metrics.json", result)
+    if split is not None:
+        write_json(out / "split.json", split)
+        result["split"] = split
+    atomic_write(out / "metrics.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
+    if verbose:
+        print(table, flush=True)
+    return result

@@ -1,0 +1,319 @@
+"""What the ``rsfm`` commands do, given a checked recipe: pretrain, fine-tune, test, predict, export.
+
+Every command builds the datamodule first (which checks the data folder at once), then the
+model, and creates the run folder (``output_dir/run_name``) only once both exist: a bad data
+path or a bad model option leaves nothing behind. Runs resume from the newest checkpoint of
+their run folder (``resume: auto``), exactly where they stopped, with their logs kept.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from rsfm.data.base import DataModule
+from rsfm.utils.errors import CheckpointError, ConfigError, OutputError
+from rsfm.utils.files import write_json
+
+__all__ = ["build_data", "export_checkpoint", "finetune", "predict", "pretrain", "run_dir", "test"]
+
+log = logging.getLogger(__name__)
+
+
+def run_dir(recipe: dict[str, Any]) -> Path:
+    """``output_dir/run_name``: checkpoints, logs, figures, metrics and exports of a run.
+
+    Raises:
+        OutputError: if ``output_dir`` (or the run folder) exists as a file.
+    """
+    out = Path(recipe["output_dir"])
+    for p in (out, out / recipe["run_name"]):
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"output_dir: {p} is a file, expected a folder (or nothing) there")
+    return out / recipe["run_name"]
+
+
+def _make_run_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise OutputError(f"output_dir: cannot create {path} (permission denied)") from None
+    except OSError as err:
+        raise OutputError(f"output_dir: cannot create {path} ({err.strerror or err})") from None
+    probe = path / ".rsfm_write_test"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError:
+        raise OutputError(f"output_dir: {path} is not writable") from None
+
+
+def build_data(recipe: dict[str, Any]) -> DataModule:
+    """The datamodule of a recipe's ``data`` section (checks its folders at once).
+
+    Raises:
+        DataError: on a missing or malformed data folder, naming the key.
+        ConfigError: on options the class rejects.
+    """
+    spec = recipe["data"]
+    module, _, name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    args = dict(spec.get("init_args") or {})
+    if args.get("seed") is None:
+        args["seed"] = int(recipe.get("seed", 0))
+    try:
+        return cls(**args)
+    except TypeError as err:
+        raise ConfigError(f"data: {name}: {err}") from None
+
+
+def _resume(recipe: dict[str, Any], out: Path) -> tuple[str | None, int | None]:
+    from rsfm.engine.checkpoint import checkpoint_step, resolve_resume
+
+    ckpt = resolve_resume(out / "checkpoints", recipe.get("resume"))
+    return ckpt, (checkpoint_step(Path(ckpt)) if ckpt else None)
+
+
+def _plain(recipe: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in recipe.items() if not k.startswith("_")}
+
+
+def _write_recipe(out: Path, recipe: dict[str, Any]) -> None:
+    from rsfm.utils.files import atomic_write
+
+    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(recipe["_yaml"], encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- pretraining
+
+
+def pretrain(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Pretrain, export the encoder and (``evaluate.enabled``) evaluate it on the held-out split.
+
+    Returns:
+        ``run_dir``, ``encoder`` (the export), ``checkpoint`` (``last.ckpt``), ``skipped``
+        (counts by reason) and ``metrics`` (the evaluation, or None).
+    """
+    import lightning as L
+
+    from rsfm.engine.data import LightningData
+    from rsfm.engine.figures import ReconstructionFigures
+    from rsfm.engine.trainer import build_trainer
+    from rsfm.methods.base import MaskedImageModel
+    from rsfm.methods.module import PretrainTask
+    from rsfm.models.export import export_encoder
+
+    out = run_dir(recipe)
+    data = build_data(recipe)
+    L.seed_everything(recipe["seed"], workers=True)
+    info = data.info()
+    module = PretrainTask(
+        model=recipe["model"],
+        optim=recipe["optim"],
+        data=info.to_dict(),
+        batch_size=data.batch_size,
+        seed=recipe["seed"],
+    )
+    _make_run_dir(out)
+    ckpt, step = _resume(recipe, out)
+    callbacks: list[L.Callback] = []
+    if isinstance(module.model, MaskedImageModel):
+        callbacks.append(
+            ReconstructionFigures(out / "figures", recipe["viz"]["every_n_epochs"], recipe["viz"]["num_images"])
+        )
+    trainer = build_trainer(
+        out,
+        recipe["trainer"],
+        recipe["checkpoint"],
+        _plain(recipe),
+        numbered=True,
+        resume_step=step,
+        callbacks=callbacks,
+        validate=False,
+    )
+    if trainer.is_global_zero:
+        _write_recipe(out, recipe)
+        if ckpt:
+            print(f"resuming from {ckpt}")
+    trainer.fit(module, datamodule=LightningData(data), ckpt_path=ckpt, weights_only=True)
+    skip = next(c for c in trainer.callbacks if type(c).__name__ == "SkipReportCallback")
+    result: dict[str, Any] = {"run_dir": str(out), "encoder": None, "metrics": None, "skipped": skip.report.counts()}
+    if not trainer.is_global_zero:
+        return result
+    meta = module.export_meta()
+    meta.update(
+        data_root=str(getattr(data, "root", "")),
+        test_fraction=getattr(data, "test_fraction", None),
+        split_seed=getattr(data, "split_seed", None),
+        epochs=trainer.current_epoch,
+        steps=trainer.global_step,
+    )
+    encoder = export_encoder(module.model.encoder, out / "encoder.safetensors", meta)
+    result.update(encoder=str(encoder), checkpoint=str(out / "checkpoints" / "last.ckpt"))
+    print(f"encoder exported to {encoder}")
+    ev = recipe.get("evaluate") or {}
+    if ev.get("enabled"):
+        from rsfm.engine.evaluate import evaluate
+
+        fraction = getattr(data, "test_fraction", 0.2)
+        if fraction <= 0:
+            fraction = 0.2
+            log.warning("data.test_fraction is 0: pretraining saw every image, so the evaluation split is not unseen")
+        result["metrics"] = evaluate(
+            encoder_path=str(encoder),
+            data_root=ev.get("root") or str(data.root),
+            protocols=list(ev["protocols"]),
+            out_dir=str(out / "eval"),
+            test_fraction=fraction,
+            split_seed=getattr(data, "split_seed", 0),
+            batch_size=ev["batch_size"],
+            num_workers=ev["num_workers"],
+            k=ev["k"],
+            temperature=ev["temperature"],
+            finetune_epochs=ev["finetune_epochs"],
+            finetune_max_time=ev["finetune_max_time"],
+            seed=recipe["seed"],
+        )
+    return result
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Export the encoder of a pretraining checkpoint (``rsfm export``).
+
+    Raises:
+        CheckpointError: if the file is missing, unsafe, not an rsfm pretraining checkpoint,
+            or holds non-finite weights.
+    """
+    from rsfm.engine.checkpoint import load_checkpoint, load_weights
+    from rsfm.methods.module import PretrainTask
+    from rsfm.models.export import export_encoder
+
+    state = load_checkpoint(checkpoint)
+    hp = state.get("hyper_parameters") or {}
+    if not {"model", "optim", "data"} <= set(hp) or "rsfm_recipe" not in state:
+        raise CheckpointError(f"{checkpoint} is not an rsfm pretraining checkpoint (no method or recipe in it)")
+    module = PretrainTask(**hp)
+    load_weights(module, state, checkpoint)
+    recipe = state["rsfm_recipe"]
+    data_args = recipe.get("data", {}).get("init_args", {})
+    meta = module.export_meta()
+    meta.update(
+        data_root=str(data_args.get("root", "")),
+        test_fraction=data_args.get("test_fraction"),
+        split_seed=data_args.get("split_seed"),
+        epochs=state.get("epoch"),
+        steps=state.get("global_step"),
+    )
+    return export_encoder(module.model.encoder, out, meta)
+
+
+# --------------------------------------------------------------------------- downstream
+
+
+def _downstream(recipe: dict[str, Any]) -> tuple[Any, DataModule]:
+    from rsfm.tasks.module import DownstreamTask
+
+    data = build_data(recipe)
+    model = recipe["model"]
+    module = DownstreamTask(
+        model={"encoder": model["encoder"], "neck": model.get("neck"), "heads": model["heads"]},
+        optim=recipe["optim"],
+        data=data.info().to_dict(),
+        batch_size=data.batch_size,
+        seed=recipe["seed"],
+        monitor=model.get("monitor"),
+        num_visualisations=model.get("num_visualisations", 4),
+    )
+    return module, data
+
+
+def _summary(out: Path, recipe: dict[str, Any], tested: list[dict[str, float]], ckpt: str | None) -> dict[str, Any]:
+    result = {
+        "checkpoint": ckpt,
+        "scale": "percent",
+        "metrics": {k: float(v) for k, v in tested[0].items()} if tested else {},
+        "details": str(out / "test" / "metrics.json"),
+        "config": _plain(recipe),
+    }
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def finetune(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune on the train split, keep the best validation checkpoint, test it.
+
+    Returns:
+        ``run_dir``, ``checkpoint`` (the tested one) and ``metrics`` (test scores, percent).
+    """
+    import lightning as L
+
+    from rsfm.engine.data import LightningData
+    from rsfm.engine.trainer import build_trainer
+
+    out = run_dir(recipe)
+    L.seed_everything(recipe["seed"], workers=True)
+    module, data = _downstream(recipe)
+    _make_run_dir(out)
+    ckpt, step = _resume(recipe, out)
+    has_val = data.val_dataloader() != []
+    trainer = build_trainer(
+        out,
+        recipe["trainer"],
+        recipe["checkpoint"],
+        _plain(recipe),
+        monitor=module.monitor if has_val else None,
+        resume_step=step,
+        validate=has_val,
+    )
+    module.out_dir = str(out / "test")
+    if trainer.is_global_zero:
+        _write_recipe(out, recipe)
+        if ckpt:
+            print(f"resuming from {ckpt}")
+    lightning_data = LightningData(data)
+    trainer.fit(module, datamodule=lightning_data, ckpt_path=ckpt, weights_only=True)
+    best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
+    tested_ckpt = best.best_model_path if best is not None and best.best_model_path else None
+    tested = trainer.test(module, datamodule=lightning_data, ckpt_path=tested_ckpt, weights_only=True)
+    return {"run_dir": str(out), **_summary(out, recipe, tested, tested_ckpt)}
+
+
+def _load_task(recipe: dict[str, Any], checkpoint: str | Path) -> tuple[Any, DataModule]:
+    from rsfm.engine.checkpoint import load_checkpoint, load_weights
+
+    module, data = _downstream(recipe)
+    state = load_checkpoint(checkpoint)
+    load_weights(module, state, checkpoint)
+    return module, data
+
+
+def test(recipe: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
+    """Evaluate a fine-tuned checkpoint on the recipe's test split; writes ``metrics.json``."""
+    from rsfm.engine.data import LightningData
+    from rsfm.engine.trainer import build_trainer
+
+    out = run_dir(recipe)
+    module, data = _load_task(recipe, checkpoint)
+    _make_run_dir(out)
+    module.out_dir = str(out / "test")
+    trainer = build_trainer(out, recipe["trainer"], recipe["checkpoint"])
+    tested = trainer.test(module, datamodule=LightningData(data))
+    return {"run_dir": str(out), **_summary(out, recipe, tested, str(checkpoint))}
+
+
+def predict(
+    recipe: dict[str, Any], checkpoint: str | Path, inputs: list[str], output: str | Path, head: str | None = None
+) -> Path:
+    """Run a fine-tuned checkpoint on image files (see :func:`rsfm.tasks.predict.predict_files`)."""
+    from rsfm.tasks.predict import predict_files
+    from rsfm.utils.errors import DataError
+
+    for p in inputs:
+        if not Path(p).is_file():
+            raise DataError(f"--input: file not found: {p}")
+    module, _ = _load_task(recipe, checkpoint)
+    return predict_files(module, inputs, output, head)

@@ -1,0 +1,151 @@
+"""The one LightningModule that pretrains with any registered method.
+
+:class:`PretrainTask` builds the method named in the recipe's ``model`` section
+(``{class_path: SelectiveMAE, init_args: {...}}``), filling ``img_size``, ``in_chans`` and
+``num_classes`` from the data when the recipe leaves them unset; normalises the images of the
+method's ``image_keys``; and runs :meth:`~rsfm.methods.base.PretrainMethod.training_step` with
+the training progress and seeded generators. The optimiser follows ``optim``: ``blr`` scaled
+by the effective batch and the method's ``lr_scale`` (SelectiveMAE's ``r / m``), or an
+absolute ``lr``.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rsfm.data.base import DataInfo
+from rsfm.methods.base import PretrainMethod, StepContext
+from rsfm.optim import param_groups
+from rsfm.training import TrainingModule
+from rsfm.utils.errors import ConfigError
+from rsfm.utils.registry import METHODS
+
+__all__ = ["PretrainTask", "build_method"]
+
+
+def build_method(spec: dict[str, Any], info: DataInfo) -> PretrainMethod:
+    """The method of a ``model`` specification, with sizes the recipe left unset taken from the data.
+
+    Raises:
+        ConfigError: on an unknown method, a bad option, a size that contradicts the data, or
+            sample keys the data does not provide.
+    """
+    from rsfm.models.task_model import build_part
+
+    fill = {"in_chans": info.num_channels, "img_size": info.img_size, "num_classes": len(info.classes) or None}
+    method: PretrainMethod = build_part(spec, METHODS, "model", **{k: v for k, v in fill.items() if v is not None})
+    if not isinstance(method, PretrainMethod):
+        raise ConfigError(f"model.class_path: {type(method).__name__} is not a pretraining method")
+    img = getattr(method, "img_size", None)
+    if info.img_size is not None and img is not None and int(img) != int(info.img_size):
+        raise ConfigError(f"model.img_size={img} differs from data.img_size={info.img_size}; leave it unset")
+    missing = [k for k in method.sample_keys if k not in info.sample_keys]
+    if missing:
+        raise ConfigError(
+            f"model ({type(method).__name__}) needs sample keys {missing} that the data does not provide "
+            f"(it gives {list(info.sample_keys)}); e.g. GeRSP needs data.class_path: PairedDataModule"
+        )
+    return method
+
+
+class PretrainTask(TrainingModule):
+    """Pretrains any :class:`~rsfm.methods.base.PretrainMethod`.
+
+    Args:
+        model: the method's specification, ``{"class_path": ..., "init_args": {...}}``.
+        optim: the ``optim`` section (:class:`rsfm.optim.OptimConfig` fields).
+        data: the datamodule's :class:`~rsfm.data.base.DataInfo` as a dict (bands,
+            normalisation, classes).
+        batch_size: per-device batch (for ``blr`` scaling).
+        seed: run seed; masks, sampling and shuffles of every step derive from it.
+
+    Logged per step: ``train/loss``, the method's other scalars (``train/<name>``),
+    ``train/lr`` and ``train/progress``.
+    """
+
+    def __init__(
+        self, model: dict[str, Any], optim: dict[str, Any], data: dict[str, Any], batch_size: int = 64, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        info = DataInfo(**{**data, "sample_keys": tuple(data.get("sample_keys", ("image",)))})
+        self.info = info
+        self.model = build_method(model, info)
+        self.method_name = type(self.model).__name__
+        c = info.num_channels
+        self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+
+    @property
+    def lr_scale(self) -> float:
+        """The method's ``blr`` factor (SelectiveMAE: ``rec_ratio / mask_ratio``)."""
+        return float(self.model.lr_scale)
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """All trainable parameters at ``lr``; no weight decay on norms, biases, tokens, position embeddings."""
+        return param_groups(self.model, None, lr, self.optim_config.weight_decay)
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` in [0, 1] → normalised with the data's mean and std."""
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        """One step of the method on a batch whose images are in [0, 1].
+
+        A batch whose files were all unreadable (counted by the skip report) is skipped in
+        one process; under DDP the rank still runs the method's step with no rows (joining
+        its collectives) and a zero loss that touches every parameter, so it joins the
+        gradient all-reduce.
+        """
+        n = batch["image"].shape[0]
+        distributed = self.trainer.world_size > 1
+        if n == 0 and not distributed:
+            return None
+        ctx = StepContext(
+            progress=self.progress(),
+            generator=self.step_generator(),
+            shared_generator=self.step_generator(shared=True),
+            world_size=self.trainer.world_size,
+        )
+        if n == 0:
+            if not self.model.joins_collectives:
+                return self.zero_loss()
+            # rows of the shape the other ranks gather, so that the collectives match
+            size = int(self.info.img_size or 224)
+            empty = torch.zeros((0, self.info.num_channels, size, size), device=self.device)
+            inputs = {**batch, **dict.fromkeys(self.model.image_keys, empty)}
+            for key in self.model.sample_keys:
+                inputs.setdefault(key, torch.zeros(0, dtype=torch.long, device=self.device))
+            return self.model.training_step(inputs, ctx)["loss"] + self.zero_loss()
+        inputs = dict(batch)
+        for key in self.model.image_keys:
+            inputs[key] = self.normalise(batch[key])
+        out = self.model.training_step(inputs, ctx)
+        loss = out["loss"]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=False)
+        for key, value in out.items():
+            if key != "loss" and isinstance(value, Tensor) and value.ndim == 0:
+                self.log(f"train/{key}", value.detach().float(), batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        self.log("train/progress", ctx.progress, batch_size=n)
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimiser, then the method's post-step update (GeRSP's EMA teacher).
+
+        Done here rather than in ``on_train_batch_end`` so that a checkpoint saved at the end
+        of a batch already holds that step's teacher.
+        """
+        super().optimizer_step(*args, **kwargs)
+        self.model.after_optimizer_step()
+
+    def export_meta(self) -> dict[str, Any]:
+        """The encoder's build metadata plus the method and the data's normalisation."""
+        meta = self.model.export_meta()
+        meta.update(method=self.method_name, mean=list(self.info.mean), std=list(self.info.std))
+        return meta

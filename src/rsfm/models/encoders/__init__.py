@@ -1,0 +1,7 @@
+"""Encoders: timm backbones behind one interface (:class:`~rsfm.models.encoders.base.Encoder`)."""
+
+from rsfm.models.encoders.base import Encoder
+from rsfm.models.encoders.resnet import ResNet
+from rsfm.models.encoders.vit import VIT_SIZES, ViT, build_vit, evenly_spaced_blocks, sincos_pos_embed_2d
+
+__all__ = ["VIT_SIZES", "Encoder", "ResNet", "ViT", "build_vit", "evenly_spaced_blocks", "sincos_pos_embed_2d"]

@@ -1,0 +1,133 @@
+"""The encoder interface rsfm's necks, heads and probes use, over any timm backbone.
+
+An :class:`Encoder` holds a timm model in :attr:`Encoder.model` (so its state dict and an
+export keep timm's key names) and answers the calls dense heads and probes need, whatever the
+architecture: :meth:`Encoder.forward_intermediates` (feature maps of chosen blocks or stages,
+as timm's ``forward_intermediates``), :meth:`Encoder.forward_pooled` (one vector per image),
+:attr:`Encoder.out_channels` / :attr:`Encoder.strides` of the intermediates, and
+:meth:`Encoder.param_groups` (layer-wise lr decay where the architecture has layers).
+
+Encoders are registered (``rsfm list encoders``) and named in recipes as
+``model.encoder: {class_path: ViT, init_args: {size: tiny, ...}}``.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["Encoder"]
+
+
+class Encoder(nn.Module):
+    """Base of rsfm's encoders: a timm backbone plus the calls necks and heads use.
+
+    Args:
+        frozen: freeze the weights (the encoder then stays in eval mode: BatchNorm statistics
+            and dropout frozen too).
+        out_indices: blocks (ViT) or stages (ResNet) whose outputs
+            :meth:`forward_intermediates` returns; None: the architecture's default.
+
+    Subclasses build :attr:`model` and set :attr:`meta` (the metadata of an export).
+    """
+
+    model: nn.Module
+
+    def __init__(self, frozen: bool = False, out_indices: list[int] | None = None) -> None:
+        super().__init__()
+        self.frozen = bool(frozen)
+        self._out_indices = None if out_indices is None else [int(i) for i in out_indices]
+        #: build metadata (architecture, sizes, normalisation of an export)
+        self.meta: dict[str, Any] = {}
+
+    def _finish(self) -> None:
+        """Apply ``frozen`` once :attr:`model` exists (subclasses call it at the end of ``__init__``)."""
+        if self.frozen:
+            self.model.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Encoder:
+        """Set train/eval mode; a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+        return self
+
+    # -- interface (subclasses) -------------------------------------------------------------
+
+    @property
+    def out_indices(self) -> list[int]:
+        """The blocks or stages of :meth:`forward_intermediates`."""
+        raise NotImplementedError
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each map of :meth:`forward_intermediates`."""
+        raise NotImplementedError
+
+    @property
+    def strides(self) -> list[int]:
+        """Stride of each map of :meth:`forward_intermediates`, pixels."""
+        raise NotImplementedError
+
+    @property
+    def num_features(self) -> int:
+        """Width of :meth:`forward_pooled`'s vectors."""
+        return int(self.model.num_features)  # type: ignore[arg-type]
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """Feature maps ``(B, C_i, H/s_i, W/s_i)`` of :attr:`out_indices`, finest first."""
+        return list(
+            self.model.forward_intermediates(  # type: ignore[operator]
+                x, indices=self.out_indices, intermediates_only=True, output_fmt="NCHW"
+            )
+        )
+
+    def forward_pooled(self, x: Tensor) -> Tensor:
+        """One ``(B, D)`` vector per image: the backbone's pooled features (before any classifier)."""
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Same as :meth:`forward_pooled`."""
+        return self.forward_pooled(x)
+
+    def drop_pooling(self) -> None:
+        """Remove what only :meth:`forward_pooled` uses (a ViT's final norm), when only maps are needed.
+
+        Unused parameters would stop a plain DDP run (gradients never arrive for them).
+        """
+
+    # -- optimisation -----------------------------------------------------------------------
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) exempt from weight decay besides norms and biases."""
+        names = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else set()
+        return {f"model.{n}" for n in names}
+
+    def param_groups(self, lr: float, weight_decay: float, layer_decay: float | None) -> list[dict[str, Any]]:
+        """Optimiser groups of the trainable parameters, with per-group ``lr`` already scaled.
+
+        ``layer_decay`` (timm's groups: block ``i`` of ``L`` gets ``layer_decay^(L - i)`` of
+        ``lr``) applies to architectures with layer groups; norms, biases and
+        :meth:`no_weight_decay` names get no weight decay.
+
+        Returns:
+            Non-empty groups with ``params``, ``lr`` and ``weight_decay`` (empty list when frozen).
+        """
+        from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+        if not any(p.requires_grad for p in self.model.parameters()):
+            return []
+        skip = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else set()
+        if layer_decay not in (None, 1, 1.0) and hasattr(self.model, "group_matcher"):
+            groups = param_groups_layer_decay(
+                self.model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay
+            )
+        else:
+            groups = param_groups_weight_decay(self.model, weight_decay, no_weight_decay_list=skip)
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g["lr"] = lr * g.pop("lr_scale", 1.0)
+        return groups

@@ -1,0 +1,227 @@
+"""Encoder files: one safetensors file that downstream code loads without the method.
+
+The file holds the encoder's ``state_dict`` (timm key names, no classifier head) and, in
+the safetensors metadata, a JSON ``rsfm`` entry with everything needed to rebuild it: the
+architecture (``arch``: ``vit``, or a timm ResNet name such as ``resnet50``), ``img_size``,
+``in_chans``, for ViTs ``size`` and ``patch_size``, the normalisation ``mean``/``std`` the
+encoder was trained with, and the pretraining method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rsfm.models.encoders.vit import build_vit
+from rsfm.utils.errors import CheckpointError
+from rsfm.utils.files import atomic_write
+
+__all__ = [
+    "adapt_input_channels",
+    "export_encoder",
+    "is_resnet",
+    "load_encoder",
+    "non_finite_tensors",
+    "read_encoder_meta",
+    "required_meta",
+]
+
+
+def is_resnet(arch: str) -> bool:
+    """Whether an export's ``arch`` names a timm ResNet (``resnet50``, ``resnet18`` ...)."""
+    return arch.startswith("resnet")
+
+
+def required_meta(arch: str) -> tuple[str, ...]:
+    """Metadata fields an export of ``arch`` must carry to be rebuilt."""
+    if is_resnet(arch):
+        return ("arch", "img_size", "in_chans")
+    return ("arch", "size", "img_size", "patch_size", "in_chans")
+
+
+def export_encoder(encoder: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
+    """Save an encoder's weights and build metadata to ``path`` (safetensors), atomically.
+
+    Args:
+        encoder: a ViT built by :func:`rsfm.models.vit.build_vit` or a timm ResNet; its
+            classifier (``head`` / ``fc``) is dropped.
+        path: destination ``.safetensors`` file.
+        meta: JSON-serialisable build metadata; must contain the fields of
+            :func:`required_meta` (``arch``, ``img_size``, ``in_chans``, and for ViTs ``size``
+            and ``patch_size``); should contain ``mean``/``std`` (normalisation, per channel,
+            for inputs scaled to [0, 1]) and ``method``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        KeyError: if a required metadata field is missing.
+        CheckpointError: if a weight is NaN or infinite (a diverged run is never exported).
+    """
+    from safetensors.torch import save_file
+
+    for key in required_meta(str(meta.get("arch", ""))):
+        if key not in meta:
+            raise KeyError(f"encoder metadata lacks required field {key!r}")
+    state = {
+        k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items() if not k.startswith(("head.", "fc."))
+    }
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(
+            f"refusing to export {path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[:3]}); "
+            "the run diverged — resume from an earlier checkpoint with a lower learning rate"
+        )
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"rsfm": json.dumps(meta)}))
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
+def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt a first-layer weight trained on 3 bands (RGB) to ``in_chans`` bands.
+
+    For one band the RGB filters are summed; for more than three the RGB filters are repeated
+    over the bands and scaled by ``3 / in_chans``, so that an input whose bands all equal the
+    mean of R, G and B gives the same activations as before (timm's ``adapt_input_conv`` rule).
+
+    Args:
+        weight: ``(O, 3, k, k)`` float weight of a patch embedding or first convolution.
+        in_chans: bands ``C`` of the new input.
+
+    Returns:
+        ``(O, C, k, k)`` weight in the input's dtype.
+
+    Raises:
+        ValueError: if ``weight`` does not have 3 input channels or ``in_chans < 1``.
+    """
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise ValueError(f"expected an (O, 3, k, k) weight, got {tuple(weight.shape)}")
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    if in_chans == 3:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeat = -(-in_chans // 3)
+    return weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3.0 / in_chans)
+
+
+def read_encoder_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the ``rsfm`` metadata of an exported encoder.
+
+    Raises:
+        CheckpointError: if ``path`` does not exist or is not an rsfm encoder export.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"encoder file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a safetensors file ({err})") from None
+    if "rsfm" not in meta:
+        raise CheckpointError(f"{path} has no 'rsfm' metadata; was it written by `rsfm export`?")
+    return json.loads(meta["rsfm"])
+
+
+def first_layer_key(arch: str) -> str:
+    """State-dict key of the first layer's weight: the ViT patch projection or the ResNet stem conv."""
+    return "conv1.weight" if is_resnet(arch) else "patch_embed.proj.weight"
+
+
+def mismatch_summary(missing: list[str], unexpected: list[str], shapes: list[str] | None = None) -> str:
+    """One line: counts of missing / unexpected / mis-shaped keys and the first few names."""
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes or [])):
+        if keys:
+            more = f", … {len(keys) - 3} more" if len(keys) > 3 else ""
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:3])}{more})")
+    return "; ".join(parts)
+
+
+def load_encoder(
+    path: str | os.PathLike[str],
+    num_classes: int = 0,
+    global_pool: str | None = None,
+    drop_path_rate: float = 0.0,
+    dynamic_img_size: bool = False,
+    in_chans: int | None = None,
+) -> nn.Module:
+    """Rebuild an exported encoder and load its weights.
+
+    Args:
+        path: a file written by :func:`export_encoder`.
+        num_classes: size of a new, randomly initialised classifier head (0: none).
+        global_pool: ``token`` or ``avg`` pooling of a ViT's ``forward_head``; None: the
+            export's ``global_pool`` (``token`` when absent).
+        drop_path_rate: stochastic depth for fine-tuning.
+        dynamic_img_size: accept any input size (position embedding resampled), see
+            :func:`rsfm.models.encoders.vit.build_vit`.
+        in_chans: input bands; None: the export's. A 3-band export given another number has
+            its first layer adapted by :func:`adapt_input_channels`.
+
+    Returns:
+        A timm ``VisionTransformer``, or for ``arch: resnet50`` (any timm ResNet) a timm
+        ``ResNet`` whose pooled features are global-average-pooled (2048-d for ResNet-50;
+        ``global_pool`` and ``dynamic_img_size`` do not apply: a CNN takes any input size);
+        its ``rsfm_meta`` attribute holds the metadata.
+
+    Raises:
+        CheckpointError: see :func:`read_encoder_meta`; also for an unsupported ``arch``,
+            weights that do not fit it, or bands that cannot be adapted.
+    """
+    import timm
+    from safetensors.torch import load_file
+
+    meta = read_encoder_meta(path)
+    arch = meta.get("arch")
+    chans = int(in_chans or meta["in_chans"])
+    if arch == "vit":
+        model = build_vit(
+            meta["size"],
+            img_size=meta["img_size"],
+            patch_size=meta["patch_size"],
+            in_chans=chans,
+            num_classes=num_classes,
+            global_pool=global_pool or meta.get("global_pool", "token"),
+            drop_path_rate=drop_path_rate,
+            dynamic_img_size=dynamic_img_size,
+        )
+    elif isinstance(arch, str) and is_resnet(arch) and arch in timm.list_models("resnet*"):
+        model = timm.create_model(
+            arch, pretrained=False, num_classes=num_classes, in_chans=chans, drop_path_rate=drop_path_rate
+        )
+    else:
+        raise CheckpointError(
+            f"{path}: unsupported encoder arch {arch!r}; expected 'vit' or a timm ResNet (e.g. 'resnet50')"
+        )
+    state = load_file(str(path))
+    if chans != int(meta["in_chans"]):
+        key = first_layer_key(str(arch))
+        if int(meta["in_chans"]) != 3:
+            raise CheckpointError(
+                f"{path} was trained on {meta['in_chans']} bands; only 3-band (RGB) weights adapt to {chans} bands"
+            )
+        state[key] = adapt_input_channels(state[key], chans)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("head.", "fc."))]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit a {arch} encoder: {mismatch_summary(missing, unexpected)}")
+    meta = dict(meta, in_chans=chans)
+    model.rsfm_meta = meta
+    return model

@@ -1,0 +1,79 @@
+"""Necks between an encoder's intermediate maps and the heads.
+
+A plain ViT gives maps at one stride (its patch size); dense heads want a pyramid.
+:class:`SimpleFeaturePyramid` builds the simple feature pyramid of ViTDet (Li et al., ECCV
+2022, §3), as used by RVSA and MTP: two 2× deconvolutions for stride p/4, one for p/2,
+identity for p and a max-pool for 2p. A CNN's stages already form a pyramid and need no neck.
+
+Necks are configured like every part (``model.neck: {class_path: SimpleFeaturePyramid}``)
+and built by the task once the encoder's channels and strides are known (:meth:`Neck.build`).
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from rsfm.utils.errors import ConfigError
+from rsfm.utils.registry import NECKS
+
+__all__ = ["Neck", "SimpleFeaturePyramid"]
+
+
+class Neck(nn.Module):
+    """Base of the necks: options in ``__init__``, layers in :meth:`build`.
+
+    After :meth:`build`, :attr:`out_channels` and :attr:`strides` describe the maps that
+    ``forward(maps)`` returns.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out_channels: list[int] = []
+        self.strides: list[int] = []
+
+    def build(self, in_channels: Sequence[int], strides: Sequence[int]) -> None:
+        """Create the layers for maps of ``in_channels`` at ``strides`` (pixels)."""
+        raise NotImplementedError
+
+    def forward(self, maps: list[Tensor]) -> list[Tensor]:
+        """Maps of the encoder → maps for the heads, finest first."""
+        raise NotImplementedError
+
+
+@NECKS.register
+class SimpleFeaturePyramid(Neck):
+    """ViTDet's simple feature pyramid over four same-stride ViT maps.
+
+    Input: four ``(B, D, H/p, W/p)`` maps (blocks of the encoder); output: four maps at
+    strides ``(p/4, p/2, p, 2p)`` pixels (4, 8, 16, 32 for p = 16), ``D`` channels each.
+
+    Raises:
+        ConfigError: at :meth:`build`, unless given four maps of one stride divisible by 4.
+    """
+
+    def build(self, in_channels: Sequence[int], strides: Sequence[int]) -> None:
+        """Create the deconvolutions for maps of ``in_channels`` at ``strides``."""
+        if len(in_channels) != 4 or len(set(strides)) != 1 or len(set(in_channels)) != 1:
+            raise ConfigError(
+                f"model.neck: SimpleFeaturePyramid takes 4 maps of one stride and width (a ViT's), got "
+                f"channels {list(in_channels)} at strides {list(strides)}"
+            )
+        d, p = int(in_channels[0]), int(strides[0])
+        if p % 4:
+            raise ConfigError(f"model.neck: patch size {p} must be divisible by 4 for the stride-p/4 level")
+        self.fpn1 = nn.Sequential(
+            nn.ConvTranspose2d(d, d, 2, 2), nn.BatchNorm2d(d), nn.GELU(), nn.ConvTranspose2d(d, d, 2, 2)
+        )
+        self.fpn2 = nn.ConvTranspose2d(d, d, 2, 2)
+        self.fpn3 = nn.Identity()
+        self.fpn4 = nn.MaxPool2d(2, 2)
+        self.out_channels = [d] * 4
+        self.strides = [p // 4, p // 2, p, 2 * p]
+
+    def forward(self, maps: list[Tensor]) -> list[Tensor]:
+        """Four same-stride maps → the pyramid (see the class docstring)."""
+        return [f(t) for f, t in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps, strict=True)]

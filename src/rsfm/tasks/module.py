@@ -1,0 +1,209 @@
+"""The one LightningModule that fine-tunes any task: an encoder, a neck and any set of heads.
+
+:class:`DownstreamTask` builds a :class:`~rsfm.models.task_model.TaskModel` from the recipe's
+``model`` section and knows nothing about the heads it trains: each head brings its loss, its
+metrics, its evaluation-time prediction and its pictures (:class:`~rsfm.models.heads.base.Head`).
+The training loss is the weighted sum of the heads' losses over one shared encoder pass;
+validation and testing score every evaluated head on whole images; the checkpoint that is
+tested is selected by :attr:`DownstreamTask.monitor` (the first evaluated head's metric,
+e.g. ``val/mIoU``). All scores are percentages.
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rsfm.data.base import DataInfo
+from rsfm.models.heads.base import Head
+from rsfm.models.task_model import TaskModel
+from rsfm.optim import param_groups
+from rsfm.training import TrainingModule
+from rsfm.utils.errors import ConfigError
+from rsfm.utils.files import write_json
+
+__all__ = ["DownstreamTask"]
+
+
+class DownstreamTask(TrainingModule):
+    """Fine-tunes and evaluates a :class:`~rsfm.models.task_model.TaskModel`.
+
+    Batches are the datamodule's sample dicts (images in [0, 1]; the model normalises).
+
+    Args:
+        model: ``{"encoder": spec, "neck": spec | None, "heads": {name: spec}}``, each spec
+            ``{"class_path": ..., "init_args": {...}}``.
+        optim: the ``optim`` section (:class:`rsfm.optim.OptimConfig` fields); ``layer_decay``
+            applies to the encoder, necks and heads train at the full ``lr``.
+        data: the datamodule's :class:`~rsfm.data.base.DataInfo` as a dict.
+        batch_size: per-device batch (for ``optim.blr`` scaling).
+        seed: run seed (dropout and sampling of every batch derive from it).
+        monitor: the metric that selects the tested checkpoint, e.g. ``val/mIoU``; None: the
+            first evaluated head's.
+        num_visualisations: test samples drawn per head (PNG files under ``visualisations/``).
+
+    Raises:
+        ConfigError: on a bad model specification or a monitor no head logs.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        data: dict[str, Any],
+        batch_size: int = 8,
+        seed: int = 0,
+        monitor: str | None = None,
+        num_visualisations: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        info = DataInfo(**{**data, "sample_keys": tuple(data.get("sample_keys", ("image",)))})
+        if info.palette is not None:
+            info.palette = [tuple(int(v) for v in c) for c in info.palette]  # type: ignore[misc]
+        self.info = info
+        self.model = TaskModel(model["encoder"], model["heads"], model.get("neck"), info)
+        evaluated = [name for name, head in self.model.heads.items() if head.evaluate and head.monitor]
+        if not evaluated:
+            raise ConfigError("model.heads: no head is evaluated (every one has evaluate: false)")
+        self.evaluated = evaluated
+        self.val_metrics = nn.ModuleDict({n: self.model.heads[n].make_metrics() for n in evaluated})
+        self.test_metrics = nn.ModuleDict({n: self.model.heads[n].make_metrics() for n in evaluated})
+        first = self.model.heads[evaluated[0]]
+        self.monitor = monitor or self.metric_key("val", evaluated[0], str(first.monitor))
+        #: folder of the test outputs (``metrics.json``, ``visualisations/``); None: the log folder
+        self.out_dir: str | None = None
+        self._visuals: dict[str, list[tuple[str, Any]]] = {}
+
+    def metric_key(self, stage: str, head: str, metric: str) -> str:
+        """``stage/metric`` with one evaluated head, ``stage/head/metric`` with several."""
+        return f"{stage}/{metric}" if len(self.evaluated) == 1 else f"{stage}/{head}/{metric}"
+
+    @property
+    def heads(self) -> dict[str, Head]:
+        """The task's heads by name."""
+        return dict(self.model.heads.items())
+
+    # -- optimisation ----------------------------------------------------------------------------
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Layer-decay groups of the encoder (``optim.layer_decay``); full ``lr`` for neck and heads."""
+        cfg = self.optim_config
+        return param_groups(self.model, self.model.encoder, lr, cfg.weight_decay, cfg.layer_decay)
+
+    # -- training --------------------------------------------------------------------------------
+
+    @staticmethod
+    def batch_size_of(batch: dict[str, Any]) -> int:
+        """Number of samples in a batch (tensor or list batches)."""
+        for key in ("image", "image_a"):
+            if key in batch:
+                x = batch[key]
+                return int(x.shape[0]) if isinstance(x, Tensor) else len(x)
+        return 0
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        """Weighted sum of every head's loss over one encoder pass.
+
+        A batch with no readable sample is skipped in one process and contributes a zero
+        loss (touching every parameter) under DDP.
+        """
+        n = self.batch_size_of(batch)
+        if n == 0:
+            return self.zero_loss() if self.trainer.world_size > 1 else None
+        features = self.model.features(batch)
+        total: Tensor | None = None
+        for name, head in self.model.heads.items():
+            for term, value in head.loss(features, batch).items():
+                weighted = head.loss_weight * value
+                total = weighted if total is None else total + weighted
+                self.log(f"train/{name}/{term}", value.detach(), on_step=False, on_epoch=True, batch_size=n)
+        assert total is not None
+        self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"], on_step=True, batch_size=n)
+        return total
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict, keep: bool) -> None:
+        if self.batch_size_of(batch) == 0:
+            return
+        for name in self.evaluated:
+            head = self.model.heads[name]
+            preds = head.predict(self.model, batch)
+            metrics[name].update(preds, batch)
+            if keep and self.global_rank == 0:
+                self._keep_visuals(name, head, batch, preds)
+
+    def _keep_visuals(self, name: str, head: Head, batch: dict[str, Any], preds: Any) -> None:
+        kept = self._visuals.setdefault(name, [])
+        ids = batch.get("id") or [str(i) for i in range(self.batch_size_of(batch))]
+        for i, sample_id in enumerate(ids):
+            if len(kept) >= self.hparams.num_visualisations:
+                return
+            if head.want_visual(batch, i, preds):
+                panel = head.render(batch, i, preds)
+                if panel is not None:
+                    kept.append((str(sample_id), panel))
+
+    def _log_metrics(self, metrics: nn.ModuleDict, stage: str) -> dict[str, float]:
+        logged: dict[str, float] = {}
+        for name in self.evaluated:
+            for metric, value in metrics[name].compute().items():
+                key = self.metric_key(stage, name, metric)
+                logged[key] = float(value)
+                self.log(key, float(value), prog_bar=key == self.monitor.replace("val/", f"{stage}/"), sync_dist=False)
+        return logged
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Predict whole validation samples with every evaluated head; accumulate the metrics."""
+        self._evaluate(batch, self.val_metrics, keep=False)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation scores (percent) and reset."""
+        self._log_metrics(self.val_metrics, "val")
+        for m in self.val_metrics.values():
+            m.reset()
+
+    def on_test_epoch_start(self) -> None:
+        """Forget the pictures of an earlier test run."""
+        self._visuals = {}
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Predict whole test samples; accumulate the metrics; keep the first samples for pictures."""
+        self._evaluate(batch, self.test_metrics, keep=True)
+
+    def resolve_out_dir(self) -> Path:
+        """:attr:`out_dir`, else the trainer's ``log_dir``, else its ``default_root_dir``."""
+        if self.out_dir is not None:
+            return Path(self.out_dir)
+        log_dir = self.trainer.log_dir if self._trainer is not None else None
+        return Path(log_dir or self.trainer.default_root_dir)
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test scores; write ``metrics.json`` (per head, per class) and the pictures."""
+        logged = self._log_metrics(self.test_metrics, "test")
+        reports = {name: self.test_metrics[name].report() for name in self.evaluated}
+        for m in self.test_metrics.values():
+            m.reset()
+        if not self.trainer.is_global_zero:
+            return
+        out = self.resolve_out_dir()
+        write_json(out / "metrics.json", {"split": "test", "scale": "percent", "metrics": logged, "heads": reports})
+        for name, panels in self._visuals.items():
+            self.model.heads[name].save_visuals(panels, out / "visualisations" / name)
+        self._visuals = {}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Predictions of every evaluated head for whole samples."""
+        return {name: self.model.heads[name].predict(self.model, batch) for name in self.evaluated}
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Same as :meth:`forward`."""
+        return self(batch)

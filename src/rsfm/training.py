@@ -1,0 +1,135 @@
+"""What every rsfm LightningModule shares: optimiser, schedule, run length, seeds, resume.
+
+:class:`TrainingModule` is the base of the pretraining module
+(:class:`rsfm.methods.module.PretrainTask`) and of the downstream module
+(:class:`rsfm.tasks.module.DownstreamTask`). It builds the optimiser and its per-step
+schedule from the recipe's ``optim`` section (:class:`rsfm.optim.OptimConfig`), seeds torch's
+global RNG before every batch from ``(seed, epoch, batch, rank)`` — so dropout, stochastic
+depth and proposal sampling of a resumed run equal an uninterrupted run's, bit for bit — and,
+when a run resumes with a different ``optim.lr``, continues with the new rate (the advice
+printed when a run diverges: lower the rate and rerun).
+
+.. versionadded:: 0.2
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from rsfm.optim import OptimConfig, build_optimizer, peak_lr, run_length, schedule
+
+__all__ = ["TrainingModule", "step_seed"]
+
+
+def step_seed(*parts: int) -> int:
+    """A 63-bit seed that depends only on the given integers (run seed, step, rank...)."""
+    digest = hashlib.blake2b(":".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class TrainingModule(L.LightningModule):
+    """Base of rsfm's LightningModules.
+
+    Subclasses call ``super().__init__()``, save hyper-parameters including ``optim`` (a plain
+    dict of :class:`~rsfm.optim.OptimConfig`), ``seed`` and ``batch_size`` (per device), and
+    implement :meth:`optimizer_groups`.
+    """
+
+    _total: tuple[int, int] | None = None
+    _configured_lrs: list[float] | None = None
+
+    # -- randomness --------------------------------------------------------------------------
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed torch's global RNG from ``(seed, epoch, batch, rank)`` (resumable randomness)."""
+        torch.manual_seed(step_seed(self.hparams.seed, self.current_epoch, batch_idx, self.global_rank))
+
+    def step_generator(self, shared: bool = False) -> torch.Generator:
+        """A generator seeded from ``(seed, optimiser step, rank)``; ``shared``: the same on every rank (CPU)."""
+        if shared:
+            return torch.Generator().manual_seed(step_seed(self.hparams.seed, self.global_step, 0))
+        g = torch.Generator(device=self.device)
+        g.manual_seed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
+        return g
+
+    # -- run length ----------------------------------------------------------------------------
+
+    def run_length(self) -> tuple[int, int]:
+        """``(total optimiser steps, steps per epoch)`` of the run (see :func:`rsfm.optim.run_length`)."""
+        if self._total is None:
+            t = self.trainer
+            batches = len(t.datamodule.train_dataloader()) if t.datamodule is not None else int(t.num_training_batches)
+            self._total = run_length(t, batches)
+        return self._total
+
+    def progress(self) -> float:
+        """Fraction of the run's optimiser steps done, in [0, 1]."""
+        if self._trainer is None:
+            return 0.0
+        total, _ = self.run_length()
+        return min(1.0, self.global_step / total)
+
+    def effective_batch(self) -> int:
+        """Per-device batch × devices × nodes × gradient accumulation."""
+        return int(self.hparams.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches)
+
+    # -- optimisation --------------------------------------------------------------------------
+
+    @property
+    def optim_config(self) -> OptimConfig:
+        """The recipe's ``optim`` section."""
+        return OptimConfig(**self.hparams.optim)
+
+    @property
+    def lr_scale(self) -> float:
+        """Factor of ``blr`` scaling (a method's; 1 by default)."""
+        return 1.0
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Parameter groups with their ``lr`` and ``weight_decay`` (subclasses)."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The optimiser of ``optim`` and its per-step warmup + cosine schedule."""
+        cfg = self.optim_config
+        lr = peak_lr(cfg, self.effective_batch(), self.lr_scale)
+        optimizer = build_optimizer(self.optimizer_groups(lr), cfg)
+        self._configured_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        total, per_epoch = self.run_length()
+        entry = schedule(optimizer, cfg, total, per_epoch)
+        how = f"optim.lr {cfg.lr:g}" if cfg.lr is not None else f"optim.blr {cfg.blr:g} × {self.effective_batch()}/256"
+        self.print(f"lr {lr:.3e} ({how}), {total} steps, {cfg.name}")
+        return {"optimizer": optimizer, "lr_scheduler": entry}
+
+    def on_train_start(self) -> None:
+        """After a resume, continue with the recipe's learning rate if it changed since the checkpoint."""
+        if self._configured_lrs is None or not self.trainer.lr_scheduler_configs:
+            return
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        old = [float(v) for v in scheduler.base_lrs]
+        new = self._configured_lrs
+        if len(old) != len(new):
+            return
+        changed = any(abs(a - b) > 1e-12 * max(1.0, abs(b)) for a, b in zip(old, new, strict=True))
+        scheduler.base_lrs = list(new)
+        # the rate of the coming step under this run's schedule (identical to the restored one
+        # when neither the rate nor the run length changed)
+        for group, base, fn in zip(self.trainer.optimizers[0].param_groups, new, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = base
+            group["lr"] = base * fn(scheduler.last_epoch)
+        if changed:
+            self.print(
+                f"optim.lr changed since the checkpoint: peak {max(old):.3e} → {max(new):.3e}; continuing with it"
+            )
+
+    def zero_loss(self) -> Tensor:
+        """A scalar 0 with a (zero) gradient path to every trainable parameter.
+
+        A rank whose batch holds nothing still has to join DDP's gradient all-reduce.
+        """
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device))

@@ -1,0 +1,5 @@
+"""Small helpers every layer of rsfm may use: file writing, user errors, registries.
+
+This package sits below everything else (see the import contract in ``pyproject.toml``) and
+imports nothing heavier than the standard library at module level.
+"""
