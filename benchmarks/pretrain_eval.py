@@ -1,16 +1,23 @@
 """Equal-budget pretraining, then kNN / linear probe / fine-tuning against a scratch baseline.
 
-For each variant (MAE, SelectiveMAE with the ``energy`` score, SelectiveMAE with the
+For each variant (MAE, ``configs/pretrain/mae_vit_tiny.yaml``; SelectiveMAE with the
+``energy`` score, ``configs/pretrain/selective_mae_vit_tiny.yaml``; SelectiveMAE with the
 released ``official`` score and sampling), the script measures the seconds per training
-step with a short calibration run, sets the number of epochs so that the full schedule
-(warmup, cosine, PSTS curriculum) fits the same wall-clock budget, pretrains on the
-non-held-out part of the data, exports the encoder and evaluates it on the stratified
-held-out split it never saw. The scratch baseline fine-tunes a randomly initialised ViT of
-the same shape with the same fine-tuning budget; a random-init encoder gives the kNN and
-linear-probe floor. One table, one JSON file.
+step with a short calibration run (3 epochs of ``--calibration-steps`` steps, timed after the
+first), sets the number of epochs so that the full schedule (warmup, cosine, PSTS curriculum)
+fits the same wall-clock budget, pretrains (:func:`rsfm.engine.run.pretrain`) on the
+non-held-out part of the data (the recipe's ``data.test_fraction``), exports the encoder and
+evaluates it (:func:`rsfm.engine.evaluate.evaluate`: kNN, linear probe, fine-tuning) on the
+stratified held-out split it never saw. The scratch baseline fine-tunes a randomly
+initialised ViT of the same shape with the same fine-tuning budget; a random-init encoder
+gives the kNN and linear-probe floor. Scores are overall accuracy (OA) on the held-out split,
+in percent; gains over scratch in percentage points; throughput in images/s. One table, one
+JSON file (``<out>/results.json``).
 
     python benchmarks/pretrain_eval.py --budget-min 8           # CPU
     python benchmarks/pretrain_eval.py --budget-min 2 --num-workers 12 --finetune-epochs 30   # GPU
+    python benchmarks/pretrain_eval.py --budget-min 0.05 --calibration-steps 2 --batch-size 8 \\
+        --img-size 64 --finetune-epochs 1 --variants selective_mae,scratch   # smoke
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from typing import Any
 
 import lightning as L
 
-from rsfm.engine.config import load_config
-from rsfm.engine.pretrain import build_datamodule, run_pretrain
-from rsfm.eval.run import evaluate
+from rsfm.engine.config import load_recipe
+from rsfm.engine.evaluate import evaluate
+from rsfm.engine.run import build_data, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "datasets" / "aid"
@@ -70,9 +77,11 @@ class StepTimer(L.Callback):
         return overhead + steps_per_epoch * step
 
 
-def recipe(variant: str, args: argparse.Namespace, out: Path, *extra: str):
+def recipe(variant: str, args: argparse.Namespace, out: Path, *extra: str) -> dict[str, Any]:
+    """The variant's checked recipe with this benchmark's data, sizes and output folder."""
     name, overrides = VARIANTS[variant]
-    return load_config(
+    return load_recipe(
+        "pretrain",
         REPO / "configs" / "pretrain" / name,
         [
             f"data.root={args.data}",
@@ -121,13 +130,17 @@ def main() -> None:
     budget_s = args.budget_min * 60
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results: dict[str, Any] = {"args": vars(args), "variants": {}}
-    stats = recipe(variants[0], args, out)  # the recipes' data split and normalisation
-    holdout = stats.data.holdout_fraction
+    unknown = sorted(set(variants) - {*VARIANTS, "scratch"})
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; expected some of {[*VARIANTS, 'scratch']}")
+    # the recipes' data split and normalisation (every variant's recipe shares them)
+    stats = recipe(next((v for v in variants if v != "scratch"), "selective_mae"), args, out)["data"]["init_args"]
+    holdout = stats["test_fraction"]
 
     for variant in [v for v in variants if v != "scratch"]:
         # 1) seconds per step and per-epoch overhead, measured on this machine now
         timer = StepTimer()
-        run_pretrain(
+        pretrain(
             recipe(
                 variant,
                 args,
@@ -140,7 +153,7 @@ def main() -> None:
             callbacks=[timer],
         )
         cfg = recipe(variant, args, out, "trainer.max_epochs=1")
-        dm = build_datamodule(cfg)
+        dm = build_data(cfg)
         dm.setup("fit")
         steps_per_epoch = len(dm.train_dataloader())
         epoch_s = timer.epoch_seconds(steps_per_epoch, args.calibration_steps)
@@ -162,16 +175,17 @@ def main() -> None:
             f"viz.every_n_epochs={epochs}",
         )
         t0 = time.perf_counter()
-        res = run_pretrain(cfg)
+        res = pretrain(cfg)
         wall = time.perf_counter() - t0
         # 3) evaluate on the held-out split the encoder never saw
+        data_args = cfg["data"]["init_args"]
         metrics = evaluate(
             res["encoder"],
             args.data,
             ("knn", "linear", "finetune"),
             out_dir=str(out / variant / "eval"),
-            val_fraction=cfg.data.holdout_fraction,
-            split_seed=cfg.data.split_seed,
+            test_fraction=data_args["test_fraction"],
+            split_seed=data_args["split_seed"],
             num_workers=eval_workers,
             finetune_epochs=args.finetune_epochs,
             finetune_max_time=args.finetune_max_time,
@@ -199,9 +213,10 @@ def main() -> None:
             img_size=args.img_size,
             patch_size=args.patch_size,
             scratch_size=args.size,
-            mean=stats.data.mean,
-            std=stats.data.std,
-            val_fraction=holdout,
+            mean=stats["mean"],
+            std=stats["std"],
+            test_fraction=holdout,
+            split_seed=stats["split_seed"],
             num_workers=eval_workers,
             finetune_epochs=args.finetune_epochs,
             finetune_max_time=args.finetune_max_time,
@@ -218,24 +233,24 @@ def main() -> None:
         f"\nViT-{args.size}, {args.img_size} px, patch {args.patch_size}, batch {args.batch_size}; "
         f"pretraining budget {args.budget_min:g} min each; fine-tuning {args.finetune_epochs} epochs"
         + (f" (cap {args.finetune_max_time})" if args.finetune_max_time else "")
-        + f"; held-out split of {args.data} ({holdout:.0%})"
+        + f"; held-out split of {args.data} ({holdout:.0%}); OA in percent"
     )
     print(
-        f"{'encoder':<24} {'epochs':>6} {'wall min':>9} {'img/s':>8} {'kNN OA':>8} {'linear OA':>10} "
-        f"{'fine-tune OA':>13}"
+        f"{'encoder':<24} {'epochs':>6} {'wall min':>9} {'img/s':>8} {'kNN OA %':>8} {'linear OA %':>11} "
+        f"{'fine-tune OA %':>14}"
     )
     for v, r in results["variants"].items():
         oa = r["OA"]
         print(
             f"{v:<24} {r['epochs']:>6} {r['pretrain_wall_s'] / 60:>9.2f} {r['images_per_s']:>8.1f} "
-            f"{oa['knn']:>8.2f} {oa['linear']:>10.2f} "
-            f"{oa['finetune']:>13.2f}"
+            f"{oa['knn']:>8.2f} {oa['linear']:>11.2f} "
+            f"{oa['finetune']:>14.2f}"
         )
     if "scratch" in results:
         oa = results["scratch"]["OA"]
         print(
-            f"{'scratch (random init)':<24} {'-':>6} {'-':>9} {'-':>8} {oa['knn']:>8.2f} {oa['linear']:>10.2f} "
-            f"{oa['finetune']:>13.2f}"
+            f"{'scratch (random init)':<24} {'-':>6} {'-':>9} {'-':>8} {oa['knn']:>8.2f} {oa['linear']:>11.2f} "
+            f"{oa['finetune']:>14.2f}"
         )
         for v, r in results["variants"].items():
             print(f"fine-tune OA gain of {v} over scratch: {r['OA']['finetune'] - oa['finetune']:+.2f} points")

@@ -1,15 +1,24 @@
 """MAE vs SelectiveMAE training throughput and peak memory, measured side by side.
 
-Both methods train the same encoder on the same batch of real AID images (resized to the
-input size and held in memory, so decoding is not measured). Timed rounds alternate between
-the methods (MAE, SelectiveMAE, MAE, ...) so that machine noise hits both alike; the table
-gives the median images/s and the ratio. Peak memory is measured per method in a fresh
-process: on GPU ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size
-(``VmHWM``) of that process during training steps, and its growth over the model +
-optimiser set-up (so the growth is optimiser state, activations and gradients).
+Both methods are built as ``rsfm pretrain`` builds them (:class:`rsfm.methods.module.PretrainTask`
+from a ``{class_path, init_args}`` specification: MAE with mask ratio 0.75, SelectiveMAE with
+m = 0.85, r = 0.25 and the recipes' other defaults) and train the same encoder on the same
+batch of real AID images, resized to the input size, scaled to [0, 1] and held in memory (so
+decoding is not measured). A timed training step is what the pretraining module does per
+batch: normalise the images with the data's mean/std (ImageNet's, the datamodules' default),
+the method's ``training_step`` (forward and loss), backward, AdamW step (lr 1e-4, weight decay
+0.05, betas 0.9/0.95, grouped by :func:`rsfm.optim.param_groups`). Timed rounds alternate
+between the methods (MAE, SelectiveMAE, MAE, ...) so that machine noise hits both alike; the
+table gives the median images/s per method and the ratio SelectiveMAE / MAE. Peak memory is
+measured per method in a fresh process: on GPU ``torch.cuda.max_memory_allocated``; on CPU the
+peak resident set size (``VmHWM``) of that process during training steps, and its growth over
+the model + optimiser set-up (so the growth is optimiser state, activations and gradients),
+in GiB; the ratio is MAE / SelectiveMAE.
 
     python benchmarks/throughput.py                      # ViT-Base/16, 224 px, CPU
+    python benchmarks/throughput.py --size tiny --patch-size 8 --img-size 112   # the CPU recipes' shape
     python benchmarks/throughput.py --device cuda --batch-size 256
+    python benchmarks/throughput.py --size tiny --batch-size 4 --rounds 1 --steps 1   # smoke
 """
 
 from __future__ import annotations
@@ -21,23 +30,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from rsfm.engine.module import build_method
-from rsfm.engine.optim import build_adamw
+from rsfm.data.base import DataInfo
+from rsfm.methods.base import PretrainMethod, StepContext
+from rsfm.methods.module import PretrainTask
+from rsfm.optim import OptimConfig, build_optimizer
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "aid"
-METHODS = {
-    "mae": {"name": "mae", "mask_ratio": 0.75},
-    "selective_mae": {"name": "selective_mae", "mask_ratio": 0.85, "rec_ratio": 0.25},
+#: the methods' ``model`` specifications (as in a recipe); size and patch come from the options
+METHODS: dict[str, dict[str, Any]] = {
+    "mae": {"class_path": "MAE", "init_args": {"mask_ratio": 0.75}},
+    "selective_mae": {"class_path": "SelectiveMAE", "init_args": {"mask_ratio": 0.85, "rec_ratio": 0.25}},
 }
+#: MAE's pretraining optimiser at a fixed rate (the rate does not change the cost of a step)
+OPTIM = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.05, "betas": [0.9, 0.95]}
 
 
 def load_batch(root: Path, n: int, size: int) -> torch.Tensor:
-    """``(n, 3, size, size)`` float32: the first ``n`` images (sorted) of ``root``, resized."""
+    """``(n, 3, size, size)`` float32 in [0, 1]: ``n`` images spread over the sorted files of ``root``, resized."""
     every = sorted(root.rglob("*.jpg"))
     paths = every[:: max(1, len(every) // n)][:n]
     if len(paths) < n:
@@ -45,27 +60,33 @@ def load_batch(root: Path, n: int, size: int) -> torch.Tensor:
     arr = [
         np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC), np.float32) / 255 for p in paths
     ]
-    x = torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2)
-    return (x - 0.4) / 0.2
+    return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).contiguous()
 
 
 def build(
-    method: str, size: str, img_size: int, patch_size: int, device: str
-) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    method: str, size: str, img_size: int, patch_size: int, batch_size: int, device: str
+) -> tuple[PretrainTask, torch.optim.Optimizer]:
+    """The pretraining module of ``method`` (its ``.model`` is the method) and its AdamW."""
     torch.manual_seed(0)
-    model = build_method(**METHODS[method], size=size, img_size=img_size, patch_size=patch_size).to(device)
-    return model, build_adamw(model, 1e-4)
+    spec = METHODS[method]
+    spec = {**spec, "init_args": {**spec["init_args"], "size": size, "patch_size": patch_size}}
+    info = DataInfo(num_channels=3, img_size=img_size)
+    task = PretrainTask(model=spec, optim=OPTIM, data=info.to_dict(), batch_size=batch_size, seed=0).to(device)
+    task.train()
+    return task, build_optimizer(task.optimizer_groups(OPTIM["lr"]), OptimConfig(**OPTIM))
 
 
-def train_steps(model, opt, x: torch.Tensor, steps: int, amp: bool) -> float:
-    """Seconds for ``steps`` full training steps (forward, backward, AdamW)."""
+def train_steps(task: PretrainTask, opt: torch.optim.Optimizer, x: torch.Tensor, steps: int, amp: bool) -> float:
+    """Seconds for ``steps`` full training steps (normalise, method step, backward, AdamW)."""
     dev = x.device.type
+    method: PretrainMethod = task.model
     if dev == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(steps):
+        ctx = StepContext(progress=0.5, generator=torch.Generator(device=x.device).manual_seed(i))
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
-            loss = model(x, progress=0.5, generator=torch.Generator(device=x.device).manual_seed(i))["loss"]
+            loss = method.training_step({"image": task.normalise(x)}, ctx)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -84,7 +105,7 @@ def _proc_status_bytes(field: str) -> int:
 def memory_probe(args: argparse.Namespace) -> None:
     """Child process: one method's peak memory; prints a JSON line."""
     x = load_batch(Path(args.data), args.batch_size, args.img_size).to(args.device)
-    model, opt = build(args.probe, args.size, args.img_size, args.patch_size, args.device)
+    model, opt = build(args.probe, args.size, args.img_size, args.patch_size, args.batch_size, args.device)
     amp = args.device == "cuda"
     # base: inputs, weights and an empty optimiser; peak: after training steps (adds the
     # optimiser state, activations and gradients)
@@ -106,7 +127,7 @@ def memory_probe(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--size", default="base")
+    p.add_argument("--size", default="base", help="ViT size: tiny, small, base, large")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32)
@@ -125,7 +146,7 @@ def main() -> None:
     device = args.device
     amp = device == "cuda"
     x = load_batch(Path(args.data), args.batch_size, args.img_size).to(device)
-    models = {m: build(m, args.size, args.img_size, args.patch_size, device) for m in METHODS}
+    models = {m: build(m, args.size, args.img_size, args.patch_size, args.batch_size, device) for m in METHODS}
     for model, opt in models.values():  # warm-up (allocator, kernels, optimiser state)
         train_steps(model, opt, x, 1, amp)
     times: dict[str, list[float]] = {m: [] for m in METHODS}

@@ -1,4 +1,4 @@
-"""DIOR / DIOR-R layout reader (rsfm.data.detection.dior) on a copy of the real DIOR-R sample, laid out as DIOR ships."""
+"""DIOR / DIOR-R layout reader (rsfm.data.detection.dior) on a copy of the real DIOR-R sample, in DIOR's layout."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 import json
 import shutil
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,15 +11,10 @@ from PIL import Image
 from rasterio.transform import Affine
 from torch.utils.data import DataLoader
 
-from rsfm.data.folder import (
-    ImageFolder,
-    LabeledImageFolder,
-    SkipReport,
-    SkipReportCallback,
-    collate_skipping,
-    stratified_split,
-)
+from rsfm.data.folder import ImageFolder, LabeledImageFolder, check_image_root, scan_folder
+from rsfm.data.skips import SkipReport, collate_skipping
 from rsfm.data.transforms import eval_transform, pretrain_transform
+from rsfm.engine.callbacks import SkipReportCallback
 
 
 def make_bad_tree(root: Path, aid: Path) -> Path:
@@ -120,35 +114,6 @@ def test_gray_and_four_band_items(bad_tree: Path) -> None:
     }
 
 
-def test_collate_all_skipped() -> None:
-    batch = collate_skipping(
-        [
-            {"skipped": ("a.jpg", "truncated"), "index": 0, "label": 1},
-            {"skipped": ("b.jpg", "zero_byte"), "index": 1, "label": 0},
-        ]
-    )
-    assert batch["image"].shape == (0, 3, 0, 0) and batch["image"].dtype == torch.float32
-    assert batch["index"].shape == (0,) and batch["label"].shape == (0,)
-    assert batch["skipped"] == [("a.jpg", "truncated"), ("b.jpg", "zero_byte")]
-
-
-def test_skip_report(tmp_path: Path) -> None:
-    report = SkipReport([("a.jpg", "truncated"), ("b.jpg", "truncated")])
-    report.add([("a.jpg", "truncated"), ("c.txt", "not_an_image")])
-    assert report.total == 3
-    assert report.counts() == {"truncated": 2, "not_an_image": 1}
-    assert report.examples("truncated", n=1) == ["a.jpg"]
-    assert report.summary() == "3 files skipped: 2 truncated, 1 not_an_image"
-    table = report.format()
-    assert "truncated" in table and "a.jpg" in table and table.splitlines()[0].startswith("reason")
-    other = SkipReport([("d.jpg", "zero_byte"), ("a.jpg", "truncated")])
-    report.merge(other.to_dict())
-    assert report.counts() == {"truncated": 2, "not_an_image": 1, "zero_byte": 1}
-    saved = json.loads(report.write_json(tmp_path / "out" / "skipped.json").read_text())
-    assert saved["total"] == 4 and saved["counts"]["zero_byte"] == 1
-    assert SkipReport().summary() == "no files skipped"
-
-
 def test_skip_report_callback(bad_tree: Path, tmp_path: Path, capsys) -> None:
     ds = ImageFolder(bad_tree)
     cb = SkipReportCallback()
@@ -227,31 +192,15 @@ def test_deterministic_augmentation(bad_tree: Path) -> None:
     assert torch.equal(batches[0], batches[2])
 
 
-def test_stratified_split_basics() -> None:
-    groups = [0] * 10 + [1] * 5 + [2]
-    train, val = stratified_split(groups, 0.2, seed=0)
-    assert sorted(train + val) == list(range(16)) and not set(train) & set(val)
-    assert Counter(groups[i] for i in val) == {0: 2, 1: 1}
-    assert stratified_split(groups, 0.2, seed=0) == (train, val)
-    assert stratified_split(groups, 0.2, seed=1) != (train, val)
-    assert stratified_split(groups, 0.0, seed=0) == (list(range(16)), [])
-    assert 15 in stratified_split(groups, 0.9, seed=0)[0]  # singleton group stays in train
-    with pytest.raises(ValueError, match="val_fraction"):
-        stratified_split(groups, 1.0, seed=0)
-
-
-def test_stratified_split_aid(datasets: Path) -> None:
-    aid = datasets / "aid"
-    train = ImageFolder(aid, split="train", val_fraction=0.2, split_seed=7)
-    val = ImageFolder(aid, split="val", val_fraction=0.2, split_seed=7)
-    everything = ImageFolder(aid)
-    assert not set(train.samples) & set(val.samples)
-    assert set(train.samples) | set(val.samples) == set(everything.samples)
-    per_class = Counter(p.parent.name for p in everything.samples)
-    val_per_class = Counter(p.parent.name for p in val.samples)
-    assert len(per_class) == 30
-    for name, n in per_class.items():
-        assert val_per_class[name] == round(n * 0.2)
-    labeled_val = LabeledImageFolder(aid, split="val", val_fraction=0.2, split_seed=7)
-    assert labeled_val.samples == val.samples  # same split, labeled or not
-    assert [labeled_val.classes[t] for t in labeled_val.targets] == [p.parent.name for p in val.samples]
+def test_scan_folder_and_check_image_root(bad_tree: Path, tmp_path: Path) -> None:
+    samples, relative, skipped = scan_folder(bad_tree)
+    assert relative == sorted(relative) and len(samples) == len(relative) == 10
+    assert [p.relative_to(bad_tree).as_posix() for p in samples] == relative
+    assert sorted((Path(p).name, r) for p, r in skipped) == [("empty.jpg", "zero_byte"), ("notes.txt", "not_an_image")]
+    assert check_image_root(bad_tree) == bad_tree
+    (tmp_path / "only_text").mkdir()
+    (tmp_path / "only_text" / "a.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="No image files found"):
+        check_image_root(tmp_path / "only_text")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        scan_folder(tmp_path / "nowhere")

@@ -108,8 +108,13 @@ def test_four_band_geotiff(tmp_path: Path, rgb: np.ndarray) -> None:
     path = write_tif(tmp_path / "four.tif", np.concatenate([rgb, nir]))
     assert np.array_equal(read_image(path).numpy(), rgb)
     assert np.array_equal(read_image(path, RasterRule(bands=(2, 1, 0))).numpy(), rgb[::-1])
-    nir_gray = read_image(path, RasterRule(bands=(3,))).numpy()
-    assert np.array_equal(nir_gray, np.repeat(nir, 3, axis=0))
+    # ``bands`` gives exactly the bands asked for: one band is one channel, four are four
+    nir_only = read_image(path, RasterRule(bands=(3,))).numpy()
+    assert nir_only.shape == (1, 150, 150) and np.array_equal(nir_only, nir)
+    all_four = read_image(path, RasterRule(bands=(0, 1, 2, 3))).numpy()
+    assert all_four.shape == (4, 150, 150) and np.array_equal(all_four, np.concatenate([rgb, nir]))
+    nir_first = read_image(path, RasterRule(bands=(3, 0))).numpy()
+    assert np.array_equal(nir_first, np.concatenate([nir, rgb[:1]]))
     with pytest.raises(UnsupportedImageError, match=r"four\.tif.*4 band"):
         read_image(path, RasterRule(bands=(0, 1, 4)))
 
@@ -197,8 +202,10 @@ def test_error_pickles(tmp_path: Path) -> None:
 
 
 def test_rule_validation() -> None:
-    with pytest.raises(ValueError, match="bands"):
-        RasterRule(bands=(0, 1))
+    assert RasterRule(bands=(0, 1)).bands == (0, 1)  # any number of bands
+    for bad in ((), (0, 0), (-1, 2)):
+        with pytest.raises(ValueError, match="bands"):
+            RasterRule(bands=bad)
     with pytest.raises(ValueError, match="scale"):
         RasterRule(scale="minmax")
     with pytest.raises(ValueError, match="scale"):
@@ -206,3 +213,50 @@ def test_rule_validation() -> None:
     with pytest.raises(ValueError, match="percentiles"):
         RasterRule(percentiles=(98.0, 2.0))
     assert RasterRule(bands=[2, 1, 0]).bands == (2, 1, 0)
+
+
+def test_multispectral_geotiff_from_a_real_scene(tmp_path: Path, datasets: Path) -> None:
+    """A 4-band uint8 GeoTIFF written from the real Landsat scene (R, G, B and R again as a 4th band)."""
+    scene = datasets / "scenes" / "RGB.byte.tif"
+    with rasterio.open(scene) as src:
+        rgb, profile = src.read(), src.profile
+    four = np.concatenate([rgb, rgb[:1]])
+    profile.update(count=4, photometric="minisblack")  # four plain bands, no alpha
+    path = tmp_path / "four_band.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(four)
+    image = read_image(path, RasterRule(bands=(0, 1, 2, 3)))
+    assert image.shape == (4, 718, 791) and image.dtype == torch.uint8
+    assert np.array_equal(image.numpy(), four)
+    assert np.array_equal(read_image(path).numpy(), rgb)  # default rule: the first three
+    assert np.array_equal(read_image(path, RasterRule(bands=(3, 1))).numpy(), four[[3, 1]])
+    # the same selection on the 3-band original fails, naming the file and the band
+    with pytest.raises(UnsupportedImageError, match=r"RGB\.byte\.tif.*band index 3"):
+        read_image(scene, RasterRule(bands=(0, 1, 2, 3)))
+
+
+def test_bands_on_jpeg_and_png(aid_jpeg: Path, rgb: np.ndarray, tmp_path: Path) -> None:
+    assert np.array_equal(read_image(aid_jpeg, RasterRule(bands=(2, 1, 0))).numpy(), rgb[::-1])
+    green = read_image(aid_jpeg, RasterRule(bands=(1,)))
+    assert green.shape == (1, 150, 150) and np.array_equal(green.numpy()[0], rgb[1])
+    with pytest.raises(UnsupportedImageError, match="airport_10.jpg"):
+        read_image(aid_jpeg, RasterRule(bands=(0, 1, 2, 3)))
+    # an RGBA PNG: the alpha band can be selected explicitly as a fourth channel
+    alpha = np.full((1, 150, 150), 7, np.uint8)
+    Image.fromarray(np.concatenate([rgb, alpha]).transpose(1, 2, 0), mode="RGBA").save(tmp_path / "rgba.png")
+    four = read_image(tmp_path / "rgba.png", RasterRule(bands=(0, 1, 2, 3)))
+    assert four.shape == (4, 150, 150) and np.array_equal(four.numpy(), np.concatenate([rgb, alpha]))
+    # a grey PNG read with bands=(0,) stays one channel (no repetition to RGB)
+    Image.open(aid_jpeg).convert("L").save(tmp_path / "gray.png")
+    assert read_image(tmp_path / "gray.png", RasterRule(bands=(0,))).shape == (1, 150, 150)
+    assert read_image(tmp_path / "gray.png").shape == (3, 150, 150)
+
+
+def test_uint16_multiband_stretched_per_band(tmp_path: Path, rgb: np.ndarray) -> None:
+    four = np.concatenate([rgb, rgb[:1] // 2]).astype(np.uint16) * 40  # Sentinel-2-like digital numbers
+    path = write_tif(tmp_path / "dn.tif", four)
+    image = read_image(path, RasterRule(bands=(0, 1, 2, 3))).numpy().astype(int)
+    assert image.shape == (4, 150, 150)
+    assert np.abs(image - np.stack([stretch(b) for b in four])).max() <= 1
+    scaled = read_image(path, RasterRule(bands=(3,), scale=10000)).numpy().astype(int)
+    assert np.abs(scaled[0] - np.rint(np.clip(four[3] / 10000, 0, 1) * 255)).max() <= 1

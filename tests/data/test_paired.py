@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsfm.data.folder import ImageFolder, LabeledImageFolder, collate_skipping
-from rsfm.data.paired import PairedDataModule, PairedDataset, TwoViews, moco_v1_transform, natural_classes
+from rsfm.data.folder import ImageFolder, LabeledImageFolder
+from rsfm.data.paired import PairedDataModule, PairedDataset, TwoViews, natural_classes
+from rsfm.data.skips import collate_skipping
+from rsfm.data.transforms import moco_v1_transform
+from rsfm.utils.errors import DataError
 
 
 def _natural_subset(datasets: Path, tmp_path: Path, classes=("airplane", "cat"), per_class: int = 2) -> Path:
@@ -52,29 +55,39 @@ def test_paired_sampler_wraps_the_shorter_set(datasets: Path, aid_subset, tmp_pa
 def test_paired_datamodule_batches_and_holdout(datasets: Path, aid_subset, tmp_path: Path) -> None:
     rs_root = aid_subset(["Airport", "Forest"], 10)
     nat_root = _natural_subset(datasets, tmp_path, per_class=3)
-    dm = PairedDataModule(rs_root, nat_root, img_size=32, batch_size=4, num_workers=0, holdout_fraction=0.2)
+    dm = PairedDataModule(rs_root, nat_root, img_size=32, batch_size=4, num_workers=0, test_fraction=0.2)
     assert dm.classes == ["airplane", "cat"] and dm.num_classes == 2
+    info = dm.info()
+    assert info.classes == ["airplane", "cat"] and info.num_channels == 3 and info.img_size == 32
+    assert info.sample_keys == ("image", "image_key", "natural", "natural_label")
     dm.setup("fit")
-    assert len(dm.train_dataset.rs) == 16  # 2 of each 10 held out, as PretrainDataModule
+    train = dm.datasets["train"]
+    assert len(train.rs) == 16  # 2 of each 10 held out, as PretrainDataModule
     held_out = ImageFolder(rs_root, split="val", val_fraction=0.2)
-    assert not set(held_out.samples) & set(dm.train_dataset.rs.samples)
-    batches = list(dm.train_dataloader())
+    assert not set(held_out.samples) & set(train.rs.samples)
+    assert dm.val_dataloader() == []
+    loader = dm.train_dataloader()
+    assert type(loader).__name__ == "StatefulDataLoader"
+    batches = list(loader)
     assert len(batches) == 4  # 16 pairs / 4
     b = batches[0]
     assert b["image"].shape == b["image_key"].shape == b["natural"].shape == (4, 3, 32, 32)
+    assert 0.0 <= float(b["image"].min()) and float(b["natural"].max()) <= 1.0  # not normalised
     assert b["natural_label"].dtype == torch.int64 and b["skipped"] == []
 
 
 def test_bad_natural_roots_are_named(datasets: Path, aid_subset, tmp_path: Path) -> None:
     rs_root = aid_subset(["Airport"], 2)
-    with pytest.raises(FileNotFoundError, match="data.natural_root: folder not found"):
+    with pytest.raises(DataError, match="data.natural_root: folder not found"):
         PairedDataModule(rs_root, tmp_path / "nope")
+    with pytest.raises(DataError, match="data.root"):
+        PairedDataModule(tmp_path / "no_rs", tmp_path / "nope")
     nat_root = _natural_subset(datasets, tmp_path)
     (nat_root / "empty_class").mkdir()
-    with pytest.raises(ValueError, match=r"class folders without images.*empty_class"):
+    with pytest.raises(DataError, match=r"class folders without images.*empty_class"):
         natural_classes(nat_root)
     (tmp_path / "flat").mkdir()
-    with pytest.raises(ValueError, match="no class folder"):
+    with pytest.raises(DataError, match="no class folder"):
         natural_classes(tmp_path / "flat")
 
 
@@ -85,8 +98,10 @@ def test_corrupt_files_are_skipped_and_counted(datasets: Path, aid_subset, tmp_p
     nat_root = tmp_path / "natural"
     shutil.copytree(_natural_subset(datasets, tmp_path / "x"), nat_root, symlinks=False)
     (nat_root / "cat" / "empty.jpg").write_bytes(b"")
-    dm = PairedDataModule(rs_root, nat_root, img_size=32, batch_size=4, num_workers=0)
+    dm = PairedDataModule(rs_root, nat_root, img_size=32, batch_size=4, num_workers=0, test_fraction=0.0)
+    assert dm.scan_skipped == []  # nothing scanned before setup
     dm.setup("fit")
-    assert ("zero_byte" in {r for _, r in dm.scan_skipped}) and len(dm.train_dataset) == 4
-    batch = collate_skipping([dm.train_dataset[(i, 0)] for i in range(4)])
+    ds = dm.datasets["train"]
+    assert ("zero_byte" in {r for _, r in dm.scan_skipped}) and len(ds) == 4
+    batch = collate_skipping([ds[(i, 0)] for i in range(4)])
     assert batch["image"].shape[0] == 3 and [r for _, r in batch["skipped"]] == ["truncated"]

@@ -1,68 +1,177 @@
+"""Recipes: one parser for every command, checked against type hints, errors naming section.key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
+from engine_helpers import FINETUNE, PRETRAIN, REPO
 
 from rsfm.cli import main
-from rsfm.engine.config import load_config, parse_overrides
-from rsfm.engine.module import build_method
-from rsfm.optim import scaled_lr, warmup_cosine
+from rsfm.engine.config import format_parse_error, load_recipe, normalise_overrides
+from rsfm.utils.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-# masked-image recipes; the GeRSP ones are tested in tests/engine/test_gersp_pretrain.py
-RECIPES = sorted(p for p in (REPO / "configs" / "pretrain").glob("*.yaml") if not p.stem.startswith("gersp"))
-
-
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_recipes_load_and_build(recipe: Path) -> None:
-    cfg = load_config(recipe)
-    opts = dict(cfg.model)
-    name = opts.pop("name")
-    model = build_method(name, img_size=64, **{**opts, "size": "tiny"})
-    assert model.norm_pix_loss
+RECIPES = [("finetune", p) for p in sorted(FINETUNE.glob("*.yaml"))] + [
+    ("pretrain", p) for p in sorted(PRETRAIN.glob("*.yaml"))
+]
 
 
-def test_overrides_and_errors() -> None:
-    recipe = REPO / "configs" / "pretrain" / "selective_mae_vit_tiny.yaml"
-    cfg = load_config(recipe, ["trainer.max_epochs=3", "--data.batch_size", "16", "--model.rec_ratio=0.3"])
-    assert cfg.trainer.max_epochs == 3 and cfg.data.batch_size == 16 and cfg.model.rec_ratio == 0.3
-    with pytest.raises(ValueError, match="max_epoch"):
-        load_config(recipe, ["trainer.max_epoch=3"])
-    with pytest.raises(ValueError, match="batch_size"):
-        load_config(recipe, ["data.batch_size=lots"])
-    with pytest.raises(FileNotFoundError):
-        load_config(REPO / "nope.yaml")
-    with pytest.raises(ValueError, match="key=value"):
-        parse_overrides(["trainer.max_epochs"])
-    with pytest.raises(ValueError, match="model.mask_ration is not an option of mae"):
-        build_method("mae", mask_ration=0.5)
+@pytest.mark.parametrize(("command", "recipe"), RECIPES, ids=lambda x: getattr(x, "stem", x))
+def test_print_config_works_for_every_recipe(command: str, recipe: Path, capsys) -> None:
+    assert main([command, "--config", str(recipe), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    # the resolved recipe: full class paths, every default filled in
+    assert printed["data"]["class_path"].startswith("rsfm.data.")
+    assert "batch_size" in printed["data"]["init_args"]
+    assert printed["optim"]["name"] in ("adamw", "sgd") and "max_epochs" in printed["trainer"]
+    if command == "finetune":
+        assert printed["model"]["encoder"]["class_path"].startswith("rsfm.models.")
+        assert all(h["class_path"].startswith("rsfm.models.heads.") for h in printed["model"]["heads"].values())
+    else:
+        assert printed["model"]["class_path"].startswith("rsfm.methods.")
 
 
-def test_lr_rules() -> None:
-    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)  # MAE: 1.5e-4 x 4096 / 256
-    assert scaled_lr(1.5e-4, 256, 0.25 / 0.85) == pytest.approx(1.5e-4 * 0.25 / 0.85)
-    assert warmup_cosine(0, 10, 100) == 0 and warmup_cosine(5, 10, 100) == 0.5
-    assert warmup_cosine(10, 10, 100) == 1 and warmup_cosine(100, 10, 100) == pytest.approx(0)
-    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+def test_print_config_works_for_the_other_commands(capsys, tmp_path: Path) -> None:
+    for argv in (
+        ["evaluate", "--data", str(tmp_path), "--print-config"],
+        ["export", "--checkpoint", "x.ckpt", "--out", "y.safetensors", "--print-config"],
+        ["stats", str(tmp_path), "--print-config"],
+        ["list", "heads", "--print-config"],
+    ):
+        assert main(argv) == 0, argv
+        assert yaml.safe_load(capsys.readouterr().out)
 
 
-def test_cli_missing_data_folder_names_path_and_hint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    missing = tmp_path / "no_such_folder"
-    code = main(
-        ["pretrain", "--config", str(REPO / "configs/pretrain/selective_mae_vit_tiny.yaml"), f"data.root={missing}"]
+def test_overrides_with_and_without_init_args_agree() -> None:
+    recipe = FINETUNE / "segmentation_dubai.yaml"
+    a = load_recipe(
+        "finetune", recipe, ["model.heads.segmentation.channels=32", "data.crop_size=128", "--trainer.max_epochs", "7"]
     )
-    err = capsys.readouterr().err
-    assert code == 2 and str(missing) in err and "data.root" in err and "torchgeo" in err
-    assert len(err.strip().splitlines()) == 1
+    b = load_recipe(
+        "finetune",
+        recipe,
+        ["model.heads.segmentation.init_args.channels=32", "data.init_args.crop_size=128", "trainer.max_epochs=7"],
+    )
+    for r in (a, b):
+        assert r["model"]["heads"]["segmentation"]["init_args"]["channels"] == 32
+        assert r["data"]["init_args"]["crop_size"] == 128 and r["trainer"]["max_epochs"] == 7
+    assert normalise_overrides(["a.b=1", "--c.d=2", "--e.f", "3"]) == ["--a.b=1", "--c.d=2", "--e.f=3"]
+    with pytest.raises(ConfigError, match="expected key=value"):
+        normalise_overrides(["oops"])
 
 
-def test_cli_empty_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    code = main(
-        [
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("trainer.max_epoch=3", "trainer.max_epoch: not an option of trainer; options: max_epochs"),
+        ("optim.lrr=0.1", "optim.lrr: not an option of optim; options: name, lr, blr"),
+        ("model.heads.segmentation.chanels=3", "'chanels' is not an option of UperNetHead; options: channels"),
+        ("data.crop_sise=3", "'crop_sise' is not an option of DubaiDataModule"),
+        ("model.encoder.init_args.patch_sise=8", "'patch_sise' is not an option of ViT"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs: Expected a int"),
+        ("model.heads.segmentation.class_path=Nope", "unknown class_path 'Nope'; registered heads: ChangeHead"),
+        ("data.class_path=NoData", "registered datasets: CDDDataModule"),
+        ("foo.bar=1", "unknown section 'foo'"),
+        ("sed=1", "sed: not a top-level key"),
+    ],
+)
+def test_errors_name_the_key(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_recipe("finetune", FINETUNE / "segmentation_dubai.yaml", [override])
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+
+
+def test_misspelt_keys_inside_the_file_are_named(tmp_path: Path) -> None:
+    data = yaml.safe_load((FINETUNE / "segmentation_dubai.yaml").read_text())
+    data["trainer"]["max_epoch"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"{bad}: trainer.max_epoch: not an option of trainer"):
+        load_recipe("finetune", bad)
+    bad.write_text("trainer:\n  max_epochs: [1,\n")
+    with pytest.raises(ConfigError, match=rf"{bad}:3:1: YAML syntax error"):
+        load_recipe("finetune", bad)
+
+
+def test_optim_lr_means_one_thing() -> None:
+    with pytest.raises(ConfigError, match="set optim.lr or optim.blr, not both"):
+        from rsfm.optim import OptimConfig
+
+        OptimConfig(lr=1e-3, blr=1e-3)
+    with pytest.raises(ConfigError, match="optim.lr .* or optim.blr"):
+        OptimConfig()
+
+
+def test_format_parse_error_joins_nested_messages() -> None:
+    nested = (
+        'Parser key "model":\n  Does not validate against any of the Union subtypes\n  Subtypes: [...]\n  Errors:\n'
+        "    - Problem with given class_path 'rsfm.methods.MAE':\n        Parser key \"mask_ratio\":\n"
+        "          Expected a <class 'float'>. Got value: x\n    - Expected a <class 'NoneType'>\n"
+        "  Given value type: dict"
+    )
+    assert format_parse_error(nested, "r.yaml") == "r.yaml: model.mask_ratio: Expected a float. Got value: x"
+
+
+def _cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rsfm.cli", *args], capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+    )
+    return proc, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize(
+    ("command", "recipe", "override", "named"),
+    [
+        ("finetune", FINETUNE / "detection_nepu.yaml", "model.heads.detection.init_args.tiel=3", "'tiel'"),
+        (
+            "finetune",
+            FINETUNE / "detection_nepu.yaml",
+            "data.init_args.root=/no/such/dir",
+            "data.root: folder not found",
+        ),
+        ("pretrain", PRETRAIN / "selective_mae_vit_tiny.yaml", "model.init_args.mask_ration=0.5", "'mask_ration'"),
+        (
             "pretrain",
-            "--config",
-            str(REPO / "configs/pretrain/selective_mae_vit_tiny.yaml"),
-            f"data.root={tmp_path}",
-            f"output_dir={tmp_path / 'runs'}",
-        ]
+            PRETRAIN / "selective_mae_vit_tiny.yaml",
+            "data.init_args.root=/no/such/dir",
+            "data.root: folder not found",
+        ),
+    ],
+)
+def test_bad_recipes_fail_fast_and_leave_no_run_folder(command, recipe, override, named, tmp_path: Path) -> None:
+    proc, seconds = _cli(command, "--config", str(recipe), f"output_dir={tmp_path}", "run_name=run", override)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], proc.stderr
+    assert seconds < 10, f"took {seconds:.1f} s"
+    assert not (tmp_path / "run").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_checking_a_recipe_imports_no_heavy_library() -> None:
+    """Recipes are checked with torch only: Lightning, torchvision, timm and torchmetrics load later."""
+    code = (
+        "import sys\n"
+        "from rsfm.engine.config import load_recipe\n"
+        f"load_recipe('finetune', {str(FINETUNE / 'detection_nepu.yaml')!r})\n"
+        f"load_recipe('pretrain', {str(PRETRAIN / 'gersp_resnet50.yaml')!r})\n"
+        "heavy = ('lightning', 'torchvision', 'timm', 'torchmetrics', 'rasterio')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
-    assert code == 2 and str(tmp_path) in capsys.readouterr().err
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_sync_batchnorm_without_gpus_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    argv = ["finetune", "--config", str(FINETUNE / "change_detection_levir.yaml"), f"output_dir={tmp_path}",
+            "trainer.accelerator=cpu", "trainer.sync_batchnorm=true"]  # fmt: skip
+    assert main(argv) == 2
+    assert "trainer.sync_batchnorm needs GPUs" in capsys.readouterr().err

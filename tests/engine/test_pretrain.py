@@ -1,74 +1,85 @@
-"""The pretraining engine on real AID images: loss goes down, exact resume, DDP, export."""
+"""Pretraining through the engine and the real CLI on AID (+ CIFAR-10 for GeRSP)."""
+
+from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from engine_helpers import PRETRAIN, REPO, Crash, CrashAt, assert_same_weights, checkpoint
 from safetensors.torch import load_file
 
-from rsfm.engine.config import load_config
+from rsfm.cli import main
+from rsfm.engine.config import load_recipe
+from rsfm.engine.data import LightningData
+from rsfm.engine.run import build_data, pretrain
+from rsfm.methods.module import PretrainTask
 from rsfm.models.export import load_encoder, read_encoder_meta
-from rsfm.engine.pretrain import build_datamodule, build_module, run_pretrain
+from rsfm.optim import warmup_cosine, warmup_cosine_restarts
+from rsfm.utils.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPE = REPO / "configs" / "pretrain" / "selective_mae_vit_tiny.yaml"
-
-
-def small_config(tmp_path: Path, datasets: Path, *extra: str):
-    """ViT-Tiny at 64 px with 8 px patches on real AID images, a few steps per epoch."""
-    return load_config(
-        RECIPE,
-        [
-            f"data.root={datasets / 'aid'}",
-            f"output_dir={tmp_path}",
-            "run_name=run",
-            "data.img_size=64",
-            "data.batch_size=8",
-            "data.num_workers=0",
-            "trainer.max_epochs=2",
-            "trainer.limit_train_batches=4",
-            "trainer.enable_progress_bar=false",
-            "trainer.log_every_n_steps=1",
-            "viz.num_images=2",
-            "evaluate.enabled=false",
-            *extra,
-        ],
-    )
+MIM = PRETRAIN / "selective_mae_vit_tiny.yaml"
+GERSP = PRETRAIN / "gersp_vit_tiny.yaml"
 
 
-@pytest.mark.parametrize("method", ["selective_mae", "mae"])
-def test_short_real_run_lowers_loss(tmp_path: Path, datasets: Path, method: str) -> None:
-    extra = ["model.name=mae", "model.mask_ratio=0.75"] if method == "mae" else []
-    for key in (
-        "rec_ratio",
-        "seed_ratio",
-        "hog_score",
-        "seed_selection",
-        "target_selection",
-        "psts",
-        "psts_boundaries",
-    ):
-        if method == "mae":
-            extra.append(f"~model.{key}")
-    cfg = load_config(RECIPE, [])
-    cfg = small_config(
-        tmp_path,
-        datasets,
-        "optim.lr=1e-3",
-        "optim.warmup_epochs=0",
+def mim_args(out: Path, datasets: Path, *extra: str) -> list[str]:
+    """ViT-Tiny/8 at 64 px on real AID images, a few steps per epoch."""
+    return [
+        f"data.init_args.root={datasets / 'aid'}",
+        f"output_dir={out}",
+        "run_name=run",
+        "data.init_args.img_size=64",
+        "data.init_args.batch_size=8",
+        "data.init_args.num_workers=0",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "viz.num_images=2",
+        "evaluate.enabled=false",
+        *extra,
+    ]
+
+
+def gersp_args(out: Path, datasets: Path, *extra: str) -> list[str]:
+    return [
+        f"data.init_args.root={datasets / 'aid'}",
+        f"data.init_args.natural_root={datasets / 'cifar10' / 'train'}",
+        f"output_dir={out}",
+        "run_name=run",
+        "data.init_args.img_size=32",
+        "data.init_args.batch_size=4",
+        "data.init_args.num_workers=0",
+        "model.init_args.queue_size=16",
         "trainer.max_epochs=1",
-        "trainer.limit_train_batches=30",
+        "trainer.limit_train_batches=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "evaluate.enabled=false",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("method", ["SelectiveMAE", "MAE"])
+def test_short_real_run_lowers_the_held_out_loss(tmp_path: Path, datasets: Path, method: str) -> None:
+    extra = ["model.class_path=MAE", "model.init_args.mask_ratio=0.75"] if method == "MAE" else []
+    recipe = load_recipe(
+        "pretrain",
+        MIM if method == "SelectiveMAE" else PRETRAIN / "mae_vit_tiny.yaml",
+        mim_args(tmp_path, datasets, *extra),
     )
-    if method == "mae":
-        cfg.model = {"name": "mae", "size": "tiny", "patch_size": 8, "mask_ratio": 0.75}
+    recipe["optim"].update(blr=None, lr=1e-3, warmup_epochs=0)
     L.seed_everything(0)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg)
-    imgs = dm.viz_batch(8)
+    data = build_data(recipe)
+    module = PretrainTask(recipe["model"], recipe["optim"], data.info().to_dict(), batch_size=8)
+    assert type(module.model).__name__ == method
+    imgs = module.normalise(data.viz_batch(8))
 
     def held_out_loss() -> float:
         module.eval()
@@ -87,71 +98,44 @@ def test_short_real_run_lowers_loss(tmp_path: Path, datasets: Path, method: str)
         use_distributed_sampler=False,
         accelerator="cpu",
     )
-    trainer.fit(module, datamodule=dm)
-    after = held_out_loss()
-    assert after < before * 0.9, (before, after)
+    trainer.fit(module, datamodule=LightningData(data))
+    assert held_out_loss() < before * 0.9
 
 
-class Crash(L.Callback):
-    """Simulates a killed process after a given optimiser step."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.at_step:
-            raise KeyboardInterrupt
-
-
-def _state(run_dir: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    return ckpt["state_dict"]
-
-
-@pytest.mark.parametrize("method", ["selective_mae"])
-def test_resume_mid_epoch_gives_identical_weights(tmp_path: Path, datasets: Path, method: str) -> None:
+@pytest.mark.parametrize("which", ["selective_mae", "gersp"])
+def test_resume_mid_epoch_gives_identical_weights(which: str, tmp_path: Path, datasets: Path, one_thread) -> None:
     common = ["checkpoint.every_n_train_steps=2", "trainer.limit_train_batches=5", "trainer.max_epochs=2"]
-    full = small_config(tmp_path / "a", datasets, *common)
-    run_pretrain(full)
-
-    cut = small_config(tmp_path / "b", datasets, *common)
-    # crash at step 3: the last checkpoint is from step 2, in the middle of epoch 0
-    try:
-        run_pretrain(cut, callbacks=[Crash(3)])
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    ckpt = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 2 and ckpt["epoch"] == 0
-    resumed = small_config(tmp_path / "b", datasets, *common)  # resume: auto
-    run_pretrain(resumed)
-
-    a, b = _state(tmp_path / "a" / "run"), _state(tmp_path / "b" / "run")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    recipe, make = (MIM, mim_args) if which == "selective_mae" else (GERSP, gersp_args)
+    pretrain(load_recipe("pretrain", recipe, make(tmp_path / "a", datasets, *common)))
+    with pytest.raises(Crash):
+        pretrain(load_recipe("pretrain", recipe, make(tmp_path / "b", datasets, *common)), callbacks=[CrashAt(3)])
+    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert stopped["global_step"] == 2 and stopped["epoch"] == 0  # the middle of epoch 0
+    pretrain(load_recipe("pretrain", recipe, make(tmp_path / "b", datasets, *common)))  # resume: auto
+    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 10
+    assert_same_weights(a["state_dict"], b["state_dict"])  # student, teacher (EMA) and queue alike
     ea = load_file(str(tmp_path / "a" / "run" / "encoder.safetensors"))
     eb = load_file(str(tmp_path / "b" / "run" / "encoder.safetensors"))
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
-    # and the run did train: the weights moved from the initialisation
-    L.seed_everything(0)
-    init = build_module(full).state_dict()
-    assert any(not torch.equal(init[k], a[k]) for k in a if k in init and a[k].dtype.is_floating_point)
+    assert any(
+        not torch.equal(v, stopped["state_dict"][k]) for k, v in a["state_dict"].items() if v.is_floating_point()
+    )
 
 
-def test_export_loads_as_timm_encoder(tmp_path: Path, datasets: Path) -> None:
-    cfg = small_config(tmp_path, datasets, "trainer.max_epochs=1", "trainer.limit_train_batches=1")
-    result = run_pretrain(cfg)
+def test_export_loads_as_a_timm_encoder(tmp_path: Path, datasets: Path) -> None:
+    result = pretrain(
+        load_recipe(
+            "pretrain", MIM, mim_args(tmp_path, datasets, "trainer.max_epochs=1", "trainer.limit_train_batches=1")
+        )
+    )
     meta = read_encoder_meta(result["encoder"])
-    assert meta["method"] == "selective_mae" and meta["img_size"] == 64 and meta["patch_size"] == 8
-    assert len(meta["mean"]) == 3
+    assert meta["method"] == "SelectiveMAE" and meta["img_size"] == 64 and meta["patch_size"] == 8
+    assert meta["test_fraction"] == 0.2 and len(meta["mean"]) == 3
     enc = load_encoder(result["encoder"])
-    feats = enc.forward_features(torch.zeros(2, 3, 64, 64))
-    assert feats.shape == (2, 65, 192)
-    figs = sorted((Path(result["run_dir"]) / "figures").glob("*.png"))
-    assert figs, "no reconstruction figure written"
-    # `rsfm export` from the last checkpoint gives the same weights and metadata
-    from rsfm.cli import main
-
+    assert enc.forward_features(torch.zeros(2, 3, 64, 64)).shape == (2, 65, 192)
+    assert sorted((Path(result["run_dir"]) / "figures").glob("*.png")), "no reconstruction figure written"
     again = tmp_path / "again.safetensors"
     assert main(["export", "--checkpoint", result["checkpoint"], "--out", str(again)]) == 0
     a, b = load_file(result["encoder"]), load_file(str(again))
@@ -159,65 +143,7 @@ def test_export_loads_as_timm_encoder(tmp_path: Path, datasets: Path) -> None:
     assert read_encoder_meta(again) == meta
 
 
-def test_ddp_two_cpu_processes(tmp_path: Path, datasets: Path) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "rsfm.cli",
-        "pretrain",
-        "--config",
-        str(RECIPE),
-        f"data.root={datasets / 'aid'}",
-        f"output_dir={tmp_path}",
-        "run_name=ddp",
-        "data.img_size=64",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3",
-        "trainer.enable_progress_bar=false",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "viz.num_images=2",
-        "evaluate.enabled=false",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout + proc.stderr
-    assert "world_size: 2" in out or "distributed_backend=gloo" in out
-    assert (tmp_path / "ddp" / "encoder.safetensors").is_file()
-    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 3
-
-
-def test_ddp_rank_with_only_unreadable_files_keeps_step(tmp_path: Path, datasets: Path) -> None:
-    """Two ranks, batch 1, one good and one truncated image: each step one rank has an empty batch."""
-    root = tmp_path / "images" / "Forest"
-    root.mkdir(parents=True)
-    data = sorted((datasets / "aid" / "Forest").glob("*.jpg"))[0].read_bytes()
-    (root / "good.jpg").write_bytes(data)
-    (root / "truncated.jpg").write_bytes(data[:3000])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "rsfm.cli", "pretrain", "--config", str(RECIPE),
-        f"data.root={tmp_path / 'images'}", f"output_dir={tmp_path}", "run_name=ddp_bad", "resume=null",
-        "data.img_size=64", "data.batch_size=1", "data.num_workers=0", "data.holdout_fraction=0",
-        "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-        "trainer.devices=2", "trainer.strategy=ddp", "viz.num_images=1", "evaluate.enabled=false",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 truncated" in proc.stdout + proc.stderr
-    ckpt = torch.load(tmp_path / "ddp_bad" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 2
-
-
 def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: Path) -> None:
-    import shutil
-
-    import numpy as np
     import rasterio
     from PIL import Image
 
@@ -234,26 +160,147 @@ def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: P
     (root / "Port" / "readme.txt").write_text("not an image either")
     Image.open(src).convert("L").save(root / "Forest" / "gray.png")
     rgb = np.asarray(Image.open(src).convert("RGB")).transpose(2, 0, 1)
-    with rasterio.open(
-        root / "Forest" / "four_band.tif",
-        "w",
-        driver="GTiff",
-        width=rgb.shape[2],
-        height=rgb.shape[1],
-        count=4,
-        dtype="uint8",
-    ) as dst:
+    profile = {"driver": "GTiff", "width": rgb.shape[2], "height": rgb.shape[1], "count": 4, "dtype": "uint8"}
+    with rasterio.open(root / "Forest" / "four_band.tif", "w", **profile) as dst:
         dst.write(np.concatenate([rgb, rgb[:1]], axis=0))
-    cfg = small_config(
+    args = mim_args(
         tmp_path,
         datasets,
-        f"data.root={root}",
-        "data.holdout_fraction=0",
-        "data.batch_size=4",
-        "trainer.max_epochs=2",
-        "trainer.limit_train_batches=null",
+        f"data.init_args.root={root}",
+        "data.init_args.test_fraction=0",
+        "data.init_args.batch_size=4",
     )
-    result = run_pretrain(cfg)
+    args = [a for a in args if not a.startswith("trainer.limit_train_batches")]
+    result = pretrain(load_recipe("pretrain", MIM, args))
     assert result["skipped"] == {"truncated": 1, "zero_byte": 1, "not_an_image": 2}
     assert Path(result["encoder"]).is_file()
     assert (Path(result["run_dir"]) / "logs" / "skipped_files.json").is_file()
+
+
+def _ddp(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    full = [
+        sys.executable,
+        "-m",
+        "rsfm.cli",
+        "pretrain",
+        *cmd,
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+    ]
+    return subprocess.run(full, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+
+
+def _one_good_one_truncated(root: Path, datasets: Path) -> None:
+    (root / "Forest").mkdir(parents=True)
+    data = sorted((datasets / "aid" / "Forest").glob("*.jpg"))[0].read_bytes()
+    (root / "Forest" / "good.jpg").write_bytes(data)
+    (root / "Forest" / "truncated.jpg").write_bytes(data[:3000])
+
+
+def test_ddp_rank_with_only_unreadable_files_keeps_step(tmp_path: Path, datasets: Path) -> None:
+    """Two ranks, batch 1, one good and one truncated image: every step one rank's batch is empty."""
+    _one_good_one_truncated(tmp_path / "images", datasets)
+    extra = [f"data.init_args.root={tmp_path / 'images'}", "resume=none", "data.init_args.batch_size=1"]
+    extra += ["data.init_args.test_fraction=0", "viz.num_images=1"]
+    proc = _ddp(["--config", str(MIM), *mim_args(tmp_path, datasets, *extra)])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "1 truncated" in proc.stdout + proc.stderr
+    assert checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+def test_gersp_ddp_fills_the_queue_from_both_ranks_and_survives_an_empty_rank(tmp_path: Path, datasets: Path) -> None:
+    proc = _ddp(
+        [
+            "--config",
+            str(GERSP),
+            *gersp_args(tmp_path / "a", datasets, "trainer.limit_train_batches=3", "model.init_args.queue_size=20"),
+        ]
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ckpt = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    # 3 steps x 2 ranks x batch 4 = 24 keys in a queue of 20: the pointer wrapped to 4
+    assert ckpt["global_step"] == 3 and int(ckpt["state_dict"]["model.queue.ptr"]) == 24 % 20
+    # one good and one truncated RS image, two natural images, batch 1: every step one rank
+    # has no pair, yet joins the shuffle-BN and queue gathers; only the other rank's key enters
+    # the queue (no BatchNorm in the projector: a batch of one has no batch statistics)
+    _one_good_one_truncated(tmp_path / "images", datasets)
+    for name in ("cat", "dog"):
+        (tmp_path / "natural" / name).mkdir(parents=True)
+        src = sorted((datasets / "cifar10" / "train" / name).glob("*.jpg"))[0]
+        (tmp_path / "natural" / name / src.name).write_bytes(src.read_bytes())
+    extra = [f"data.init_args.root={tmp_path / 'images'}", f"data.init_args.natural_root={tmp_path / 'natural'}"]
+    extra += ["data.init_args.batch_size=1", "data.init_args.test_fraction=0", "trainer.max_epochs=2"]
+    extra += ["model.init_args.proj_bn=false"]
+    proc = _ddp(["--config", str(GERSP), *gersp_args(tmp_path / "b", datasets, *extra)])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ckpt = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2 and int(ckpt["state_dict"]["model.queue.ptr"]) == 2
+
+
+def test_gersp_recipes_build_from_the_natural_classes(datasets: Path) -> None:
+    for recipe in sorted(PRETRAIN.glob("gersp_*.yaml")):
+        r = load_recipe(
+            "pretrain",
+            recipe,
+            [f"data.init_args.natural_root={datasets / 'cifar10' / 'train'}", "data.init_args.img_size=32"],
+        )
+        data = build_data(r)
+        module = PretrainTask(r["model"], r["optim"], data.info().to_dict(), batch_size=4)
+        assert module.model.classifier.out_features == 10  # CIFAR-10 classes
+        assert r["optim"]["name"] == "sgd" and r["optim"]["restarts"] >= 1
+
+
+def test_gersp_cli_exports_a_resnet_that_evaluation_and_fine_tuning_accept(
+    tmp_path: Path, datasets: Path, one_thread
+) -> None:
+    assert main(["pretrain", "--config", str(PRETRAIN / "gersp_resnet50.yaml"), *gersp_args(tmp_path, datasets)]) == 0
+    run = tmp_path / "run"
+    meta = read_encoder_meta(run / "encoder.safetensors")
+    assert meta["arch"] == "resnet50" and meta["method"] == "GeRSP" and meta["img_size"] == 32
+    assert meta["natural_root"].endswith("train") and not (run / "figures").exists()
+    ckpt = checkpoint(run / "checkpoints" / "last.ckpt")
+    sd = ckpt["state_dict"]
+    assert ckpt["global_step"] == 2 and int(sd["model.queue.ptr"]) == 8
+    assert not torch.equal(sd["model.teacher_encoder.conv1.weight"], sd["model.encoder.conv1.weight"])  # EMA steps
+    logged = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
+    for key in ("train/loss", "train/loss_con", "train/loss_ce", "train/acc_natural"):
+        assert key in logged
+    from rsfm.engine.evaluate import evaluate
+
+    subset = tmp_path / "aid"
+    for name in ("Airport", "Forest", "Port"):
+        (subset / name).mkdir(parents=True)
+        for src in sorted((datasets / "aid" / name).glob("*.jpg"))[:5]:
+            (subset / name / src.name).symlink_to(src)
+    result = evaluate(
+        str(run / "encoder.safetensors"), str(subset), ("knn", "linear"), out_dir=str(tmp_path / "eval"),
+        linear_epochs=5, num_workers=0, verbose=False,
+    )  # fmt: skip
+    assert set(result["protocols"]) == {"knn", "linear"} and result["data"]["n_heldout"] == 3
+
+
+def test_gersp_bad_natural_root_and_options_are_named(tmp_path: Path, datasets: Path, capsys) -> None:
+    args = gersp_args(tmp_path, datasets, f"data.init_args.natural_root={tmp_path / 'nope'}")
+    assert main(["pretrain", "--config", str(GERSP), *args]) == 2
+    assert "data.natural_root: folder not found" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="queue"):
+        load_recipe("pretrain", GERSP, gersp_args(tmp_path, datasets, "model.init_args.queue=3"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["model.init_args.alpha=0"], ["model.init_args.contrastive=false"], ["model.init_args.ema_projector=false"]],
+)
+def test_gersp_ablations_run(extra: list[str], tmp_path: Path, datasets: Path, one_thread) -> None:
+    result = pretrain(load_recipe("pretrain", GERSP, gersp_args(tmp_path, datasets, *extra)))
+    assert Path(result["encoder"]).is_file()
+
+
+def test_cosine_restarts_schedule() -> None:
+    values = [warmup_cosine_restarts(s, 2, 14, cycles=3) for s in range(14)]  # 2 warmup, 3 cycles of 4
+    assert values[:2] == [0.0, 0.5]
+    assert values[2] == values[6] == values[10] == 1.0  # each cycle restarts at the peak
+    assert values[4] == pytest.approx(0.5) and values[5] < values[4]
+    assert all(warmup_cosine_restarts(s, 2, 14, 1) == warmup_cosine(s, 2, 14) for s in range(14))

@@ -3,6 +3,8 @@
 import math
 import os
 import socket
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from rsfm.methods.base import StepContext
 from rsfm.methods.gersp import (
     GeRSP,
     NegativeQueue,
@@ -22,6 +25,7 @@ from rsfm.methods.gersp import (
     ema_update,
     info_nce,
 )
+from rsfm.utils.errors import ConfigError
 
 # -- queue ---------------------------------------------------------------------------------
 
@@ -211,6 +215,41 @@ def test_vit_moco_v3_details() -> None:
         _tiny(arch="convnext")
 
 
+def test_num_classes_is_required() -> None:
+    with pytest.raises(ConfigError, match="num_classes"):
+        _tiny(num_classes=None)
+
+
+def _empty(size: int = 32):
+    return (
+        torch.zeros(0, 3, size, size),
+        torch.zeros(0, 3, size, size),
+        torch.zeros(0, 3, size, size),
+        torch.zeros(0, dtype=torch.long),
+    )
+
+
+def test_empty_batch_in_one_process_gives_a_zero_loss_with_a_grad_path(one_thread) -> None:
+    model = _tiny()
+    keys_before = model.queue.keys.clone()
+    ctx = StepContext(progress=0.0, shared_generator=torch.Generator().manual_seed(0))
+    q, k, nat, y = _empty()
+    out = model.training_step({"image": q, "image_key": k, "natural": nat, "natural_label": y}, ctx)
+    assert set(out) == {"loss", "loss_con", "loss_ce", "acc_con", "acc_natural"}
+    assert out["loss"].item() == 0.0 and out["loss"].requires_grad
+    assert all(v.item() == 0.0 and not v.requires_grad for name, v in out.items() if name != "loss")
+    assert int(model.queue.ptr) == 0 and torch.equal(model.queue.keys, keys_before)  # nothing enqueued
+    out["loss"].backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for _, p in trainable)  # joins DDP's all-reduce
+    assert all(not p.grad.any() for _, p in trainable)  # ... with zeros
+    assert all(p.grad is None for p in model.teacher_encoder.parameters())
+    # natural supervision only: no keys to gather, still a zero loss with a grad path
+    natural = _tiny(contrastive=False)
+    out = natural(*_empty())
+    assert out["loss"].item() == 0.0 and out["loss"].requires_grad and int(natural.queue.ptr) == 0
+
+
 # -- DDP: keys of both ranks reach the queue -----------------------------------------------
 
 
@@ -223,7 +262,8 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a collective that one rank never joins fails after the timeout instead of hanging
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         model = _tiny(queue_size=10)  # same weights on both ranks (seeded)
         g = torch.Generator().manual_seed(100 + rank)  # different images per rank
@@ -235,14 +275,30 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         x = torch.arange(b * 2.0).reshape(b, 2) + 100 * rank
         shuffled, order, sizes = batch_shuffle(x, torch.Generator().manual_seed(3))
         restored = batch_unshuffle(shuffled, order, sizes)
+        first = {
+            "keys": out_["keys"],
+            "queue": model.queue.keys.clone(),
+            "ptr": int(model.queue.ptr),
+            "restored": restored,
+            "x": x,
+            "shuffled": shuffled,
+        }
+        # second step: every file of rank 1's batch was unreadable, its batch is empty
+        n = b if rank == 0 else 0
+        q, k, nat = (torch.randn(n, 3, 32, 32, generator=g) for _ in range(3))
+        y = torch.randint(0, 10, (n,), generator=g)
+        second = model(q, k, nat, y, generator=torch.Generator().manual_seed(8))
+        second["loss"].backward()
+        trainable = [p for p in model.parameters() if p.requires_grad]
         torch.save(
             {
-                "keys": out_["keys"],
-                "queue": model.queue.keys.clone(),
-                "ptr": int(model.queue.ptr),
-                "restored": restored,
-                "x": x,
-                "shuffled": shuffled,
+                "first": first,
+                "keys2": second.get("keys"),  # rank 0's keys (rank 1 has none)
+                "loss2": second["loss"].detach(),
+                "ptr2": int(model.queue.ptr),
+                "queue2": model.queue.keys.clone(),
+                "grads": sum(p.grad is not None for p in trainable) == len(trainable),
+                "grad_norm": float(sum(p.grad.abs().sum() for p in trainable if p.grad is not None)),
             },
             Path(out) / f"rank{rank}.pt",
         )
@@ -250,9 +306,22 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_ddp_queue_receives_keys_of_both_ranks(tmp_path: Path) -> None:
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+def _spawn_two(fn, *args, timeout: float = 180.0) -> None:
+    """Run ``fn(rank, 2, *args)`` in two spawned processes; fail (killing them) past ``timeout`` seconds."""
+    ctx = mp.start_processes(fn, args=(2, *args), nprocs=2, start_method="spawn", join=False)
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1.0):  # re-raises a worker's exception
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"the two DDP workers did not finish within {timeout:.0f} s (a collective hung)")
+
+
+def test_ddp_queue_receives_keys_of_both_ranks_and_an_empty_rank_joins(tmp_path: Path) -> None:
+    _spawn_two(_ddp_worker, _free_port(), str(tmp_path))
+    s0, s1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    r0, r1 = s0["first"], s1["first"]
     assert r0["ptr"] == r1["ptr"] == 2 * 3  # world_size x batch
     both = torch.cat([r0["keys"], r1["keys"]])
     assert torch.allclose(r0["queue"][:6], both) and torch.equal(r0["queue"], r1["queue"])
@@ -262,3 +331,12 @@ def test_ddp_queue_receives_keys_of_both_ranks(tmp_path: Path) -> None:
     mixed = torch.cat([r0["shuffled"], r1["shuffled"]])
     assert sorted(mixed[:, 0].tolist()) == sorted(torch.cat([r0["x"], r1["x"]])[:, 0].tolist())
     assert not torch.equal(r0["shuffled"], r0["x"])
+    # step 2, rank 1 empty: both ranks completed the gathers; the queue advanced by rank 0's keys only
+    assert s0["ptr2"] == s1["ptr2"] == 6 + 3
+    assert torch.equal(s0["queue2"], s1["queue2"])
+    assert torch.allclose(s0["queue2"][6:9], s0["keys2"], atol=1e-6)
+    assert torch.equal(s0["queue2"][:6], r0["queue"][:6])  # older keys untouched
+    # both losses went backward: rank 0's a real loss, rank 1's a zero touching every parameter
+    assert s0["loss2"].item() > 0 and s1["loss2"].item() == 0.0
+    assert s0["grads"] and s1["grads"]
+    assert s0["grad_norm"] > 0 and s1["grad_norm"] == 0.0

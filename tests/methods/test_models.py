@@ -1,4 +1,4 @@
-"""MAE and SelectiveMAE models on real AID images."""
+"""MAE and SelectiveMAE models on real AID images; the PretrainMethod API they share with GeRSP."""
 
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rsfm.optim import build_adamw
-from rsfm.methods.mae import MAE
-from rsfm.methods.selective_mae import SelectiveMAE
+from rsfm.methods import MAE, GeRSP, PretrainMethod, SelectiveMAE, StepContext
 from rsfm.models.encoders.vit import VIT_SIZES, build_vit, sincos_pos_embed_2d
+from rsfm.optim import OptimConfig, build_optimizer, param_groups
+from rsfm.utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,10 @@ def imgs(datasets: Path) -> torch.Tensor:
 
 def test_vit_sizes_and_fixed_sincos() -> None:
     for size, spec in VIT_SIZES.items():
-        if size == "large":
-            continue
-        m = build_vit(size, img_size=32, patch_size=16)
+        with torch.device("meta"):  # structure only: no memory, no initialisation cost
+            m = build_vit(size, img_size=32, patch_size=16)
         assert m.embed_dim == spec.embed_dim and len(m.blocks) == spec.depth
+        assert m.blocks[0].attn.num_heads == spec.num_heads
     m = build_vit("tiny", img_size=64, patch_size=16)
     assert not m.pos_embed.requires_grad
     pe = sincos_pos_embed_2d(192, 4, cls_token=True)
@@ -95,7 +95,8 @@ def test_selective_mae_rejects_bad_options(kwargs: dict) -> None:
 
 def test_weight_decay_groups() -> None:
     m = SelectiveMAE("tiny", img_size=64, patch_size=16)
-    opt = build_adamw(m, 1e-3)
+    cfg = OptimConfig(name="adamw", blr=1.5e-4, betas=[0.9, 0.95])
+    opt = build_optimizer(param_groups(m, None, 1e-3, cfg.weight_decay), cfg)
     names = {id(p): n for n, p in m.named_parameters()}
     no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
@@ -103,3 +104,69 @@ def test_weight_decay_groups() -> None:
     assert "encoder.blocks.0.attn.qkv.weight" in decay and "decoder_pred.weight" in decay
     assert "encoder.pos_embed" not in decay  # frozen
     assert all(betas == (0.9, 0.95) for betas in (g["betas"] for g in opt.param_groups))
+    assert isinstance(opt, torch.optim.AdamW)
+    assert all(g["lr"] == 1e-3 for g in opt.param_groups)
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, cfg.weight_decay}
+    # every trainable parameter is in exactly one group
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in m.parameters() if p.requires_grad)
+
+
+# -- the PretrainMethod API -----------------------------------------------------------------
+
+
+def test_training_step_with_step_context_returns_the_loss(imgs: torch.Tensor, one_thread) -> None:
+    for method in (MAE("tiny", img_size=64, patch_size=16), SelectiveMAE("tiny", img_size=64, patch_size=16)):
+        assert isinstance(method, PretrainMethod) and method.sample_keys == method.image_keys == ("image",)
+        assert not method.joins_collectives
+        ctx = StepContext(progress=0.2, generator=torch.Generator().manual_seed(0))
+        out = method.training_step({"image": imgs}, ctx)
+        assert out["loss"].ndim == 0 and torch.isfinite(out["loss"]) and out["loss"].requires_grad
+        # the same generator state gives the same mask and loss (resumed runs repeat the masks)
+        again = method.training_step({"image": imgs}, StepContext(0.2, torch.Generator().manual_seed(0)))
+        assert torch.equal(out["ids_target"], again["ids_target"]) and torch.equal(out["loss"], again["loss"])
+        out["loss"].backward()
+        assert method.encoder.blocks[-1].mlp.fc2.weight.grad is not None
+        method.after_optimizer_step()  # a no-op for masked image models
+        meta = method.export_meta()
+        assert meta == {"arch": "vit", "size": "tiny", "img_size": 64, "patch_size": 16, "in_chans": 3}
+
+
+def test_selective_mae_logs_the_psts_stage(imgs: torch.Tensor) -> None:
+    m = SelectiveMAE("tiny", img_size=64, patch_size=16)
+    for progress, stage in [(0.0, 1), (0.36, 2), (0.5, 3), (0.74, 4), (0.9, 5)]:  # near, near→far, far, →random, random
+        out = m.training_step({"image": imgs}, StepContext(progress, generator=torch.Generator().manual_seed(0)))
+        assert out["psts_stage"].ndim == 0 and float(out["psts_stage"]) == stage, progress
+    assert "psts_stage" not in MAE("tiny", img_size=64, patch_size=16).training_step({"image": imgs}, StepContext(0.5))
+
+
+def test_unset_sizes_default_to_224_and_rgb() -> None:
+    with torch.device("meta"):  # structure only: no memory, no initialisation cost
+        _check_unset_sizes()
+
+
+def _check_unset_sizes() -> None:
+    for method in (MAE("tiny", img_size=None, in_chans=None), SelectiveMAE("tiny", img_size=None, in_chans=None)):
+        assert method.img_size == 224 and method.in_chans == 3
+        assert tuple(method.encoder.patch_embed.img_size) == (224, 224)
+        assert method.encoder.patch_embed.proj.in_channels == 3
+        assert method.num_patches == 14 * 14
+        assert method.decoder_pred.out_features == 16 * 16 * 3
+    g = GeRSP(num_classes=3, arch="vit", size="tiny", img_size=None, in_chans=None, queue_size=8)
+    assert g.img_size == 224 and g.in_chans == 3
+    assert g.export_meta()["img_size"] == 224 and g.export_meta()["in_chans"] == 3
+    m = MAE("tiny", img_size=64, in_chans=4, patch_size=16)  # a 4-band encoder and pixel head
+    assert m.encoder.patch_embed.proj.in_channels == 4 and m.decoder_pred.out_features == 16 * 16 * 4
+
+
+def test_bad_method_options_raise_config_errors() -> None:
+    with pytest.raises(ConfigError, match="num_classes"):
+        GeRSP(num_classes=None, arch="vit", size="tiny", img_size=32, patch_size=8, queue_size=8)
+    with pytest.raises(ConfigError, match="num_classes"):
+        GeRSP(num_classes=0, arch="vit", size="tiny", img_size=32, patch_size=8, queue_size=8)
+    with pytest.raises(ConfigError, match="size"):
+        MAE("huge", img_size=64)
+    with pytest.raises(ConfigError, match="patch_size"):
+        MAE("tiny", img_size=60, patch_size=16)
+    with pytest.raises(ConfigError, match="mask_ratio"):
+        MAE("tiny", img_size=64, mask_ratio=1.0)

@@ -1,9 +1,14 @@
+"""Segmentation metrics: the accumulated matrix, scores as fractions, reports in percent, scored subsets."""
+
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from rsfm.metrics.isprs import ISPRS_CLASSES, ISPRS_SCORED_CLASSES, isprs_scores
 from rsfm.metrics.segmentation import SegmentationMetrics, segmentation_report, segmentation_scores
 
 # Hand-made 2×4 label maps, K = 3, 255 = ignore.
@@ -17,41 +22,73 @@ HAND_F1 = [4 / 6, 4 / 5, 2 / 3]
 HAND_OA = 5 / 7
 
 
-def test_confusion_matrix_skips_ignore_and_matches_hand_count():
+def _hand_metric() -> SegmentationMetrics:
     m = SegmentationMetrics(num_classes=3, ignore_index=255)
     m.update(torch.tensor([PRED]), torch.tensor([TARGET]))
-    assert m.confmat.tolist() == HAND_CM
+    return m
 
 
-def test_scores_match_hand_computed_values():
-    m = SegmentationMetrics(num_classes=3, ignore_index=255)
-    m.update(torch.tensor([PRED]), torch.tensor([TARGET]))
-    s = m.compute()
+def test_compute_returns_the_matrix_skipping_ignore():
+    m = _hand_metric()
+    cm = m.compute()
+    assert cm.shape == (3, 3) and not cm.is_floating_point()
+    assert cm.tolist() == HAND_CM
+    assert m.compute_matrix().tolist() == HAND_CM  # the alias
+    m.reset()
+    m.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 255))  # all ignored
+    assert m.compute().sum() == 0
+
+
+def test_scores_are_fractions_matching_hand_computed_values():
+    s = _hand_metric().scores()
     assert s["IoU"].tolist() == pytest.approx(HAND_IOU)
     assert s["F1"].tolist() == pytest.approx(HAND_F1)
+    assert s["precision"].tolist() == pytest.approx([2 / 3, 2 / 3, 1.0])
+    assert s["recall"].tolist() == pytest.approx([2 / 3, 1.0, 1 / 2])
     assert float(s["mIoU"]) == pytest.approx(sum(HAND_IOU) / 3)
     assert float(s["mF1"]) == pytest.approx(sum(HAND_F1) / 3)
     assert float(s["OA"]) == pytest.approx(HAND_OA)
-    assert s["precision"].tolist() == pytest.approx([2 / 3, 2 / 3, 1.0])
-    assert s["recall"].tolist() == pytest.approx([2 / 3, 1.0, 1 / 2])
+    assert s["IoU"].dtype == torch.float64 and s["mIoU"].ndim == 0
 
 
-def test_logits_and_batches_accumulate_like_one_update():
+def test_report_is_percent_and_json_ready():
+    import json
+
+    r = _hand_metric().report(["a", "b", "c"])
+    json.dumps(r)  # plain Python values only
+    assert r["mIoU"] == pytest.approx(100 * sum(HAND_IOU) / 3)
+    assert r["mF1"] == pytest.approx(100 * sum(HAND_F1) / 3)
+    assert r["OA"] == pytest.approx(100 * HAND_OA)
+    assert r["IoU"] == pytest.approx({"a": 50.0, "b": 200 / 3, "c": 50.0})
+    assert r["precision"]["c"] == pytest.approx(100.0) and r["recall"]["c"] == pytest.approx(50.0)
+    assert r["pixels"] == 7 and r["confusion_matrix"] == HAND_CM
+    assert r["classes"] == r["scored_classes"] == ["a", "b", "c"]
+    assert _hand_metric().report()["classes"] == ["0", "1", "2"]  # default names
+
+
+def test_logits_and_batches_accumulate_like_one_update(datasets: Path):
+    from rsfm.data.segmentation.loveda import LOVEDA_CLASSES, LoveDADataModule
+
+    dm = LoveDADataModule(str(datasets / "loveda"), test_split=["2"])
+    masks = [dm.read_mask(datasets / "loveda" / "masks_png" / f"{i}.png")[:48, :40] for i in range(3)]
+    target = torch.from_numpy(np.stack(masks)).long()  # real LoveDA labels, 255 = no-data
+    k = len(LOVEDA_CLASSES)
+    # logits that favour the true class of a shifted map, plus noise
+    shifted = torch.roll(target, shifts=(2, 3), dims=(1, 2)).clamp(max=k - 1)
     rng = np.random.default_rng(0)
-    target = torch.from_numpy(rng.integers(0, 4, (3, 9, 7)))
-    target[0, :2] = 255
-    logits = torch.from_numpy(rng.normal(size=(3, 4, 9, 7))).float()
-    whole = SegmentationMetrics(4)
+    logits = F.one_hot(shifted, k).permute(0, 3, 1, 2).float() + torch.from_numpy(rng.normal(0, 0.6, (3, k, 48, 40)))
+    whole = SegmentationMetrics(k)
     whole.update(logits.argmax(1), target)
-    parts = SegmentationMetrics(4)
+    parts = SegmentationMetrics(k)
     for i in range(3):
-        parts.update(logits[i : i + 1], target[i : i + 1])  # logits are arg-maxed
-    assert torch.equal(whole.confmat, parts.confmat)
+        parts.update(logits[i : i + 1].float(), target[i : i + 1])  # logits are arg-maxed
+    assert torch.equal(whole.compute(), parts.compute())
     # independent count with numpy
     t, p = target.numpy().ravel(), logits.argmax(1).numpy().ravel()
     keep = t != 255
-    ref = np.bincount(t[keep] * 4 + p[keep], minlength=16).reshape(4, 4)
-    assert whole.confmat.numpy().tolist() == ref.tolist()
+    ref = np.bincount(t[keep] * k + p[keep], minlength=k * k).reshape(k, k)
+    assert whole.compute().numpy().tolist() == ref.tolist()
+    assert 0 < ref.trace() < ref.sum()
 
 
 def test_absent_class_is_nan_and_left_out_of_means():
@@ -60,11 +97,94 @@ def test_absent_class_is_nan_and_left_out_of_means():
     assert math.isnan(float(s["IoU"][3])) and math.isnan(float(s["F1"][3]))
     assert float(s["mIoU"]) == pytest.approx(sum(HAND_IOU) / 3)
     report = segmentation_report(cm, ["a", "b", "c", "d"])
-    assert report["IoU"]["d"] is None
-    assert report["IoU"]["a"] == pytest.approx(0.5)
-    assert report["mIoU"] == pytest.approx(sum(HAND_IOU) / 3)
-    assert report["OA"] == pytest.approx(HAND_OA)
+    assert report["IoU"]["d"] is None  # NaN → None (JSON)
+    assert report["IoU"]["a"] == pytest.approx(50.0)
+    assert report["mIoU"] == pytest.approx(100 * sum(HAND_IOU) / 3)
+    assert report["OA"] == pytest.approx(100 * HAND_OA)
     assert report["pixels"] == 7 and report["confusion_matrix"][0] == [2, 1, 0, 0]
+    empty = segmentation_report(torch.zeros(2, 2, dtype=torch.long))
+    assert empty["mIoU"] is None and empty["OA"] is None and empty["pixels"] == 0
+
+
+# --------------------------------------------------------------------------- score_classes
+
+
+def test_score_classes_hand_computed():
+    # classes 0, 1 scored, 2 not. Scored rows: [2, 1, 0] and [0, 2, 0]
+    s = segmentation_scores(torch.tensor(HAND_CM), score_classes=[0, 1])
+    # the true-2 pixel predicted 0 is left out: class 0 has TP 2, FP 0, FN 1
+    assert s["IoU"][:2].tolist() == pytest.approx([2 / 3, 2 / 3])
+    assert s["precision"][:2].tolist() == pytest.approx([1.0, 2 / 3])
+    assert s["recall"][:2].tolist() == pytest.approx([2 / 3, 1.0])
+    assert math.isnan(float(s["IoU"][2])) and math.isnan(float(s["F1"][2]))
+    assert float(s["mIoU"]) == pytest.approx(2 / 3)
+    assert float(s["OA"]) == pytest.approx(4 / 5)  # over the 5 scored pixels
+
+
+def test_scored_pixel_predicted_as_unscored_class_is_a_miss():
+    # 10 pixels of class 0, 4 of them predicted as class 2 (not scored)
+    cm = torch.tensor([[6, 0, 4], [0, 5, 0], [3, 0, 7]])
+    s = segmentation_scores(cm, [0, 1])
+    assert float(s["recall"][0]) == pytest.approx(0.6)
+    assert float(s["precision"][0]) == pytest.approx(1.0)  # the 3 true-2 → 0 pixels are not FPs
+    assert float(s["OA"]) == pytest.approx(11 / 15)
+
+
+def test_score_classes_all_equals_none_and_order_does_not_matter():
+    cm = torch.tensor([[5, 1, 2], [0, 4, 1], [3, 0, 6]])
+    a, b, c = segmentation_scores(cm), segmentation_scores(cm, [0, 1, 2]), segmentation_scores(cm, [2, 0, 1])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], equal_nan=True)
+        torch.testing.assert_close(a[key], c[key], equal_nan=True)
+
+
+def test_metric_scores_and_report_take_score_classes():
+    m = _hand_metric()
+    assert float(m.scores([0, 1])["mIoU"]) == pytest.approx(2 / 3)
+    r = m.report(["a", "b", "c"], score_classes=[0, 1])
+    assert r["mIoU"] == pytest.approx(200 / 3) and r["scored_classes"] == ["a", "b"]
+    assert r["IoU"]["c"] is None and r["pixels"] == 7  # the matrix keeps every pixel
+
+
+def _real_six_class_confmat(datasets: Path) -> torch.Tensor:
+    """6 × 6 matrix of a real Dubai mask against itself shifted by 9 px (confusions at every boundary)."""
+    from rsfm.data.segmentation.dubai import DubaiDataModule
+
+    dm = DubaiDataModule(str(datasets / "dubai_seg"), test_split=[8])
+    assert len(dm.classes()) == 6
+    m = SegmentationMetrics(6)
+    for name in ("image_part_001.png", "image_part_004.png"):
+        mask = torch.from_numpy(dm.read_mask(datasets / "dubai_seg" / "Tile 1" / "masks" / name)).long()
+        pred = torch.roll(mask, shifts=(9, -5), dims=(0, 1))
+        pred[pred == 255] = 5  # an ignored target pixel shifted elsewhere is predicted as the last class
+        m.update(pred[None], mask[None])
+    cm = m.compute()
+    assert (cm.sum(1) > 0).all() and cm.diagonal().sum() < cm.sum()
+    return cm
+
+
+def test_five_class_protocol_equals_isprs_scores(datasets: Path):
+    cm = _real_six_class_confmat(datasets)
+    ours = segmentation_report(cm, list(ISPRS_CLASSES), score_classes=range(5))
+    ref = isprs_scores(cm)
+    for key in ("F1", "IoU", "precision", "recall"):
+        for name in ISPRS_SCORED_CLASSES:
+            assert ours[key][name] == pytest.approx(ref[key][name], rel=1e-12), (key, name)
+        assert ours[key]["clutter"] is None
+    for key in ("mF1", "mIoU", "OA"):
+        assert ours[key] == pytest.approx(ref[key], rel=1e-12), key
+    assert ours["scored_classes"] == list(ISPRS_SCORED_CLASSES)
+
+
+def test_all_classes_averaged_over_five_equals_isprs_with_clutter_rows(datasets: Path):
+    cm = _real_six_class_confmat(datasets)
+    s = segmentation_scores(cm)  # every row and column in
+    ref = isprs_scores(cm, include_clutter_rows=True)
+    for k, name in enumerate(ISPRS_SCORED_CLASSES):
+        assert 100 * float(s["F1"][k]) == pytest.approx(ref["F1"][name], rel=1e-12)
+        assert 100 * float(s["IoU"][k]) == pytest.approx(ref["IoU"][name], rel=1e-12)
+    assert 100 * float(s["IoU"][:5].mean()) == pytest.approx(ref["mIoU"], rel=1e-12)
+    assert 100 * float(s["OA"]) == pytest.approx(ref["OA"], rel=1e-12)
 
 
 def test_bad_inputs_raise():
@@ -72,3 +192,7 @@ def test_bad_inputs_raise():
         segmentation_scores(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="class names"):
         segmentation_report(torch.zeros(3, 3), ["a"])
+    with pytest.raises(ValueError, match="outside"):
+        segmentation_scores(torch.zeros(3, 3), [0, 3])
+    with pytest.raises(ValueError, match="outside"):
+        segmentation_scores(torch.zeros(3, 3), [-1])

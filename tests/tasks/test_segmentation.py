@@ -1,39 +1,88 @@
-import json
+"""Segmentation: UperNet and FCN heads, sliding-window inference, mask prediction of image files."""
+
+from __future__ import annotations
+
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
 
-from rsfm.data.segmentation import DubaiSegmentation, SegmentationCrop
-from rsfm.models.heads.upernet import UperNetHead
-from rsfm.tasks.segmentation import SegmentationTask, build, predict_file, slide_inference, window_starts
+from rsfm.data.base import DataInfo
+from rsfm.models.heads.upernet import UperNet
+from rsfm.models.inference import slide_inference, window_starts
+from rsfm.tasks.module import DownstreamTask
+from rsfm.tasks.predict import predict_files
+from rsfm.utils.errors import ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = {"arch": "vit", "size": "tiny", "img_size": 32, "patch_size": 16}
+CLASSES = ["building", "land", "road", "vegetation", "water", "unlabeled"]
+PALETTE = [[60, 16, 152], [132, 41, 246], [110, 193, 228], [254, 221, 58], [226, 169, 41], [155, 155, 155]]
 
 
-def _task(**kw):
+def segmentation_task(crop: int = 32, patch: int = 16, stride: int | None = None, **head) -> DownstreamTask:
+    """A random ViT-Tiny + simple pyramid + UperNet (6 Dubai classes) trained on ``crop`` px crops."""
     torch.manual_seed(0)
-    kw.setdefault("crop_size", 32)
-    return SegmentationTask(backbone=TINY, num_classes=6, channels=16, **kw)
+    info = DataInfo(
+        classes=CLASSES, sample_keys=("image", "mask"), palette=PALETTE, ignore_index=255, crop_size=crop
+    ).to_dict()
+    model = {
+        "encoder": {"class_path": "ViT", "init_args": {"size": "tiny", "img_size": crop, "patch_size": patch}},
+        "neck": {"class_path": "SimpleFeaturePyramid"},
+        "heads": {
+            "segmentation": {"class_path": "UperNetHead", "init_args": {"channels": 8, "stride": stride, **head}}
+        },
+    }
+    return DownstreamTask(model=model, optim={"lr": 1e-3}, data=info).eval()
 
 
-def test_upernet_logits_at_finest_stride():
-    head = UperNetHead([8, 16, 32, 64], num_classes=5, channels=16)
+# --------------------------------------------------------------------------- heads
+
+
+def test_upernet_logits_at_finest_stride() -> None:
+    head = UperNet([8, 16, 32, 64], num_classes=5, channels=16)
     feats = [torch.randn(2, c, 64 // s, 48 // s) for c, s in zip([8, 16, 32, 64], [4, 8, 16, 32], strict=True)]
     assert head(feats).shape == (2, 5, 16, 12)
     head.eval()  # batch of one: BatchNorm of the 1×1 pooled branch needs eval mode
     assert head([f[:1] for f in feats]).shape == (1, 5, 16, 12)
     with pytest.raises(ValueError, match="4 feature maps"):
         head(feats[:3])
+    with pytest.raises(ValueError, match="at least 2"):
+        UperNet([8], num_classes=5)
 
 
-def test_window_starts_cover_the_axis():
+def test_heads_predict_at_the_input_resolution_and_check_their_options() -> None:
+    task = segmentation_task()
+    batch = {"image": torch.rand(2, 3, 64, 96), "mask": torch.zeros(2, 64, 96, dtype=torch.int64)}
+    head = task.heads["segmentation"]
+    with torch.no_grad():
+        logits = head(task.model.features(batch), batch)
+    assert logits.shape == (2, 6, 64, 96)
+    assert head.window == 32 and head.step == 21  # default stride: 2/3 of the training crop
+    # every pixel ignored: a zero loss that still reaches every parameter of the head
+    batch["mask"][:] = 255
+    loss = head.loss(task.model.features(batch), batch)["ce"]
+    assert float(loss) == 0.0 and loss.requires_grad
+    with pytest.raises(ConfigError, match="stride must be in"):
+        segmentation_task(stride=64)
+    bad_fcn = {"class_path": "FCNHead", "init_args": {"in_index": 4}}
+    info = DataInfo(classes=CLASSES, sample_keys=("image", "mask"), crop_size=32).to_dict()
+    with pytest.raises(ConfigError, match="in_index 4"):
+        DownstreamTask(
+            model={
+                "encoder": {"class_path": "ViT", "init_args": {"size": "tiny", "img_size": 32}},
+                "neck": {"class_path": "SimpleFeaturePyramid"},
+                "heads": {"s": {"class_path": "UperNetHead"}, "aux": bad_fcn},
+            },
+            optim={"lr": 1e-3},
+            data=info,
+        )
+
+
+# --------------------------------------------------------------------------- sliding windows
+
+
+def test_window_starts_cover_the_axis() -> None:
     assert window_starts(64, 64, 32) == [0]
     assert window_starts(20, 64, 32) == [0]
     assert window_starts(100, 32, 20) == [0, 20, 40, 60, 68]
@@ -41,7 +90,7 @@ def test_window_starts_cover_the_axis():
         window_starts(100, 32, 40)
 
 
-def test_slide_equals_direct_for_a_translation_equivariant_model():
+def test_slide_equals_direct_for_a_translation_equivariant_model() -> None:
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 1)
     with torch.no_grad():
@@ -50,105 +99,57 @@ def test_slide_equals_direct_for_a_translation_equivariant_model():
             out = slide_inference(conv, x, 4, crop=32, stride=20, batch_windows=3)
             assert out.shape == (2, 4, h, w)
             torch.testing.assert_close(out, conv(x))
+        with pytest.raises(ValueError, match="expected K=5"):
+            slide_inference(conv, torch.randn(1, 3, 32, 32), 5, crop=32, stride=32)
 
 
-def test_slide_matches_the_real_model_where_windows_fit(one_thread):
+def test_sliding_windows_match_the_real_model_where_windows_fit() -> None:
     # ViT + UperNet is not translation-equivariant (global attention, pooling), so tiled and
     # direct logits agree exactly where one window covers the whole image or a pixel, and are
     # the mean of the covering windows elsewhere (the overlap blending).
-    task = _task().eval()
-    x = torch.randn(1, 3, 32, 48)
+    task = segmentation_task(stride=16)
+    head = task.heads["segmentation"]
+    x = torch.rand(1, 3, 32, 48)
+
+    def direct(image: torch.Tensor) -> torch.Tensor:
+        return head(task.model.features({"image": image}, head))
+
     with torch.no_grad():
-        torch.testing.assert_close(slide_inference(task, x[..., :32], 6, 32, 16), task(x[..., :32]))
-        tiled = slide_inference(task, x, 6, crop=32, stride=16)
-        left, right = task(x[..., :32]), task(x[..., 16:])
+        torch.testing.assert_close(head.predict_logits(task.model, x[..., :32]), direct(x[..., :32]))
+        tiled = head.predict_logits(task.model, x)
+        left, right = direct(x[..., :32]), direct(x[..., 16:])
+        labels = head.predict(task.model, {"image": x})
     torch.testing.assert_close(tiled[..., :16], left[..., :16])
     torch.testing.assert_close(tiled[..., 32:], right[..., 16:])
     torch.testing.assert_close(tiled[..., 16:32], (left[..., 16:] + right[..., :16]) / 2)
+    assert torch.equal(labels, tiled.argmax(1))
 
 
-@pytest.fixture(scope="module")
-def dubai_tile2(datasets):
-    return DubaiSegmentation(datasets / "dubai_seg", ["Tile 2"])
+# --------------------------------------------------------------------------- image files
 
 
-def test_training_steps_lower_the_loss_on_real_crops(dubai_tile2, cpu_trainer, one_thread):
-    torch.manual_seed(0)
-    crops = DubaiSegmentation(dubai_tile2.pairs[0][0].parents[2], ["Tile 2"], transform=SegmentationCrop(64))
-    batch = [crops[i] for i in range(4)]  # 4 fixed real crops, fed 12 times
-    loader = DataLoader(batch * 12, batch_size=4, shuffle=False)
-    task = _task(crop_size=64, lr=2e-3, warmup_epochs=0, layer_decay=0.75)
-    losses = []
-
-    class Losses(L.Callback):
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            losses.append(float(outputs["loss"]))
-
-    trainer = cpu_trainer(max_epochs=1, callbacks=[Losses()], limit_val_batches=0)
-    trainer.fit(task, train_dataloaders=loader)
-    assert len(losses) == 12
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.2, losses
-    # layer decay (timm's groups): the patch embedding gets 0.75^12 of the lr, each block one
-    # factor more, the last block, neck and head the full lr
-    initial = sorted({g["initial_lr"] for g in trainer.optimizers[0].param_groups})
-    assert len(initial) == 13
-    assert initial == pytest.approx([2e-3 * 0.75**i for i in range(12, -1, -1)])
-
-
-def test_test_writes_metrics_json_and_pngs(dubai_tile2, cpu_trainer, tmp_path, one_thread):
-    task = _task(crop_size=64, stride=64, num_vis=1, class_names=list(dubai_tile2.classes))
-    task.out_dir = str(tmp_path / "out")
-    loader = DataLoader(Subset(dubai_tile2, [0, 1]), batch_size=1)
-    result = cpu_trainer().test(task, dataloaders=loader, verbose=False)[0]
-    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert set(report) >= {"mIoU", "OA", "mF1", "IoU", "F1", "confusion_matrix"}
-    assert list(report["IoU"]) == list(dubai_tile2.classes)
-    assert report["mIoU"] == pytest.approx(result["test/mIoU"], abs=1e-6)
-    assert report["OA"] == pytest.approx(result["test/OA"], abs=1e-6)
-    assert report["pixels"] == 509 * 544 + 510 * 544  # two whole images, no ignore pixels
-    pngs = sorted((tmp_path / "out").glob("*.png"))
-    assert len(pngs) == 1
-    w, h = Image.open(pngs[0]).size
-    assert w == 3 * 509 + 12 and h > 544  # image | truth | prediction, legend below
-
-
-def test_predict_geotiff_keeps_crs_and_transform(datasets, tmp_path, one_thread):
-    import rasterio
-
-    src_path = datasets / "scenes" / "RGB.byte.tif"
-    task = _task(crop_size=128, stride=128).eval()
-    out = predict_file(task, src_path, tmp_path / "mask.tif", batch_windows=16)
-    with rasterio.open(src_path) as src, rasterio.open(out) as dst:
-        assert dst.crs == src.crs and dst.transform == src.transform
-        assert (dst.height, dst.width, dst.count, dst.dtypes[0]) == (src.height, src.width, 1, "uint8")
-        mask = dst.read(1)
-        nodata = src.dataset_mask() == 0
-    assert (mask[nodata] == 255).all() and nodata.any()  # nodata borders stay nodata
-    assert mask[~nodata].max() < 6
-    with pytest.raises(ValueError, match="georeferenced"):
-        predict_file(task, src_path, tmp_path / "mask.png")
-
-
-def test_predict_plain_image_writes_palette_png(dubai_tile2, tmp_path, one_thread):
-    task = _task(crop_size=128, stride=128).eval()
-    out = predict_file(task, dubai_tile2.pairs[0][0], tmp_path)
-    assert out.name == "image_part_001_mask.png"
+def test_predict_plain_image_writes_palette_png(datasets: Path, tmp_path: Path) -> None:
+    task = segmentation_task(crop=128, patch=32, stride=128)
+    image = datasets / "dubai_seg" / "Tile 2" / "images" / "image_part_001.jpg"
+    out = predict_files(task, [image], tmp_path)
+    assert out == tmp_path / "image_part_001_mask.png"
     img = Image.open(out)
     assert img.mode == "P" and img.size == (509, 544)
     assert np.asarray(img).max() < 6
+    assert img.getpalette()[:6] == [60, 16, 152, 132, 41, 246]  # the class colours
 
 
-@pytest.mark.parametrize("recipe", ["segmentation_dubai", "segmentation_loveda"])
-def test_recipes_build(recipe, datasets):
-    cfg = yaml.safe_load((ROOT / "configs" / "finetune" / f"{recipe}.yaml").read_text())
-    assert cfg["task"] == "segmentation"
-    cfg["data"]["root"] = str(datasets / Path(cfg["data"]["root"]).name)
-    task, dm = build(cfg)
-    assert task.hparams.num_classes == dm.num_classes == len(task.class_names)
-    assert task.hparams.crop_size == cfg["data"]["crop_size"]
-    for section, key in [("model", "foo"), ("optim", "momentum"), ("data", "tiles"), ("backbone", "depth")]:
-        bad = {**cfg, section: {**cfg[section], key: 1}}
-        with pytest.raises(ValueError, match=f"{section}.{key}"):
-            build(bad)
-    with pytest.raises(ValueError, match="multiple of the ViT patch"):
-        build({**cfg, "data": {**cfg["data"], "crop_size": 100}})
+def test_predict_refuses_bad_inputs(datasets: Path, tmp_path: Path) -> None:
+    task = segmentation_task()
+    scene = datasets / "scenes" / "RGB.byte.tif"
+    with pytest.raises(ConfigError, match="georeferenced"):
+        predict_files(task, [scene], tmp_path / "mask.png")
+    with pytest.raises(ConfigError, match="must end in"):
+        predict_files(task, [scene], tmp_path / "mask.jpg")
+    with pytest.raises(ConfigError, match="takes 1 image"):
+        predict_files(task, [scene, scene], tmp_path / "mask.tif")
+    with pytest.raises(ConfigError, match="not a head"):
+        predict_files(task, [scene], tmp_path / "mask.tif", head="auxiliary")
+    with pytest.raises(DataError, match="not found"):
+        predict_files(task, [tmp_path / "none.tif"], tmp_path / "mask.tif")
+    assert not list(tmp_path.iterdir())

@@ -70,9 +70,8 @@ class BadImageError(Exception):
 class UnsupportedImageError(BadImageError):
     """A readable image whose band layout has no RGB interpretation under the given rule.
 
-    Raised for 2-band rasters without an explicit ``bands`` choice, for a ``bands`` index out
-    of range, and for a ``bands`` tuple that does not select 1 or 3 bands. ``reason`` is
-    always ``'unsupported_bands'``.
+    Raised for 2-band rasters without an explicit ``bands`` choice and for a ``bands`` index
+    out of range. ``reason`` is always ``'unsupported_bands'``.
 
     .. versionadded:: 0.1
     """
@@ -102,7 +101,7 @@ class RasterRule:
     exactly those bands, in that order, as the channels: ``(2, 1, 0)`` for a B, G, R file,
     ``(0, 1, 2, 3)`` for R, G, B and NIR of a 4-band raster (4 channels), ``(3,)`` for the NIR
     band alone (1 channel). Encoders adapt their first layer to the number of channels
-    (:func:`rsfm.models.encoders.adapt_input_channels`).
+    (:func:`rsfm.models.export.adapt_input_channels`).
 
     Scaling to 8 bit: ``uint8`` data is used as is. With ``scale='auto'`` other dtypes
     (uint16, int16, float, ...) get a per-image, per-band percentile stretch: the

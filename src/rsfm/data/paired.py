@@ -148,6 +148,7 @@ class PairedDataModule(FolderDataModule):
         natural_root: natural images, ``<natural_root>/<class>/<image>`` (an ImageNet train
             folder; ``../shared/datasets/cifar10/train`` on a CPU).
         scale: crop area range of the random resized crop.
+        batch_size: pairs per batch and device (B RS images → 2B views, B natural images).
         **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options.
 
     Raises:
@@ -159,9 +160,15 @@ class PairedDataModule(FolderDataModule):
 
     sample_keys = ("image", "image_key", "natural", "natural_label")
 
-    def __init__(self, root: str, natural_root: str, scale: list[float] = [0.2, 1.0], **kwargs: Any) -> None:  # noqa: B006
-        kwargs.setdefault("batch_size", 32)
-        super().__init__(root, **kwargs)
+    def __init__(
+        self,
+        root: str,
+        natural_root: str,
+        scale: list[float] = [0.2, 1.0],  # noqa: B006 (never mutated)
+        batch_size: int = 32,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, batch_size=batch_size, **kwargs)
         self.natural_root = Path(natural_root)
         self.classes = natural_classes(self.natural_root)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:

@@ -34,6 +34,7 @@ class PretrainDataModule(FolderDataModule):
         root: folder of images, at any depth.
         scale: crop area range of the random resized crop (MAE: [0.2, 1.0]).
         hflip: random horizontal flips.
+        num_workers: loader processes.
         **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options (``img_size``,
             ``test_fraction``, ``split_seed``, ``batch_size``, ``num_workers``, ``bands``,
             ``raster_scale``, ``mean``, ``std``, ``seed``, ``pin_memory``).
@@ -47,9 +48,15 @@ class PretrainDataModule(FolderDataModule):
 
     sample_keys = ("image",)
 
-    def __init__(self, root: str, scale: list[float] = [0.2, 1.0], hflip: bool = True, **kwargs: Any) -> None:  # noqa: B006
-        kwargs.setdefault("num_workers", 4)
-        super().__init__(root, **kwargs)
+    def __init__(
+        self,
+        root: str,
+        scale: list[float] = [0.2, 1.0],  # noqa: B006 (never mutated)
+        hflip: bool = True,
+        num_workers: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, num_workers=num_workers, **kwargs)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"data.scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
         self.scale = (float(scale[0]), float(scale[1]))

@@ -37,15 +37,15 @@ def compute_mean_std(
 
     Args:
         root: folder of images, at any depth.
-        raster: how files become 3-band uint8 images.
+        raster: how files become uint8 images (3 bands, or the ``raster.bands`` selected).
         max_images: use a random subset of this many images (seeded by ``seed``); None = all.
         seed: seed of the subset.
         report: if given, receives the skipped files (scan-time and unreadable), which are
             also logged as a one-line summary.
 
     Returns:
-        mean: 3 floats (R, G, B).
-        std: 3 floats (R, G, B).
+        mean: one float per channel (R, G, B, or the selected bands).
+        std: one float per channel.
 
     Raises:
         FileNotFoundError: if ``root`` is missing or holds no image.
@@ -64,7 +64,8 @@ def compute_mean_std(
         indices = np.sort(rng.choice(len(dataset), size=max_images, replace=False))
 
     # numpy, not torch: torch's thread pool costs milliseconds per small image on a busy host
-    histogram = np.zeros((3, 256), dtype=np.int64)
+    channels = len(raster.bands) if raster.bands is not None else 3
+    histogram = np.zeros((channels, 256), dtype=np.int64)
     for i in indices:
         path = dataset.samples[int(i)]
         try:
@@ -72,7 +73,7 @@ def compute_mean_std(
         except BadImageError as err:
             skipped.add([(str(path), err.reason)])
             continue
-        for channel, values in enumerate(image.numpy().reshape(3, -1)):
+        for channel, values in enumerate(image.numpy().reshape(channels, -1)):
             histogram[channel] += np.bincount(values, minlength=256)
     if skipped.total:
         log.warning("%s under %s", skipped.summary(), root)

@@ -105,14 +105,20 @@ class NonFiniteGuard(L.Callback):
 
     Every step, after the backward pass and before the optimiser step (and before gradient
     clipping), the loss and the total gradient norm are checked on the device and read with
-    one synchronisation. A non-finite value raises :class:`~rsfm.utils.errors.TrainingDiverged`:
-    the weights never take the step, so no checkpoint ever holds non-finite weights and
-    ``last.ckpt`` stays the last good state. With ``16-mixed`` precision the gradient check is
-    left to the gradient scaler (which skips steps with overflowing gradients by design) and
-    only the loss is checked.
+    one synchronisation. A non-finite value raises :class:`~rsfm.utils.errors.TrainingDiverged`
+    and the weights never take the step.
+
+    The weights the failing step started from are finite but unusable: resuming from them
+    with any learning rate gives the same non-finite gradients. So checkpoints of that step
+    (``global_step`` equal to the current one) are set aside as ``*.ckpt.diverged`` and
+    ``last.ckpt`` is replaced by the newest remaining checkpoint, whose next step was checked
+    finite: ``last.ckpt`` is the last good state, and rerunning with a lower learning rate
+    continues from it (from scratch when no good checkpoint exists). With ``16-mixed``
+    precision the gradient check is left to the gradient scaler (which skips steps with
+    overflowing gradients by design) and only the loss is checked.
 
     Args:
-        checkpoint_dir: where the run's checkpoints are, for the advice in the message.
+        checkpoint_dir: the run's checkpoint folder.
     """
 
     def __init__(self, checkpoint_dir: str | Path | None = None) -> None:
@@ -138,19 +144,44 @@ class NonFiniteGuard(L.Callback):
         what = (
             f"loss is {float(loss):g}" if not bool(torch.isfinite(loss.float()).all()) else "a gradient is not finite"
         )
-        raise TrainingDiverged(self.message(trainer, what))
+        good = self.set_aside(trainer.global_step) if trainer.is_global_zero else None
+        raise TrainingDiverged(self.message(trainer, what, good))
 
-    def message(self, trainer: L.Trainer, what: str) -> str:
+    def set_aside(self, step: int) -> tuple[Path, int] | None:
+        """Rename the checkpoints of ``step`` to ``*.ckpt.diverged``; make ``last.ckpt`` the newest good one.
+
+        Returns:
+            ``(path, step)`` of the last good checkpoint, or None when there is none.
+        """
+        import shutil
+
+        from rsfm.engine.checkpoint import checkpoint_step
+        from rsfm.utils.files import atomic_write
+
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return None
+        steps = {p: checkpoint_step(p) for p in self.checkpoint_dir.glob("*.ckpt")}
+        for p, s in steps.items():
+            if s >= step:
+                p.replace(p.with_name(p.name + ".diverged"))
+        good = {p: s for p, s in steps.items() if s < step}
+        if not good:
+            return None
+        last = self.checkpoint_dir / "last.ckpt"
+        newest = max(good, key=lambda p: (good[p], p.name == "last.ckpt"))
+        if newest != last:
+            atomic_write(last, lambda tmp: shutil.copyfile(newest, tmp))
+        return last, good[newest]
+
+    def message(self, trainer: L.Trainer, what: str, good: tuple[Path, int] | None) -> str:
         """The one-line advice: where the last good state is and how to continue."""
-        where = ""
-        if self.checkpoint_dir is not None and (self.checkpoint_dir / "last.ckpt").is_file():
-            where = f" the last good checkpoint is {self.checkpoint_dir / 'last.ckpt'};"
-        elif self.checkpoint_dir is not None:
-            where = " no checkpoint was written yet;"
+        if good is not None:
+            where = f"the last good state is {good[0]} (step {good[1]})"
+        else:
+            where = "no checkpoint holds a good state, so a rerun starts from scratch"
         return (
-            f"training diverged at step {trainer.global_step}: {what}, so the step was not taken and no "
-            f"checkpoint holds the bad values;{where} lower optim.lr (or optim.blr) and rerun the same command "
-            "to continue from the last checkpoint with the new rate"
+            f"training diverged at step {trainer.global_step}: {what}, so the step was not taken; {where}; "
+            "lower optim.lr (or optim.blr) and rerun the same command to continue with the new rate"
         )
 
 

@@ -24,7 +24,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 
 from rsfm.models.export import mismatch_summary, non_finite_tensors
-from rsfm.utils.errors import CheckpointError
+from rsfm.utils.errors import CheckpointError, TrainingDiverged
 from rsfm.utils.files import atomic_write, remove_stale_temporaries
 
 __all__ = ["AtomicCheckpointIO", "checkpoint_step", "load_checkpoint", "load_weights", "resolve_resume"]
@@ -39,12 +39,16 @@ class AtomicCheckpointIO(CheckpointIO):
         """Serialise ``checkpoint`` and write it atomically to ``path``.
 
         Raises:
-            CheckpointError: if a weight of ``checkpoint["state_dict"]`` is NaN or infinite.
+            TrainingDiverged: if a weight of ``checkpoint["state_dict"]`` is NaN or infinite
+                (the file is not written; the run's earlier checkpoints stay).
         """
         bad = non_finite_tensors(checkpoint.get("state_dict", {}))
         if bad:
-            raise CheckpointError(
-                f"refusing to write {path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[:3]})"
+            raise TrainingDiverged(
+                f"training diverged by step {checkpoint.get('global_step')}: {len(bad)} weight tensors hold NaN or "
+                f"infinite values (e.g. {bad[0]}), so {Path(path).name} was not written and the checkpoints "
+                f"already in {Path(path).parent} keep the last good state; lower optim.lr (or optim.blr) and rerun "
+                "the same command to continue from there with the new rate"
             )
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
@@ -72,6 +76,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch's zip format, or legacy pickle
+        raise CheckpointError(f"{path} is not a checkpoint (not a file written by torch.save)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickler errors of every kind

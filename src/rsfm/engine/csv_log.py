@@ -24,10 +24,16 @@ from rsfm.utils.files import atomic_write
 __all__ = ["ResumableCSVLogger", "truncate_metrics"]
 
 
-def truncate_metrics(path: str | os.PathLike[str], last_step: int) -> int:
-    """Keep the rows of a ``metrics.csv`` whose ``step`` is at most ``last_step``; returns how many remain.
+def truncate_metrics(path: str | os.PathLike[str], resume_step: int) -> int:
+    """Keep the rows of a ``metrics.csv`` logged before the checkpoint a run resumes from.
 
-    Rows logged at epoch ends carry the step they were logged at, so they follow the same rule.
+    Lightning labels a row with the number of optimiser steps done *before* the step that
+    logged it (a row of step ``s`` belongs to update ``s + 1``; epoch-end rows carry the step
+    of the epoch's last update), so a checkpoint of ``resume_step`` steps covers the rows
+    with ``step < resume_step``; later rows are about to be logged again.
+
+    Returns:
+        The number of rows kept.
     """
     path = Path(path)
     if not path.is_file():
@@ -35,7 +41,7 @@ def truncate_metrics(path: str | os.PathLike[str], last_step: int) -> int:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         fields = list(reader.fieldnames or [])
-        rows = [r for r in reader if not r.get("step") or int(float(r["step"])) <= last_step]
+        rows = [r for r in reader if not r.get("step") or int(float(r["step"])) < resume_step]
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
@@ -64,7 +70,8 @@ class ResumableCSVLogger(CSVLogger):
         save_dir: parent folder.
         name: sub-folder (``logs``).
         version: sub-sub-folder (``""``: none).
-        resume_step: the step the run resumes from; rows after it are dropped first.
+        resume_step: the optimiser steps of the checkpoint the run resumes from; rows logged
+            after it are dropped first (see :func:`truncate_metrics`).
     """
 
     def __init__(

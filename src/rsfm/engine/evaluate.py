@@ -49,7 +49,11 @@ def encoder_spec(encoder_path: str | None, scratch_size: str, img_size: int | No
         meta = read_encoder_meta(encoder_path)
         if is_resnet(str(meta.get("arch", ""))):
             return {"class_path": "ResNet", "init_args": {"weights": encoder_path}}
-        return {"class_path": "ViT", "init_args": {"weights": encoder_path}}
+        # the export's pooling (the ViT encoder's default, "token", does not fit an "avg" export)
+        return {
+            "class_path": "ViT",
+            "init_args": {"weights": encoder_path, "global_pool": meta.get("global_pool", "token")},
+        }
     return {
         "class_path": "ViT",
         "init_args": {"size": scratch_size, "img_size": img_size or 224, "patch_size": patch_size},
@@ -244,9 +248,10 @@ def evaluate(
         data_root: labelled folder, e.g. ``../shared/datasets/aid``.
         protocols: any of :data:`PROTOCOLS`.
         out_dir: where ``metrics.json``, ``metrics.md`` and ``split.json`` go.
-        img_size: input side in pixels; default the encoder's (a different size re-grids the
-            fixed sin-cos position embedding).
-        mean: per-band mean of images in [0, 1]; default the export's, else ImageNet's.
+        img_size: input side in pixels; default the encoder's (at a different size the ViT's
+            position embedding is resampled to the patch grid).
+        mean: per-band mean of images in [0, 1] for an encoder without statistics (an
+            export's own statistics win, as in fine-tuning); default ImageNet's.
         std: per-band std, likewise.
         test_fraction: share of each class held out (the pretraining hold-out by default).
         split_seed: seed of the split.

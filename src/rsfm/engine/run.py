@@ -19,7 +19,7 @@ from rsfm.data.base import DataModule
 from rsfm.utils.errors import CheckpointError, ConfigError, OutputError
 from rsfm.utils.files import write_json
 
-__all__ = ["build_data", "export_checkpoint", "finetune", "predict", "pretrain", "run_dir", "test"]
+__all__ = ["build_data", "export_checkpoint", "finetune", "predict", "pretrain", "run_dir", "test", "train_task"]
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,19 @@ def _write_recipe(out: Path, recipe: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- pretraining
 
 
-def pretrain(recipe: dict[str, Any]) -> dict[str, Any]:
+def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Pretrain, export the encoder and (``evaluate.enabled``) evaluate it on the held-out split.
+
+    Args:
+        recipe: a checked recipe (:func:`rsfm.engine.config.load_recipe`).
+        callbacks: extra Lightning callbacks.
 
     Returns:
         ``run_dir``, ``encoder`` (the export), ``checkpoint`` (``last.ckpt``), ``skipped``
         (counts by reason) and ``metrics`` (the evaluation, or None).
     """
+    out = run_dir(recipe)
+    data = build_data(recipe)  # first: a bad data folder fails before anything heavy loads
     import lightning as L
 
     from rsfm.engine.data import LightningData
@@ -107,8 +113,6 @@ def pretrain(recipe: dict[str, Any]) -> dict[str, Any]:
     from rsfm.methods.module import PretrainTask
     from rsfm.models.export import export_encoder
 
-    out = run_dir(recipe)
-    data = build_data(recipe)
     L.seed_everything(recipe["seed"], workers=True)
     info = data.info()
     module = PretrainTask(
@@ -120,7 +124,7 @@ def pretrain(recipe: dict[str, Any]) -> dict[str, Any]:
     )
     _make_run_dir(out)
     ckpt, step = _resume(recipe, out)
-    callbacks: list[L.Callback] = []
+    callbacks = list(callbacks or [])
     if isinstance(module.model, MaskedImageModel):
         callbacks.append(
             ReconstructionFigures(out / "figures", recipe["viz"]["every_n_epochs"], recipe["viz"]["num_images"])
@@ -152,6 +156,8 @@ def pretrain(recipe: dict[str, Any]) -> dict[str, Any]:
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
     )
+    if getattr(data, "natural_root", None) is not None:
+        meta["natural_root"] = str(data.natural_root)
     encoder = export_encoder(module.model.encoder, out / "encoder.safetensors", meta)
     result.update(encoder=str(encoder), checkpoint=str(out / "checkpoints" / "last.ckpt"))
     print(f"encoder exported to {encoder}")
@@ -208,16 +214,23 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         epochs=state.get("epoch"),
         steps=state.get("global_step"),
     )
+    if data_args.get("natural_root"):
+        meta["natural_root"] = str(data_args["natural_root"])
     return export_encoder(module.model.encoder, out, meta)
 
 
 # --------------------------------------------------------------------------- downstream
 
 
-def _downstream(recipe: dict[str, Any]) -> tuple[Any, DataModule]:
+def _downstream(recipe: dict[str, Any], seed: bool = False) -> tuple[Any, DataModule]:
+    """The datamodule (built first: a bad data folder fails before the model) and the task."""
+    data = build_data(recipe)
+    import lightning as L
+
     from rsfm.tasks.module import DownstreamTask
 
-    data = build_data(recipe)
+    if seed:
+        L.seed_everything(recipe["seed"], workers=True)
     model = recipe["model"]
     module = DownstreamTask(
         model={"encoder": model["encoder"], "neck": model.get("neck"), "heads": model["heads"]},
@@ -243,20 +256,22 @@ def _summary(out: Path, recipe: dict[str, Any], tested: list[dict[str, float]], 
     return result
 
 
-def finetune(recipe: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune on the train split, keep the best validation checkpoint, test it.
+def train_task(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> tuple[Any, Any, Any, Path]:
+    """Fine-tune on the train split (resuming when the run folder has a checkpoint).
+
+    Args:
+        recipe: a checked recipe.
+        callbacks: extra Lightning callbacks.
 
     Returns:
-        ``run_dir``, ``checkpoint`` (the tested one) and ``metrics`` (test scores, percent).
+        ``(trainer, module, lightning datamodule, run folder)`` after ``fit``.
     """
-    import lightning as L
+    out = run_dir(recipe)
+    module, data = _downstream(recipe, seed=True)
 
     from rsfm.engine.data import LightningData
     from rsfm.engine.trainer import build_trainer
 
-    out = run_dir(recipe)
-    L.seed_everything(recipe["seed"], workers=True)
-    module, data = _downstream(recipe)
     _make_run_dir(out)
     ckpt, step = _resume(recipe, out)
     has_val = data.val_dataloader() != []
@@ -267,6 +282,7 @@ def finetune(recipe: dict[str, Any]) -> dict[str, Any]:
         _plain(recipe),
         monitor=module.monitor if has_val else None,
         resume_step=step,
+        callbacks=list(callbacks or []),
         validate=has_val,
     )
     module.out_dir = str(out / "test")
@@ -276,6 +292,20 @@ def finetune(recipe: dict[str, Any]) -> dict[str, Any]:
             print(f"resuming from {ckpt}")
     lightning_data = LightningData(data)
     trainer.fit(module, datamodule=lightning_data, ckpt_path=ckpt, weights_only=True)
+    return trainer, module, lightning_data, out
+
+
+def finetune(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Fine-tune on the train split, keep the best validation checkpoint, test it.
+
+    Args:
+        recipe: a checked recipe.
+        callbacks: extra Lightning callbacks.
+
+    Returns:
+        ``run_dir``, ``checkpoint`` (the tested one) and ``metrics`` (test scores, percent).
+    """
+    trainer, module, lightning_data, out = train_task(recipe, callbacks)
     best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     tested_ckpt = best.best_model_path if best is not None and best.best_model_path else None
     tested = trainer.test(module, datamodule=lightning_data, ckpt_path=tested_ckpt, weights_only=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -16,6 +17,7 @@ from rsfm.engine.callbacks import NonFiniteGuard, SkipReportCallback, StoreRecip
 from rsfm.engine.checkpoint import AtomicCheckpointIO
 from rsfm.engine.csv_log import ResumableCSVLogger
 from rsfm.engine.precision import default_precision
+from rsfm.utils.errors import ConfigError
 
 __all__ = ["build_trainer"]
 
@@ -53,8 +55,16 @@ def build_trainer(
 
     Returns:
         The trainer.
+
+    Raises:
+        ConfigError: for ``trainer.sync_batchnorm`` without GPUs.
     """
     t = dict(trainer)
+    if t.get("sync_batchnorm") and (t.get("accelerator") == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError(
+            "trainer.sync_batchnorm needs GPUs (PyTorch's SyncBatchNorm has no CPU kernels); "
+            "on CPUs each process keeps its own BatchNorm statistics"
+        )
     if t.get("precision") is None:
         t["precision"] = default_precision(t.get("accelerator", "auto"))
     ckpt_dir = run_dir / "checkpoints"

@@ -193,7 +193,7 @@ class MaskedImageModel(PretrainMethod):
         return self(batch["image"], progress=ctx.progress, generator=ctx.generator)
 
     def export_meta(self) -> dict[str, Any]:
-        """Metadata to rebuild the encoder (see :func:`rsfm.engine.export.export_encoder`)."""
+        """Metadata to rebuild the encoder (see :func:`rsfm.models.export.export_encoder`)."""
         return {
             "arch": "vit",
             "size": self.size,

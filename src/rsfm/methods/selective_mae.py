@@ -222,7 +222,7 @@ class SelectiveMAE(MaskedImageModel):
         return {"loss": loss, "pred": pred, **sel}
 
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
-        """One step (:meth:`forward`), plus the PSTS stage (0 near, 1 far, 2 random) to log."""
+        """One step (:meth:`forward`), plus the PSTS stage to log (1 near … 3 far … 5 random, :func:`psts_mix`)."""
         out = self(batch["image"], progress=ctx.progress, generator=ctx.generator)
         out["psts_stage"] = torch.tensor(float(psts_mix(ctx.progress, self.psts_boundaries).stage))
         return out

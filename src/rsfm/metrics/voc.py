@@ -1,7 +1,7 @@
 """PASCAL VOC-style detection average precision at one IoU threshold (AP50 by default).
 
 Remote-sensing detection benchmarks (DIOR, DIOR-R, DOTA, NWPU VHR-10) report the PASCAL VOC
-AP at IoU 0.5 rather than COCO's 101-point AP (:mod:`rsfm.metrics.detection`). This module
+AP at IoU 0.5 rather than COCO's 101-point AP (:mod:`rsfm.metrics.coco`). This module
 implements that protocol for horizontal boxes.
 
 The protocol, per class (Everingham et al., "The PASCAL Visual Object Classes (VOC)

@@ -48,7 +48,7 @@ def export_encoder(encoder: nn.Module, path: str | os.PathLike[str], meta: dict[
     """Save an encoder's weights and build metadata to ``path`` (safetensors), atomically.
 
     Args:
-        encoder: a ViT built by :func:`rsfm.models.vit.build_vit` or a timm ResNet; its
+        encoder: a ViT built by :func:`rsfm.models.encoders.vit.build_vit` or a timm ResNet; its
             classifier (``head`` / ``fc``) is dropped.
         path: destination ``.safetensors`` file.
         meta: JSON-serialisable build metadata; must contain the fields of
@@ -92,9 +92,12 @@ def non_finite_tensors(state: dict[str, Any]) -> list[str]:
 def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """Adapt a first-layer weight trained on 3 bands (RGB) to ``in_chans`` bands.
 
-    For one band the RGB filters are summed; for more than three the RGB filters are repeated
-    over the bands and scaled by ``3 / in_chans``, so that an input whose bands all equal the
-    mean of R, G and B gives the same activations as before (timm's ``adapt_input_conv`` rule).
+    The RGB filters are repeated over the bands and scaled by ``3 / in_chans`` (timm's
+    ``adapt_input_conv`` rule), then, when ``in_chans`` is not a multiple of 3, every band's
+    filter is shifted by the same amount so that the bands' filters sum to the RGB filters'
+    sum (for one band: that sum). An input whose bands all equal one grey image therefore
+    gives the same activations as the RGB weights on that grey image in R, G and B, for any
+    band count (the 3/C rule alone keeps that only for multiples of 3).
 
     Args:
         weight: ``(O, 3, k, k)`` float weight of a patch embedding or first convolution.
@@ -115,7 +118,10 @@ def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     if in_chans == 1:
         return weight.sum(dim=1, keepdim=True)
     repeat = -(-in_chans // 3)
-    return weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3.0 / in_chans)
+    out = weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3.0 / in_chans)
+    if in_chans % 3:  # the repeats cover R, G, B unequally: restore the sum of the filters
+        out = out + (weight.sum(dim=1, keepdim=True) - out.sum(dim=1, keepdim=True)) / in_chans
+    return out
 
 
 def read_encoder_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -190,6 +196,13 @@ def load_encoder(
 
     meta = read_encoder_meta(path)
     arch = meta.get("arch")
+    if arch != "vit" and not (isinstance(arch, str) and is_resnet(arch) and arch in timm.list_models("resnet*")):
+        raise CheckpointError(
+            f"{path}: unsupported encoder arch {arch!r}; expected 'vit' or a timm ResNet (e.g. 'resnet50')"
+        )
+    absent = [k for k in required_meta(arch) if k not in meta]
+    if absent:
+        raise CheckpointError(f"{path}: its rsfm metadata lacks {absent}; was it written by `rsfm export`?")
     chans = int(in_chans or meta["in_chans"])
     if arch == "vit":
         model = build_vit(
@@ -202,13 +215,9 @@ def load_encoder(
             drop_path_rate=drop_path_rate,
             dynamic_img_size=dynamic_img_size,
         )
-    elif isinstance(arch, str) and is_resnet(arch) and arch in timm.list_models("resnet*"):
+    else:
         model = timm.create_model(
             arch, pretrained=False, num_classes=num_classes, in_chans=chans, drop_path_rate=drop_path_rate
-        )
-    else:
-        raise CheckpointError(
-            f"{path}: unsupported encoder arch {arch!r}; expected 'vit' or a timm ResNet (e.g. 'resnet50')"
         )
     state = load_file(str(path))
     if chans != int(meta["in_chans"]):

@@ -176,10 +176,14 @@ class TaskModel(nn.Module):
         keys = list(dict.fromkeys(k for h in heads for k in h.image_keys))
         kinds = {h.input for h in heads}
         tensors, sizes = [], []
+        m = self.encoder.input_multiple
         for key in keys:
             images = batch[key]
             if isinstance(images, Tensor):
-                t, s = self.normalise(images), [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
+                h, w = int(images.shape[-2]), int(images.shape[-1])
+                t, s = self.normalise(images), [(h, w)] * images.shape[0]
+                if h % m or w % m:  # pad bottom/right with the mean colour (0 after normalising)
+                    t = F.pad(t, (0, (-w) % m, 0, (-h) % m))
             else:
                 t, s = self._stack(images)
             tensors.append(t)

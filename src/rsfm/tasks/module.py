@@ -76,6 +76,14 @@ class DownstreamTask(TrainingModule):
         self.test_metrics = nn.ModuleDict({n: self.model.heads[n].make_metrics() for n in evaluated})
         first = self.model.heads[evaluated[0]]
         self.monitor = monitor or self.metric_key("val", evaluated[0], str(first.monitor))
+        parts = self.monitor.split("/")
+        named = 2 if len(evaluated) == 1 else 3  # val/<metric> or val/<head>/<metric>
+        if parts[0] != "val" or len(parts) != named or (named == 3 and parts[1] not in evaluated):
+            example = self.metric_key("val", evaluated[0], str(first.monitor))
+            raise ConfigError(
+                f"model.monitor: {self.monitor!r} is not a validation metric of this task; with "
+                f"{len(evaluated)} evaluated head(s) they are named like {example!r}"
+            )
         #: folder of the test outputs (``metrics.json``, ``visualisations/``); None: the log folder
         self.out_dir: str | None = None
         self._visuals: dict[str, list[tuple[str, Any]]] = {}
@@ -122,9 +130,11 @@ class DownstreamTask(TrainingModule):
             for term, value in head.loss(features, batch).items():
                 weighted = head.loss_weight * value
                 total = weighted if total is None else total + weighted
-                self.log(f"train/{name}/{term}", value.detach(), on_step=False, on_epoch=True, batch_size=n)
+                self.log(
+                    f"train/{name}/{term}", value.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True
+                )
         assert total is not None
-        self.log("train/loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", total, on_step=True, prog_bar=True, batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"], on_step=True, batch_size=n)
         return total
 

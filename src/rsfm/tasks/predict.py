@@ -10,7 +10,7 @@ What is written depends on the head's :attr:`~rsfm.models.heads.base.Head.output
 - ``boxes`` (detection): a GeoJSON ``FeatureCollection`` of box polygons, in the raster's map
   coordinates when the input is georeferenced, else in pixels.
 - ``label`` (scene classification): a JSON file with the predicted class and the class
-  probabilities.
+  probabilities of the image resized as the test split's (``data.img_size``).
 
 Inputs are read with the same bands and scaling as the training data.
 
@@ -57,13 +57,18 @@ def _georeference(path: Path) -> tuple[Any, Any, np.ndarray | None]:
             return src.crs, src.transform, valid
 
 
-def _read(task: DownstreamTask, path: Path) -> torch.Tensor:
+def _read(task: DownstreamTask, path: Path, resize: bool = False) -> torch.Tensor:
     info = task.info
     rule = RasterRule(
         bands=tuple(info.bands) if info.bands is not None else None,
         scale=info.raster_scale if info.raster_scale == "auto" else float(info.raster_scale),
     )
-    return read_image(path, rule).float().div_(255.0).to(task.device)
+    image = read_image(path, rule)
+    if resize and info.img_size:  # as the test split of a folder datamodule: resize, centre crop
+        from rsfm.data.transforms import eval_transform
+
+        return eval_transform(int(info.img_size))(image).to(task.device)
+    return image.float().div_(255.0).to(task.device)
 
 
 def _write_raster(
@@ -147,7 +152,7 @@ def predict_files(
     out = Path(output)
     task.eval()
     with torch.inference_mode():
-        images = [_read(task, p) for p in paths]
+        images = [_read(task, p, resize=h.output_kind == "label") for p in paths]
         if len(images) == 2 and images[0].shape != images[1].shape:
             raise DataError(
                 f"{paths[0]} is {tuple(images[0].shape[-2:])} but {paths[1]} is {tuple(images[1].shape[-2:])}"

@@ -315,8 +315,8 @@ class OSCDDataModule(ChangeDetectionDataModule):
         root: folder holding the release's ``… - Images`` and ``… - Train/Test Labels`` folders.
         val_split: training cities held out for validation (e.g. ``[paris]``); None: none.
         test_split: ``"test"`` (the release's test cities) or a list of cities.
-        **kwargs: :class:`~rsfm.data.change.common.ChangeDetectionDataModule` options
-            (``raster_scale`` defaults to 10000).
+        raster_scale: divisor of the digital numbers (10000: top-of-atmosphere reflectance).
+        **kwargs: :class:`~rsfm.data.change.common.ChangeDetectionDataModule` options.
     """
 
     def __init__(
@@ -324,9 +324,10 @@ class OSCDDataModule(ChangeDetectionDataModule):
         root: str,
         val_split: list[str] | None = None,
         test_split: str | list[str] = "test",
+        raster_scale: float = 10000.0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("raster_scale", 10000.0)
+        kwargs["raster_scale"] = raster_scale
         self._auto_stats = kwargs.get("mean") is None or kwargs.get("std") is None
         if self._auto_stats:
             n = len(kwargs["bands"]) if kwargs.get("bands") is not None else len(OSCD_BANDS)
@@ -355,9 +356,13 @@ class OSCDDataModule(ChangeDetectionDataModule):
                 test = [r for r in train if r.name in set(self.test_split)]
         except (FileNotFoundError, ValueError) as err:
             raise DataError(str(err)) from None
-        unknown = sorted(set(self.val_cities) - {r.name for r in train})
-        if unknown:
-            raise DataError(f"data.val_split: {unknown} are not training cities of {self.root}")
+        for key, cities in (
+            ("val", self.val_cities),
+            ("test", [] if isinstance(self.test_split, str) else self.test_split),
+        ):
+            unknown = sorted(set(cities) - {r.name for r in train})
+            if unknown:
+                raise DataError(f"data.{key}_split: {unknown} are not training cities of {self.root}")
         held = set(self.val_cities) | {r.name for r in test}
         return {
             "train": [r for r in train if r.name not in held],

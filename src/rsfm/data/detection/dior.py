@@ -251,16 +251,23 @@ class DIORDataModule(DetectionDataModule):
             ``ImageSets``.
         oriented: read ``Annotations/Oriented Bounding Boxes`` (DIOR-R); the boxes are then
             the polygons' hulls, the polygons kept in the records' ``meta``.
+        train_split: image-set name of the training split.
+        val_split: image-set name of the validation split (None: drawn by ``val_fraction``).
+        test_split: image-set name of the test split.
         **kwargs: :class:`~rsfm.data.detection.common.DetectionDataModule` options
-            (``train_split``, ``val_split``, ``test_split`` default to ``train``, ``val``,
-            ``test``; ``classes`` to :data:`DIOR_CLASSES`).
+            (``classes`` defaults to :data:`DIOR_CLASSES`).
     """
 
-    def __init__(self, root: str, oriented: bool = False, **kwargs: Any) -> None:
-        kwargs.setdefault("train_split", "train")
-        kwargs.setdefault("val_split", "val")
-        kwargs.setdefault("test_split", "test")
-        super().__init__(root, **kwargs)
+    def __init__(
+        self,
+        root: str,
+        oriented: bool = False,
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root, train_split=train_split, val_split=val_split, test_split=test_split, **kwargs)
         self.oriented = bool(oriented)
 
     def load_split(self, name: str, classes: list[str] | None) -> tuple[list[DetectionRecord], list[str]]:

@@ -500,6 +500,7 @@ def resolve_splits(
             out[name] = []
         elif isinstance(selector, str) and (root / selector).is_dir():
             out[name] = find(root / selector)
+            held_out.update(out[name])  # a finder that recurses (LoveDA) finds them under root too
         else:
             if root_pairs is None:
                 root_pairs = find(root)

@@ -25,6 +25,7 @@ from rsfm.data.segmentation.common import (
     colour_mask_reader,
     pair_by_stem,
     resolve_splits,
+    select_pairs,
 )
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
@@ -90,9 +91,17 @@ class ISPRSDataModule(SegmentationDataModule):
         except (ValueError, FileNotFoundError) as err:
             raise DataError(str(err)) from None
 
+    def _select(self, pairs: list[tuple[Path, Path]], names: list[str], root: Path) -> list[tuple[Path, Path]]:
+        """:func:`select_pairs` that also takes tile names without the image tag (``top_potsdam_2_10``)."""
+        tag = self.image_tag
+        untagged = {p[0].stem[: -len(tag)] for p in pairs if tag and p[0].stem.endswith(tag)}
+        return select_pairs(pairs, [f"{n}{tag}" if n in untagged else n for n in names], root)
+
     def split_pairs(self) -> dict[str, list[tuple[Path, Path]]]:
         """Pairs of the three splits."""
-        return resolve_splits(self.root, self._find, self.train_split, self.val_split, self.test_split)
+        return resolve_splits(
+            self.root, self._find, self.train_split, self.val_split, self.test_split, select=self._select
+        )
 
     def classes(self) -> list[str]:
         """The six ISPRS classes, clutter last."""

@@ -73,6 +73,11 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     @property
+    def input_multiple(self) -> int:
+        """Input sides must be a multiple of this (a ViT's patch; 1 for a CNN)."""
+        return 1
+
+    @property
     def num_features(self) -> int:
         """Width of :meth:`forward_pooled`'s vectors."""
         return int(self.model.num_features)  # type: ignore[arg-type]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,9 +19,6 @@ from torch import Tensor, nn
 from rsfm.models.encoders.base import Encoder
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import ENCODERS
-
-if TYPE_CHECKING:
-    from timm.models.vision_transformer import VisionTransformer
 
 __all__ = ["VIT_SIZES", "ViT", "ViTSize", "build_vit", "evenly_spaced_blocks", "sincos_pos_embed_2d"]
 
@@ -90,7 +86,7 @@ def build_vit(
     global_pool: str = "token",
     drop_path_rate: float = 0.0,
     dynamic_img_size: bool = False,
-) -> VisionTransformer:
+) -> nn.Module:
     """Build a ViT encoder of a named size with a frozen 2-D sin-cos position embedding.
 
     Args:
@@ -242,6 +238,11 @@ class ViT(Encoder):
     def patch_size(self) -> int:
         """Patch side, pixels."""
         return int(self.model.patch_embed.patch_size[0])
+
+    @property
+    def input_multiple(self) -> int:
+        """The patch size."""
+        return self.patch_size
 
     @property
     def out_indices(self) -> list[int]:

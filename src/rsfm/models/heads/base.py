@@ -47,8 +47,9 @@ class Features:
     Attributes:
         maps: image key → the neck's maps ``(B, C_i, H/s_i, W/s_i)``, finest first.
         pooled: image key → ``(B, D)`` pooled encoder features.
-        sizes: ``(H, W)`` of every image before padding (list inputs of different sizes are
-            padded into one batch tensor).
+        sizes: ``(H, W)`` of every image before padding (images are padded at the bottom and
+            right to what the encoder needs: a multiple of a ViT's patch, one batch size for
+            lists of different sizes).
         shape: ``(H, W)`` of the (padded) batch tensor.
     """
 
@@ -56,6 +57,11 @@ class Features:
     pooled: dict[str, Tensor] = field(default_factory=dict)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     shape: tuple[int, int] = (0, 0)
+
+    def crop(self, x: Tensor) -> Tensor:
+        """Crop the last two dimensions of a padded-size output back to the images' size."""
+        h, w = self.sizes[0] if self.sizes else self.shape
+        return x[..., :h, :w]
 
 
 class HeadMetrics(nn.Module):

@@ -215,7 +215,7 @@ class ChangeHead(Head):
             lat = self.lateral[i](fused[i])
             x = lat + F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.classifier(self.smooth(x))
-        return F.interpolate(logits, size=features.shape, mode="bilinear", align_corners=False)
+        return features.crop(F.interpolate(logits, size=features.shape, mode="bilinear", align_corners=False))
 
     def change_probability(self, logits: Tensor) -> Tensor:
         """``(B, num_logits, H, W)`` logits → ``(B, H, W)`` float32 probability of change."""

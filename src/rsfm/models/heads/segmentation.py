@@ -171,7 +171,8 @@ class SegmentationHead(Head):
 
     def forward(self, features: Features, batch: Mapping[str, Any] | None = None) -> Tensor:
         """``(B, K, H, W)`` float logits at the input resolution (bilinear upsampling)."""
-        return F.interpolate(self.logits(features), size=features.shape, mode="bilinear", align_corners=False)
+        logits = F.interpolate(self.logits(features), size=features.shape, mode="bilinear", align_corners=False)
+        return features.crop(logits)
 
     def loss(self, features: Features, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Cross-entropy over labelled pixels (0 with a gradient when every pixel is ignored)."""

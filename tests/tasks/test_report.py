@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from rsfm.eval.report import classification_report, format_table, write_json
+from rsfm.metrics.classification import classification_report, format_table
+from rsfm.utils.files import write_json
 
 CLASSES = ["Forest", "Desert", "Parking", "Pond"]
 

@@ -1,4 +1,4 @@
-"""mAP50 / mAP50:95 checked against a hand computation and against pycocotools' COCOeval run directly."""
+"""COCO mAP50 / mAP50:95 (percent) checked against a hand computation and against pycocotools' COCOeval run directly."""
 
 import contextlib
 import io
@@ -40,14 +40,16 @@ def test_hand_computed_ap():
         [_gt([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0])],
     )
     r = m.compute()
-    expected = (51 + 50 * 2 / 3) / 101
-    assert r["mAP50"] == pytest.approx(expected, abs=1e-6)
-    assert r["mAP50_95"] == pytest.approx(expected, abs=1e-6)  # exact boxes: same at every IoU
+    expected = 100 * (51 + 50 * 2 / 3) / 101  # percent
+    assert r["mAP50"] == pytest.approx(expected, abs=1e-4)
+    assert r["mAP50_95"] == pytest.approx(expected, abs=1e-4)  # exact boxes: same at every IoU
     assert r["per_class"]["a"] == {
-        "AP50": pytest.approx(expected, abs=1e-6),
-        "AP50_95": pytest.approx(expected, abs=1e-6),
+        "AP50": pytest.approx(expected, abs=1e-4),
+        "AP50_95": pytest.approx(expected, abs=1e-4),
         "num_objects": 2,
     }
+    assert r["num_images"] == 1 and r["max_detections"] == 100
+    assert all(type(r[k]) is float for k in ("mAP50", "mAP50_95"))
 
 
 def _scene(seed: int):
@@ -114,13 +116,13 @@ def test_against_pycocotools(seed):
     m.update(preds[3:], targets[3:])
     r = m.compute()
     stats = _cocoeval(preds, targets)
-    assert r["mAP50"] == pytest.approx(stats[1], abs=1e-6)
-    assert r["mAP50_95"] == pytest.approx(stats[0], abs=1e-6)
-    assert 0.0 < r["mAP50"] < 1.0  # the scene has misses and false positives
+    assert r["mAP50"] == pytest.approx(100 * stats[1], abs=1e-4)
+    assert r["mAP50_95"] == pytest.approx(100 * stats[0], abs=1e-4)
+    assert 0.0 < r["mAP50"] < 100.0  # the scene has misses and false positives
     for k, name in enumerate(["a", "b"]):
         s = _cocoeval(preds, targets, cat_ids=[k])
-        assert r["per_class"][name]["AP50"] == pytest.approx(s[1], abs=1e-6)
-        assert r["per_class"][name]["AP50_95"] == pytest.approx(s[0], abs=1e-6)
+        assert r["per_class"][name]["AP50"] == pytest.approx(100 * s[1], abs=1e-4)
+        assert r["per_class"][name]["AP50_95"] == pytest.approx(100 * s[0], abs=1e-4)
         n = sum(int(((t["labels"] == k) & ~t["difficult"]).sum()) for t in targets)
         assert r["per_class"][name]["num_objects"] == n
     assert r["num_images"] == 6
@@ -135,7 +137,7 @@ def test_difficult_is_ignored():
         [_gt([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0, 0, 0], [False, True, True])],
     )
     r = m.compute()
-    assert r["mAP50"] == pytest.approx(1.0)
+    assert r["mAP50"] == pytest.approx(100.0)
     assert r["per_class"]["a"]["num_objects"] == 1
     # the same detection counts as a false positive when the object is not difficult
     m.reset()
@@ -143,15 +145,31 @@ def test_difficult_is_ignored():
         [_det([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.95], [0, 0])],
         [_gt([[0, 0, 10, 10]], [0])],
     )
-    assert m.compute()["mAP50"] < 1.0
+    assert m.compute()["mAP50"] < 100.0
 
 
 def test_absent_class_and_empty():
     m = DetectionMAP(["a", "b"])
-    assert m.compute()["mAP50"] is None
+    empty = m.compute()
+    assert empty["mAP50"] is None and empty["mAP50_95"] is None and empty["num_images"] == 0
     m.update([_det([[0, 0, 10, 10]], [0.9], [1])], [_gt([[0, 0, 10, 10]], [0])])
     r = m.compute()
     assert r["per_class"]["b"]["AP50"] is None  # no ground truth of class b
     assert r["per_class"]["a"]["AP50"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="labels"):
         m.update([_det([[0, 0, 1, 1]], [0.5], [2])], [_gt([], [])])
+
+
+def test_docstring_example_is_percent():
+    m = DetectionMAP(["oilwell"])
+    m.update(
+        [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}],
+        [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}],  # no "difficult": none are
+    )
+    r = m.compute()
+    assert r["mAP50"] == 100.0 and r["mAP50_95"] == 100.0
+    assert r["per_class"]["oilwell"] == {
+        "AP50": pytest.approx(100.0),
+        "AP50_95": pytest.approx(100.0),
+        "num_objects": 1,
+    }

@@ -1,0 +1,40 @@
+"""Exact mid-epoch resume of every downstream task: crash, rerun, bit-identical weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from engine_helpers import Crash, CrashAt, assert_same_weights, checkpoint, finetune_recipe
+
+from rsfm.engine.run import train_task
+
+TASKS = ["classification_aid", "segmentation_dubai", "detection_nepu", "change_detection_levir"]
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_resume_mid_epoch_is_bit_identical(name: str, tmp_path: Path, datasets: Path, aid_subset, one_thread) -> None:
+    extra = [
+        "checkpoint.every_n_train_steps=2",
+        "trainer.limit_train_batches=3",
+        "trainer.max_epochs=2",
+    ]
+    if name == "classification_aid":
+        extra.append(f"data.init_args.root={aid_subset(['Beach', 'Forest', 'Port'], 8)}")
+    train_task(finetune_recipe(name, tmp_path / "a", *extra))
+    # a kill after step 3: the last checkpoint is from step 2, in the middle of epoch 0
+    with pytest.raises(Crash):
+        train_task(finetune_recipe(name, tmp_path / "b", *extra), callbacks=[CrashAt(3)])
+    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert stopped["global_step"] == 2 and stopped["epoch"] == 0
+    train_task(finetune_recipe(name, tmp_path / "b", *extra))  # resume: auto
+    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 6
+    assert_same_weights(a["state_dict"], b["state_dict"])
+    # the run did train: the weights moved away from the stopped state
+    moved = [
+        k for k, v in a["state_dict"].items() if v.is_floating_point() and not torch.equal(v, stopped["state_dict"][k])
+    ]
+    assert moved

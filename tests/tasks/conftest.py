@@ -1,0 +1,51 @@
+"""Fixtures of the downstream-task tests.
+
+``finetuned`` runs ``rsfm finetune`` once per recipe and session (in-process, a few seconds
+each: 64 px crops, a patch-32 ViT-Tiny, two training batches, one validation and one test
+image) and hands the run folder and the overrides to the tests of ``rsfm test`` and
+``rsfm predict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from task_helpers import AID_CLASSES, DATA_FOLDER, FAST, RECIPES, SMALL, Run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Torch on one CPU thread: these models are small, and a second thread mostly waits (10× slower
+    on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def finetuned(datasets: Path, aid_subset, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
+    """Factory: ``finetuned(recipe name)`` -> the :class:`Run` of ``rsfm finetune``, made once per session."""
+    runs: dict[str, Run] = {}
+
+    def make(name: str) -> Run:
+        if name in runs:
+            return runs[name]
+        out = tmp_path_factory.mktemp(name)
+        if name == "classification_aid":
+            root = aid_subset(AID_CLASSES, 20)
+        else:
+            root = datasets / DATA_FOLDER[name]
+        overrides = [f"output_dir={out}", f"run_name={name}", f"data.root={root}", *FAST, *SMALL[name]]
+        run = Run(RECIPES / f"{name}.yaml", out / name, overrides, extra={"root": root})
+        code, stdout, stderr = run.cli("finetune")
+        assert code == 0, stderr
+        run.stdout = stdout
+        runs[name] = run
+        return run
+
+    return make

@@ -1,0 +1,254 @@
+"""``rsfm finetune``, ``rsfm test`` and ``rsfm predict`` on the five fine-tuning recipes, on real data.
+
+Each recipe is fine-tuned once per session by the ``finetuned`` fixture (tests/tasks/conftest.py):
+small crops and heads, two training batches, one validation and one test image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from task_helpers import AID_CLASSES, RECIPES, SCENE, run_cli
+
+from rsfm.engine.config import load_recipe
+
+#: recipe → (evaluated head, its metrics); the first metric selects the checkpoint
+HEADS = {
+    "segmentation_dubai": ("segmentation", ["mIoU", "OA", "mF1"]),
+    "segmentation_loveda": ("segmentation", ["mIoU", "OA", "mF1"]),
+    "change_detection_levir": ("change", ["F1", "precision", "recall", "IoU", "OA"]),
+    "detection_nepu": ("detection", ["mAP50"]),
+    "classification_aid": ("classification", ["OA", "mean_class_accuracy"]),
+}
+NAMES = list(HEADS)
+
+
+def test_every_recipe_is_tested() -> None:
+    assert sorted(p.stem for p in RECIPES.glob("*.yaml")) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recipes_load_for_every_command(name: str) -> None:
+    recipe = load_recipe("finetune", RECIPES / f"{name}.yaml", ["trainer.max_epochs=1"])
+    assert recipe["trainer"]["max_epochs"] == 1
+    head, _ = HEADS[name]
+    assert recipe["model"]["heads"][head]["class_path"].startswith("rsfm.models.heads.")
+    assert recipe["data"]["init_args"]["root"].startswith("../shared/datasets/")
+    # test and predict rebuild the model of the same recipe
+    assert load_recipe("predict", RECIPES / f"{name}.yaml")["model"] == recipe["model"]
+
+
+def test_a_misspelt_key_is_one_line_naming_it() -> None:
+    recipe = str(RECIPES / "change_detection_levir.yaml")
+    code, out, err = run_cli("finetune", "--config", recipe, "trainer.max_epoch=1")
+    assert code == 2 and not out
+    assert len(err.strip().splitlines()) == 1 and "trainer.max_epoch" in err
+
+
+# --------------------------------------------------------------------------- rsfm finetune
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finetune_writes_the_run_folder(name: str, finetuned) -> None:
+    run = finetuned(name)
+    head, metrics = HEADS[name]
+    folder = run.folder
+    for part in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "logs/metrics.csv"):
+        assert (folder / part).is_file(), part
+    assert f"run folder: {folder}" in run.stdout and "test metrics (percent)" in run.stdout
+
+    summary = read_json(folder / "metrics.json")
+    assert summary["scale"] == "percent" and summary["checkpoint"] == str(run.best)
+    assert set(summary["metrics"]) == {f"test/{m}" for m in metrics}
+    assert all(0.0 <= v <= 100.0 for v in summary["metrics"].values()), summary["metrics"]
+    assert summary["config"]["trainer"]["max_epochs"] == 1
+    details = read_json(folder / "test" / "metrics.json")
+    assert details["scale"] == "percent" and details["split"] == "test"
+    assert details["metrics"] == pytest.approx(summary["metrics"])
+    assert list(details["heads"]) == [head]  # an auxiliary head is trained, not scored
+    scores = details["heads"][head].get("metrics", details["heads"][head])  # change nests its scores
+    assert scores[metrics[0]] == pytest.approx(summary["metrics"][f"test/{metrics[0]}"], abs=1e-4)
+
+    with open(folder / "logs" / "metrics.csv") as f:
+        columns = set(next(csv.reader(f)))
+    assert {f"val/{metrics[0]}", "train/loss", "train/lr"} <= columns
+    if name.startswith("segmentation"):
+        assert {"train/segmentation/ce", "train/auxiliary/ce"} <= columns
+        assert not [c for c in columns if c.startswith(("val/auxiliary", "test/auxiliary"))]
+    pictures = folder / "test" / "visualisations"
+    assert [p.name for p in pictures.iterdir()] == [head]
+    assert list((pictures / head).glob("*.png"))
+
+
+def test_segmentation_scores_are_percent_of_the_confusion_matrix(finetuned) -> None:
+    report = read_json(finetuned("segmentation_dubai").folder / "test" / "metrics.json")["heads"]["segmentation"]
+    cm = torch.tensor(report["confusion_matrix"], dtype=torch.float64)
+    assert cm.sum() == report["pixels"] and 0 < cm.sum() <= 682 * 658  # one Tile 3 image, less ignored pixels
+    tp = cm.diagonal()
+    union = cm.sum(0) + cm.sum(1) - tp
+    assert report["mIoU"] == pytest.approx(100 * float((tp[union > 0] / union[union > 0]).mean()))
+    assert report["OA"] == pytest.approx(100 * float(tp.sum() / cm.sum()))
+    (png,) = (finetuned("segmentation_dubai").folder / "test" / "visualisations" / "segmentation").iterdir()
+    assert png.name == "00_image_part_001.png"
+
+
+def test_change_scores_are_percent_of_the_pixel_counts(finetuned) -> None:
+    folder = finetuned("change_detection_levir").folder
+    report = read_json(folder / "test" / "metrics.json")["heads"]["change"]
+    c = report["counts"]
+    assert c["TP"] + c["FP"] + c["FN"] + c["TN"] == 256 * 256 and report["pairs"] == 1
+    assert report["metrics"]["OA"] == pytest.approx(100 * (c["TP"] + c["TN"]) / (256 * 256))
+    if c["TP"]:
+        assert report["metrics"]["F1"] == pytest.approx(100 * 2 * c["TP"] / (2 * c["TP"] + c["FP"] + c["FN"]))
+    assert set(report["per_class"]) == {"no_change", "change"}
+    (png,) = (folder / "test" / "visualisations" / "change").iterdir()
+    assert np.asarray(Image.open(png)).shape == (256, 4 * 256 + 3 * 4, 3)  # before | after | truth | prediction
+
+
+def test_classification_tests_the_held_out_images(finetuned) -> None:
+    run = finetuned("classification_aid")
+    tested = read_json(run.folder / "metrics.json")["metrics"]
+    report = read_json(run.folder / "test" / "metrics.json")["heads"]["classification"]
+    cm = torch.tensor(report["confusion"])
+    assert cm.sum() == 12 and cm.sum(1).tolist() == [4, 4, 4]  # the 4 held-out images of each class
+    assert tested["test/OA"] == pytest.approx(100 * cm.trace().item() / 12, abs=1e-4)
+    assert list(report["per_class"]) == AID_CLASSES
+    assert (run.folder / "test" / "visualisations" / "classification" / "predictions.png").is_file()
+
+
+def test_detection_report_counts_the_test_objects(finetuned) -> None:
+    report = read_json(finetuned("detection_nepu").folder / "test" / "metrics.json")["heads"]["detection"]
+    assert report["metric"] == "voc12" and report["classes"] == ["oilwell"]
+    assert 0.0 <= report["mAP50"] <= 100.0
+
+
+# --------------------------------------------------------------------------- rsfm test
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_test_command_reproduces_the_finetune_scores(name: str, finetuned) -> None:
+    run = finetuned(name)
+    code, out, err = run.cli("test", "--checkpoint", str(run.best), f"run_name={name}-test")
+    assert code == 0, err
+    assert "test metrics (percent)" in out
+    folder = run.folder.parent / f"{name}-test"
+    summary = read_json(folder / "metrics.json")
+    assert summary["checkpoint"] == str(run.best)
+    assert summary["metrics"] == pytest.approx(read_json(run.folder / "metrics.json")["metrics"], abs=1e-4)
+    assert (folder / "test" / "metrics.json").is_file()
+    assert list((folder / "test" / "visualisations").rglob("*.png"))
+
+
+def test_test_with_a_checkpoint_that_does_not_fit_is_one_line(finetuned) -> None:
+    run = finetuned("change_detection_levir")
+    # concatenation adds fusion layers the checkpoint does not have
+    code, out, err = run.cli("test", "--checkpoint", str(run.best), "model.heads.change.fusion=concat")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    message = re.search(r"error: (.*) \(RSFM_DEBUG=1", lines[0]).group(1)
+    assert str(run.best) in message and len(message) < 400, message
+    counts = re.search(r"(\d+) missing \(([^)]*)\)", message)
+    assert counts is not None and int(counts.group(1)) > 3, message
+    names = [n for n in counts.group(2).split(", ") if not n.startswith("…")]
+    assert len(names) == 3 and all(".fuse." in n for n in names)
+    assert f"… {int(counts.group(1)) - 3} more" in counts.group(2)
+    code, _, err = run.cli("test", "--checkpoint", str(run.folder / "missing.ckpt"))
+    assert code == 2 and "checkpoint not found" in err
+
+
+# --------------------------------------------------------------------------- rsfm predict
+
+
+def predict(run, *inputs: Path | str, output: Path, extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    joined = ",".join(str(p) for p in inputs)
+    return run.cli("predict", "--checkpoint", str(run.best), "--input", joined, "--output", str(output), *extra)
+
+
+def test_predict_segmentation_geotiff_keeps_crs_and_transform(finetuned, datasets: Path, tmp_path: Path) -> None:
+    run = finetuned("segmentation_dubai")
+    scene = datasets / SCENE
+    code, out, err = predict(run, scene, output=tmp_path / "mask.tif")
+    assert code == 0, err
+    assert f"prediction written to {tmp_path / 'mask.tif'}" in out
+    with rasterio.open(scene) as src, rasterio.open(tmp_path / "mask.tif") as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert (dst.height, dst.width, dst.count, dst.dtypes[0]) == (src.height, src.width, 1, "uint8")
+        assert dst.nodata == 255
+        mask = dst.read(1)
+        nodata = src.dataset_mask() == 0
+    assert nodata.any() and (mask[nodata] == 255).all()  # nodata borders stay nodata
+    assert mask[~nodata].max() < 6
+    code, _, err = predict(run, scene, output=tmp_path / "mask.png")
+    assert code == 2 and "georeferenced" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_segmentation_plain_image_to_a_folder(finetuned, datasets: Path, tmp_path: Path) -> None:
+    run = finetuned("segmentation_loveda")
+    image = datasets / "levir_cd" / "A" / "test_2_0000_0000.png"  # any RGB image
+    code, _, err = predict(run, image, output=tmp_path)
+    assert code == 0, err
+    img = Image.open(tmp_path / "test_2_0000_0000_mask.png")
+    assert img.mode == "P" and img.size == (256, 256) and np.asarray(img).max() < 7
+
+
+def test_predict_change_geotiff_pair_keeps_crs_and_transform(finetuned, datasets: Path, tmp_path: Path) -> None:
+    run = finetuned("change_detection_levir")
+    scene = datasets / SCENE
+    code, _, err = predict(run, scene, scene, output=tmp_path / "change.tif")
+    assert code == 0, err
+    with rasterio.open(scene) as src, rasterio.open(tmp_path / "change.tif") as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform
+        assert (dst.height, dst.width, dst.dtypes[0]) == (src.height, src.width, "uint8")
+        values = np.unique(dst.read(1))
+    # identical dates: |f_a - f_b| = 0 at every level, so one answer everywhere
+    assert len(values) == 1 and set(values.tolist()) <= {0, 255}
+    code, _, err = predict(run, scene, output=tmp_path / "x.tif")
+    assert code == 2 and "takes 2 image" in err
+
+
+def test_predict_detection_geojson_in_map_coordinates(finetuned, datasets: Path, tmp_path: Path) -> None:
+    run = finetuned("detection_nepu")
+    scene = datasets / SCENE
+    low = ("model.heads.detection.box_score_thresh=0.0", "model.heads.detection.vis_score_thresh=0.0")
+    code, _, err = predict(run, scene, output=tmp_path / "boxes.geojson", extra=low)
+    assert code == 0, err
+    fc = read_json(tmp_path / "boxes.geojson")
+    with rasterio.open(scene) as ds:
+        transform, crs = ds.transform, ds.crs
+    assert fc["type"] == "FeatureCollection" and fc["coordinates"] == "map"
+    assert fc["crs"]["properties"]["name"] == crs.to_string()
+    assert fc["transform"] == pytest.approx(list(transform)[:6])
+    assert fc["features"], "a barely trained detector still returns low-score boxes"
+    for f in fc["features"][:20]:
+        x0, y0, x1, y1 = f["properties"]["bbox_px"]
+        ring = f["geometry"]["coordinates"][0]
+        expect = [transform * xy for xy in [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]
+        assert [v for xy in ring for v in xy] == pytest.approx([v for xy in expect for v in xy])
+        assert 0 <= x0 < x1 <= 791 and 0 <= y0 < y1 <= 718
+        assert f["properties"]["class"] == "oilwell"
+
+
+def test_predict_classification_writes_the_label(finetuned, tmp_path: Path) -> None:
+    run = finetuned("classification_aid")
+    image = sorted((run.extra["root"] / "Beach").iterdir())[0]
+    code, _, err = predict(run, image, output=tmp_path / "label.json")
+    assert code == 0, err
+    label = read_json(tmp_path / "label.json")
+    assert label["class"] in AID_CLASSES and label["class"] == AID_CLASSES[label["label"]]
+    assert list(label["probabilities"]) == AID_CLASSES
+    assert sum(label["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    code, _, err = predict(run, tmp_path / "none.jpg", output=tmp_path / "x.json")
+    assert code == 2 and "file not found" in err
