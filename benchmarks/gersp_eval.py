@@ -4,10 +4,13 @@ Variants (METHODS.md §3): ``gersp`` (``L_con + α·L_ce``), ``moco_only`` (α =
 only) and ``natural_only`` (contrastive term off: natural-image supervision only); optionally
 ``released_teacher`` (the authors' never-updated teacher projector). For each, a short
 calibration run measures the seconds per optimiser step on this machine now; the variant then
-pretrains for as many steps as fit the budget (the cosine-restart schedule laid over exactly
-those steps), exports its student encoder and is scored by kNN, linear probe and fine-tuning
-on the stratified held-out split of ``--data`` that pretraining never saw. One table, one
-JSON file.
+pretrains (:func:`rsfm.engine.run.pretrain`, recipe ``configs/pretrain/<--recipe>``) for as
+many steps as fit the budget (the cosine-restart schedule laid over exactly those steps),
+exports its student encoder and is scored (:func:`rsfm.engine.evaluate.evaluate`) by kNN,
+linear probe and fine-tuning on the stratified held-out split of ``--data`` (the recipe's
+``data.test_fraction``) that pretraining never saw. Scores are overall accuracy (OA) on that
+split, in percent; throughput in RS/natural image pairs per second. One table, one JSON file
+(``<out>/results.json``).
 
     python benchmarks/gersp_eval.py --budget-min 10                     # CPU, ViT-Tiny at 64 px
     python benchmarks/gersp_eval.py --budget-min 0.2 --finetune-epochs 1 --calibration-steps 3   # smoke
@@ -26,9 +29,9 @@ from typing import Any
 
 import lightning as L
 
-from rsfm.engine.config import load_config
-from rsfm.engine.pretrain import run_pretrain
-from rsfm.eval.run import evaluate
+from rsfm.engine.config import load_recipe
+from rsfm.engine.evaluate import evaluate
+from rsfm.engine.run import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / ".." / "shared" / "datasets"
@@ -56,9 +59,10 @@ class StepSeconds(L.Callback):
             self.times.append(time.perf_counter() - self._t)
 
 
-def recipe(variant: str, args: argparse.Namespace, out: Path, *extra: str):
-    """The variant's recipe with this benchmark's data, sizes and output folder."""
-    return load_config(
+def recipe(variant: str, args: argparse.Namespace, out: Path, *extra: str) -> dict[str, Any]:
+    """The variant's checked recipe with this benchmark's data, sizes and output folder."""
+    return load_recipe(
+        "pretrain",
         REPO / "configs" / "pretrain" / args.recipe,
         [
             f"data.root={args.data}",
@@ -119,7 +123,7 @@ def main() -> None:
             f"trainer.max_steps={args.calibration_steps + timer.skip + 1}",
             "checkpoint.every_n_epochs=1000",
         )
-        run_pretrain(calib, callbacks=[timer])
+        pretrain(calib, callbacks=[timer])
         sec_per_step = statistics.median(timer.times)
         steps = max(1, int(budget_s / sec_per_step))
         print(f"[{variant}] {sec_per_step:.3f} s/step -> {steps} steps in {args.budget_min:g} min", flush=True)
@@ -127,16 +131,17 @@ def main() -> None:
         cap = time.strftime("%H:%M:%S", time.gmtime(budget_s * 1.5 + 60))
         cfg = recipe(variant, args, out, f"trainer.max_steps={steps}", f"trainer.max_time=00:{cap}")
         t0 = time.perf_counter()
-        res = run_pretrain(cfg)
+        res = pretrain(cfg)
         wall = time.perf_counter() - t0
         # 3) evaluate on the held-out split the encoder never saw
+        data_args = cfg["data"]["init_args"]
         metrics = evaluate(
             res["encoder"],
             args.data,
             ("knn", "linear", "finetune"),
             out_dir=str(out / variant / "eval"),
-            val_fraction=cfg.data.holdout_fraction,
-            split_seed=cfg.data.split_seed,
+            test_fraction=data_args["test_fraction"],
+            split_seed=data_args["split_seed"],
             num_workers=args.num_workers,
             finetune_epochs=args.finetune_epochs,
             finetune_max_time=args.finetune_max_time,
@@ -155,15 +160,15 @@ def main() -> None:
     print(
         f"\n{args.recipe}, {args.img_size} px, {args.batch_size} RS + {args.batch_size} natural images per step, "
         f"queue {args.queue_size}; pretraining budget {args.budget_min:g} min each; fine-tuning "
-        f"{args.finetune_epochs} epochs; held-out split of {args.data}"
+        f"{args.finetune_epochs} epochs; held-out split of {args.data}; OA in percent"
     )
-    header = f"{'variant':<18} {'steps':>6} {'wall min':>9} {'pairs/s':>8} {'kNN OA':>8} {'linear OA':>10}"
-    print(f"{header} {'fine-tune OA':>13}")
+    header = f"{'variant':<18} {'steps':>6} {'wall min':>9} {'pairs/s':>8} {'kNN OA %':>8} {'linear OA %':>11}"
+    print(f"{header} {'fine-tune OA %':>14}")
     for v, r in results["variants"].items():
         oa = r["OA"]
         print(
             f"{v:<18} {r['steps']:>6} {r['pretrain_wall_s'] / 60:>9.2f} {r['pairs_per_s']:>8.1f} "
-            f"{oa['knn']:>8.2f} {oa['linear']:>10.2f} {oa['finetune']:>13.2f}"
+            f"{oa['knn']:>8.2f} {oa['linear']:>11.2f} {oa['finetune']:>14.2f}"
         )
     done = results["variants"]
     if "gersp" in done and len(done) > 1:

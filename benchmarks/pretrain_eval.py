@@ -17,7 +17,7 @@ JSON file (``<out>/results.json``).
     python benchmarks/pretrain_eval.py --budget-min 8           # CPU
     python benchmarks/pretrain_eval.py --budget-min 2 --num-workers 12 --finetune-epochs 30   # GPU
     python benchmarks/pretrain_eval.py --budget-min 0.05 --calibration-steps 2 --batch-size 8 \\
-        --img-size 64 --finetune-epochs 1 --variants selective_mae,scratch   # smoke
+        --img-size 64 --finetune-epochs 1 --variants selective_mae,scratch --data <small class folder>   # smoke
 """
 
 from __future__ import annotations

@@ -2,18 +2,18 @@
 
 Both methods are built as ``rsfm pretrain`` builds them (:class:`rsfm.methods.module.PretrainTask`
 from a ``{class_path, init_args}`` specification: MAE with mask ratio 0.75, SelectiveMAE with
-m = 0.85, r = 0.25 and the recipes' other defaults) and train the same encoder on the same
-batch of real AID images, resized to the input size, scaled to [0, 1] and held in memory (so
-decoding is not measured). A timed training step is what the pretraining module does per
-batch: normalise the images with the data's mean/std (ImageNet's, the datamodules' default),
-the method's ``training_step`` (forward and loss), backward, AdamW step (lr 1e-4, weight decay
-0.05, betas 0.9/0.95, grouped by :func:`rsfm.optim.param_groups`). Timed rounds alternate
-between the methods (MAE, SelectiveMAE, MAE, ...) so that machine noise hits both alike; the
-table gives the median images/s per method and the ratio SelectiveMAE / MAE. Peak memory is
-measured per method in a fresh process: on GPU ``torch.cuda.max_memory_allocated``; on CPU the
-peak resident set size (``VmHWM``) of that process during training steps, and its growth over
-the model + optimiser set-up (so the growth is optimiser state, activations and gradients),
-in GiB; the ratio is MAE / SelectiveMAE.
+m = 0.85, r = 0.25, every other option at the class default, as in the recipes) and train the
+same encoder on the same batch of real AID images, resized to the input size, scaled to
+[0, 1] and held in memory (so decoding is not measured). A timed training step is what the
+pretraining module does per batch: normalise the images with the data's mean/std (ImageNet's,
+the datamodules' default), the method's ``training_step`` (forward and loss), backward, and an
+AdamW step (lr 1e-4, weight decay 0.05, betas 0.9/0.95, groups of :func:`rsfm.optim.param_groups`).
+Timed rounds alternate between the methods (MAE, SelectiveMAE, MAE, ...) so that machine noise
+hits both alike; the table gives the median images/s per method and the throughput ratio
+SelectiveMAE / MAE. Peak memory is measured per method in a fresh process: on GPU
+``torch.cuda.max_memory_allocated``; on CPU the peak resident set size (``VmHWM``) of that
+process during training steps, and its growth over the model + optimiser set-up (so the growth
+is optimiser state, activations and gradients), in GiB; the memory ratio is MAE / SelectiveMAE.
 
     python benchmarks/throughput.py                      # ViT-Base/16, 224 px, CPU
     python benchmarks/throughput.py --size tiny --patch-size 8 --img-size 112   # the CPU recipes' shape

@@ -150,10 +150,15 @@ def _stats(args: argparse.Namespace, rest: list[str]) -> int:
     if args.print_config:
         return _print_options(args)
     from rsfm.data.base import check_folder
+    from rsfm.data.io import RasterRule
     from rsfm.data.stats import compute_mean_std, format_stats
 
     check_folder(args.folder, "folder")
-    mean, std = compute_mean_std(args.folder, max_images=args.max_images, seed=args.seed)
+    bands = tuple(int(b) for b in args.bands.split(",")) if args.bands else None
+    scale = args.raster_scale if args.raster_scale == "auto" else float(args.raster_scale)
+    mean, std = compute_mean_std(
+        args.folder, raster=RasterRule(bands=bands, scale=scale), max_images=args.max_images, seed=args.seed
+    )
     print(format_stats(mean, std))
     return 0
 
@@ -230,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="per-channel mean/std of a folder of images (for data.mean/std)")
     st.add_argument("folder")
     st.add_argument("--max-images", type=int, default=None)
+    st.add_argument("--bands", default=None, help="comma list of 0-based bands, as data.bands (default: RGB)")
+    st.add_argument("--raster-scale", default="auto", help="'auto' or a divisor such as 10000, as data.raster_scale")
     st.add_argument("--seed", type=int, default=0)
     st.set_defaults(func=_stats)
 

@@ -63,8 +63,12 @@ class TrainingModule(L.LightningModule):
         """``(total optimiser steps, steps per epoch)`` of the run (see :func:`rsfm.optim.run_length`)."""
         if self._total is None:
             t = self.trainer
-            batches = len(t.datamodule.train_dataloader()) if t.datamodule is not None else int(t.num_training_batches)
-            self._total = run_length(t, batches)
+            if t.datamodule is not None:
+                self._total = run_length(t, len(t.datamodule.train_dataloader()))
+            else:  # loaders passed to fit() directly: Lightning's estimate (no mid-epoch resume concern)
+                total = int(t.estimated_stepping_batches)
+                epochs = t.max_epochs if t.max_epochs and t.max_epochs > 0 else 1
+                self._total = (total, max(1, total // epochs))
         return self._total
 
     def progress(self) -> float:

@@ -169,7 +169,8 @@ class ViT(Encoder):
         in_chans: input bands; None: the data's (filled in by the task). A 3-band export is
             adapted to other band counts (:func:`rsfm.models.export.adapt_input_channels`).
         drop_path_rate: stochastic depth (fine-tuning).
-        global_pool: ``token`` (class token) or ``avg`` for :meth:`forward_pooled`.
+        global_pool: ``token`` (class token) or ``avg`` for :meth:`forward_pooled`; None: the
+            export's (``token`` without ``weights``).
         weights: an rsfm encoder export (``.safetensors``) to start from; None: random.
         frozen: freeze the encoder.
         out_indices: blocks of :meth:`forward_intermediates`; None: four evenly spaced
@@ -188,7 +189,7 @@ class ViT(Encoder):
         patch_size: int = 16,
         in_chans: int | None = None,
         drop_path_rate: float = 0.0,
-        global_pool: str = "token",
+        global_pool: str | None = None,
         weights: str | None = None,
         frozen: bool = False,
         out_indices: list[int] | None = None,
@@ -221,7 +222,7 @@ class ViT(Encoder):
                 patch_size=patch_size,
                 in_chans=in_chans or 3,
                 drop_path_rate=drop_path_rate,
-                global_pool=global_pool,
+                global_pool=global_pool or "token",
                 dynamic_img_size=True,
             )
             self.meta = {
