@@ -79,12 +79,30 @@ def cpu_trainer(tmp_path: Path):
     return make
 
 
-@pytest.fixture
-def one_thread():
-    """Run torch on one CPU thread for the test (a second thread only waits on a busy machine)."""
+def _torch_on_one_thread():
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one CPU thread for the test (a second thread only waits on a busy machine)."""
+    yield from _torch_on_one_thread()
+
+
+#: test folders whose every module runs torch on one thread: their models are small, and on a
+#: busy 2-core machine a second thread mostly waits (up to 10x slower)
+ONE_THREAD_FOLDERS = ("methods", "metrics", "models", "tasks")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_per_module(request: pytest.FixtureRequest):
+    """One torch thread for the modules of :data:`ONE_THREAD_FOLDERS` and those that set ``ONE_THREAD = True``."""
+    if Path(request.path).parent.name in ONE_THREAD_FOLDERS or getattr(request.module, "ONE_THREAD", False):
+        yield from _torch_on_one_thread()
+    else:
+        yield

@@ -14,6 +14,22 @@ REPO = Path(__file__).resolve().parents[2]
 FINETUNE = REPO / "configs" / "finetune"
 PRETRAIN = REPO / "configs" / "pretrain"
 
+
+def aid_pretrain_args(out: Path, datasets: Path, *extra: str, img_size: int = 64, batch_size: int = 8) -> list[str]:
+    """Overrides of a short pretraining run on real AID images in one process, ``extra`` last (they win)."""
+    return [
+        f"data.init_args.root={datasets / 'aid'}",
+        f"output_dir={out}",
+        "run_name=run",
+        f"data.init_args.img_size={img_size}",
+        f"data.init_args.batch_size={batch_size}",
+        "data.init_args.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        "evaluate.enabled=false",
+        *extra,
+    ]
+
+
 #: overrides that make each fine-tuning recipe a few-second CPU run on real data
 SMALL: dict[str, list[str]] = {
     "classification_aid": [

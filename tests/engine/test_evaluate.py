@@ -20,13 +20,8 @@ CLASSES = ["Beach", "Desert", "Forest", "Parking"]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Torch on one CPU thread: the models are small, and a second thread mostly waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+#: one torch thread (tests/conftest.py): the models are small, and a second thread mostly waits
+ONE_THREAD = True
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from engine_helpers import PRETRAIN, REPO, Crash, CrashAt, checkpoint
+from engine_helpers import PRETRAIN, REPO, Crash, CrashAt, aid_pretrain_args, checkpoint
 
 from rsfm.cli import main
 from rsfm.engine.config import load_recipe
@@ -25,21 +25,15 @@ RECIPE = PRETRAIN / "selective_mae_vit_tiny.yaml"
 
 def small(out: Path, datasets: Path, *extra: str) -> list[str]:
     """Overrides for a six-step SelectiveMAE run on real AID images, logging every 50 steps."""
-    return [
-        f"data.init_args.root={datasets / 'aid'}",
-        f"output_dir={out}",
-        "run_name=run",
-        "data.init_args.img_size=64",
-        "data.init_args.batch_size=8",
-        "data.init_args.num_workers=0",
+    return aid_pretrain_args(
+        out,
+        datasets,
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=6",
         "trainer.log_every_n_steps=50",  # divergence happens at a step that logs nothing
-        "trainer.enable_progress_bar=false",
         "viz.num_images=1",
-        "evaluate.enabled=false",
         *extra,
-    ]
+    )
 
 
 def finite(state: dict) -> bool:

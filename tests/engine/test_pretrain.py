@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from engine_helpers import PRETRAIN, REPO, Crash, CrashAt, assert_same_weights, checkpoint
+from engine_helpers import PRETRAIN, REPO, Crash, CrashAt, aid_pretrain_args, assert_same_weights, checkpoint
 from safetensors.torch import load_file
 
 from rsfm.cli import main
@@ -30,40 +30,30 @@ GERSP = PRETRAIN / "gersp_vit_tiny.yaml"
 
 def mim_args(out: Path, datasets: Path, *extra: str) -> list[str]:
     """ViT-Tiny/8 at 64 px on real AID images, a few steps per epoch."""
-    return [
-        f"data.init_args.root={datasets / 'aid'}",
-        f"output_dir={out}",
-        "run_name=run",
-        "data.init_args.img_size=64",
-        "data.init_args.batch_size=8",
-        "data.init_args.num_workers=0",
+    return aid_pretrain_args(
+        out,
+        datasets,
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=4",
-        "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
         "viz.num_images=2",
-        "evaluate.enabled=false",
         *extra,
-    ]
+    )
 
 
 def gersp_args(out: Path, datasets: Path, *extra: str) -> list[str]:
-    return [
-        f"data.init_args.root={datasets / 'aid'}",
+    return aid_pretrain_args(
+        out,
+        datasets,
         f"data.init_args.natural_root={datasets / 'cifar10' / 'train'}",
-        f"output_dir={out}",
-        "run_name=run",
-        "data.init_args.img_size=32",
-        "data.init_args.batch_size=4",
-        "data.init_args.num_workers=0",
         "model.init_args.queue_size=16",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
-        "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
-        "evaluate.enabled=false",
         *extra,
-    ]
+        img_size=32,
+        batch_size=4,
+    )
 
 
 @pytest.mark.parametrize("method", ["SelectiveMAE", "MAE"])

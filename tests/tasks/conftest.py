@@ -15,18 +15,6 @@ import pytest
 from task_helpers import AID_CLASSES, DATA_FOLDER, FAST, RECIPES, SMALL, Run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Torch on one CPU thread: these models are small, and a second thread mostly waits (10× slower
-    on a busy 2-core machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def finetuned(datasets: Path, aid_subset, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
     """Factory: ``finetuned(recipe name)`` -> the :class:`Run` of ``rsfm finetune``, made once per session."""

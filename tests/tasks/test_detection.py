@@ -11,7 +11,7 @@ import torch
 
 from rsfm.data.detection import VOCDataModule
 from rsfm.models.heads.detection import DetectionMetricSet, FasterRCNNHead
-from rsfm.models.inference import merge_detections, tile_windows
+from rsfm.models.inference import tile_windows
 from rsfm.tasks.module import DownstreamTask
 from rsfm.tasks.predict import predict_files
 from rsfm.utils.errors import ConfigError
@@ -94,16 +94,6 @@ def test_tiled_detection_finds_each_object_once() -> None:
     torch.testing.assert_close(out["boxes"][order], torch.tensor([[150.0, 140, 190, 180], [160, 150, 185, 175]]))
     assert out["labels"][order].tolist() == [0, 1]
     assert head.detect(Model(), image, score_thresh=0.95)["boxes"].shape == (0, 4)
-
-
-def test_merge_shifts_boxes_to_image_pixels() -> None:
-    dets = [
-        {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.8]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[5.0, 5, 15, 15]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])},
-    ]
-    out = merge_detections(dets, [(100, 200), (0, 0)], iou_threshold=0.5)
-    torch.testing.assert_close(out["boxes"], torch.tensor([[5.0, 5, 15, 15], [200, 100, 210, 110]]))
-    assert merge_detections(dets, [(0, 0), (0, 0)], 0.1, max_detections=1)["scores"].tolist() == [pytest.approx(0.9)]
 
 
 # --------------------------------------------------------------------------- the head

@@ -163,6 +163,40 @@ class DataModule:
         #: the Lightning trainer, set by the engine's adapter (rank and world size come from it)
         self.trainer: Any = None
 
+    # -- bands ---------------------------------------------------------------------------
+
+    def default_channels(self) -> int:
+        """Bands of an image when the recipe gives no ``data.bands`` (3: RGB)."""
+        return 3
+
+    def set_bands(
+        self,
+        bands: Sequence[int] | None,
+        raster_scale: str | float,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> None:
+        """Set :attr:`raster`, :attr:`num_channels`, :attr:`mean` and :attr:`std` from a recipe.
+
+        Args:
+            bands: 0-based bands of the image files; None: :meth:`default_channels` bands.
+            raster_scale: ``"auto"`` or the divisor that maps raw values to [0, 1] (see
+                :class:`~rsfm.data.io.RasterRule`).
+            mean: per-band mean of images in [0, 1]; None: ImageNet's (3 bands only).
+            std: per-band std, likewise.
+
+        Raises:
+            DataError: if mean/std are missing for a non-RGB band count or do not fit it.
+        """
+        from rsfm.data.io import RasterRule
+
+        self.raster = RasterRule(
+            bands=tuple(int(b) for b in bands) if bands is not None else None,
+            scale=raster_scale if raster_scale == "auto" else float(raster_scale),
+        )
+        self.num_channels = self.default_channels() if bands is None else len(bands)
+        self.mean, self.std = default_stats(self.num_channels, mean, std)
+
     # -- description ---------------------------------------------------------------------
 
     def info(self) -> DataInfo:

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rsfm.data.base import DataInfo, DataModule, check_folder, default_stats
+from rsfm.data.base import DataInfo, DataModule, check_folder
 from rsfm.data.folder import ImageFolder, check_image_root
-from rsfm.data.io import IMAGE_EXTENSIONS, RasterRule
+from rsfm.data.io import IMAGE_EXTENSIONS
+from rsfm.data.skips import collate_skipping
 from rsfm.data.splits import check_fraction
 from rsfm.utils.errors import DataError
 
@@ -95,6 +96,9 @@ class FolderDataModule(DataModule):
         ValueError: on an out-of-range setting.
     """
 
+    #: class names of a labeled folder (None: unlabeled)
+    classes: list[str] | None = None
+
     def __init__(
         self,
         root: str,
@@ -120,16 +124,17 @@ class FolderDataModule(DataModule):
         self.img_size = int(img_size)
         self.test_fraction = float(test_fraction)
         self.split_seed = int(split_seed)
-        self.raster = RasterRule(
-            bands=tuple(bands) if bands is not None else None,
-            scale=raster_scale if raster_scale == "auto" else float(raster_scale),
-        )
-        self.num_channels = len(bands) if bands is not None else 3
-        self.mean, self.std = default_stats(self.num_channels, mean, std)
+        self.set_bands(bands, raster_scale, mean, std)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (0 for an unlabeled folder)."""
+        return len(self.classes or [])
 
     def info(self) -> DataInfo:
-        """Bands and normalisation (no classes: see subclasses)."""
+        """Classes (where the subclass has them), bands and normalisation."""
         return DataInfo(
+            classes=list(self.classes or []),
             num_channels=self.num_channels,
             mean=self.mean,
             std=self.std,
@@ -138,6 +143,10 @@ class FolderDataModule(DataModule):
             bands=list(self.raster.bands) if self.raster.bands is not None else None,
             raster_scale=self.raster.scale,
         )
+
+    def collate(self) -> Any:
+        """Set unreadable files aside (:func:`~rsfm.data.skips.collate_skipping`)."""
+        return collate_skipping
 
     def folder(self, cls: type[Any], held_out: bool, transform: Any, fraction: float | None = None) -> Any:
         """The held-out split of ``root``, or the rest (everything when the fraction is 0)."""

@@ -19,10 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from rsfm.data.base import DataInfo
 from rsfm.data.folder import ImageFolder, LabeledImageFolder
 from rsfm.data.folder_base import FolderDataModule, combine_skipped, list_classes
-from rsfm.data.skips import collate_skipping
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
 
@@ -174,21 +172,6 @@ class PairedDataModule(FolderDataModule):
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"data.scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
         self.scale = (float(scale[0]), float(scale[1]))
-
-    @property
-    def num_classes(self) -> int:
-        """Number of natural-image classes."""
-        return len(self.classes)
-
-    def info(self) -> DataInfo:
-        """Natural-image classes, bands and normalisation."""
-        info = super().info()
-        info.classes = list(self.classes)
-        return info
-
-    def collate(self) -> Any:
-        """Set unreadable files aside."""
-        return collate_skipping
 
     def setup(self, stage: str | None = None) -> None:
         """Scan both folders and build the paired training set, once.

@@ -13,7 +13,6 @@ from torch import Tensor
 
 from rsfm.data.folder import ImageFolder
 from rsfm.data.folder_base import FolderDataModule, combine_skipped, round_robin
-from rsfm.data.skips import collate_skipping
 from rsfm.utils.registry import DATASETS
 
 __all__ = ["PretrainDataModule"]
@@ -62,10 +61,6 @@ class PretrainDataModule(FolderDataModule):
         self.scale = (float(scale[0]), float(scale[1]))
         self.hflip = bool(hflip)
         self._viz: ImageFolder | None = None
-
-    def collate(self) -> Any:
-        """Set unreadable files aside (:func:`~rsfm.data.skips.collate_skipping`)."""
-        return collate_skipping
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the folder and build the training (and held-out) datasets, once."""

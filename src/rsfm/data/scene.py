@@ -8,10 +8,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from rsfm.data.base import DataInfo
 from rsfm.data.folder import LabeledImageFolder
 from rsfm.data.folder_base import FolderDataModule, combine_skipped, list_classes
-from rsfm.data.skips import collate_skipping
 from rsfm.data.splits import check_fraction, stratified_split
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
@@ -66,22 +64,7 @@ class SceneClassificationDataModule(FolderDataModule):
         self.val_fraction = float(val_fraction)
         self.augment = bool(augment)
         #: class names, known right after construction
-        self.classes: list[str] = list_classes(self.root)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes."""
-        return len(self.classes)
-
-    def info(self) -> DataInfo:
-        """Classes, bands and normalisation."""
-        info = super().info()
-        info.classes = list(self.classes)
-        return info
-
-    def collate(self) -> Any:
-        """Set unreadable files aside (:func:`~rsfm.data.skips.collate_skipping`)."""
-        return collate_skipping
+        self.classes = list_classes(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         """Scan the folder and build the three splits, once."""

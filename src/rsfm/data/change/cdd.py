@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from rsfm.data.change.common import ChangeDetectionDataModule, ChangePairRecord
+from rsfm.data.change.common import ChangeDetectionDataModule, ChangePairRecord, complete_pairs
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
 
@@ -77,9 +77,9 @@ def cdd_pairs(root: str | os.PathLike[str], split: str) -> list[ChangePairRecord
         ``A/<name>.*``, ``image_b`` = ``B/<name>.*``, ``mask`` = ``OUT/<name>.*``; sorted by name.
 
     Raises:
-        ValueError: on an unknown ``split``; naming them, if files lack a counterpart in
-            another folder (the first five are named) or two files of a folder share a stem;
-            if the split holds no images.
+        ValueError: on an unknown ``split``; if two files of a folder share a stem.
+        DataError: (a ValueError) naming the split folder, if files lack a counterpart in
+            another folder (the first five are named) or the split holds no images.
         FileNotFoundError: naming the missing folder, if the split folder or one of its
             ``A``, ``B``, ``OUT`` folders does not exist.
 
@@ -98,16 +98,8 @@ def cdd_pairs(root: str | os.PathLike[str], split: str) -> list[ChangePairRecord
                 f"CDD folder {d} not found; expected {split_root}/{{A,B,OUT}} (change masks are in OUT)"
             )
         found[folder] = _stems(d)
-    every = set().union(*found.values())
-    missing = [f"{folder}/{name}.*" for name in sorted(every) for folder in CDD_FOLDERS if name not in found[folder]]
-    if missing:
-        raise ValueError(
-            f"{split_root}: unpaired files, missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
-        )
-    if not every:
-        raise ValueError(f"{split_root}: no images in A/, B/ and OUT/")
     a, b, out = (found[f] for f in CDD_FOLDERS)
-    return [ChangePairRecord(name, a[name], b[name], out[name]) for name in sorted(every)]
+    return [ChangePairRecord(name, a[name], b[name], out[name]) for name in complete_pairs(split_root, found, ".*")]
 
 
 def read_cdd_mask(path: str | os.PathLike[str], threshold: int = 128) -> Tensor:

@@ -16,7 +16,7 @@ predicted by sliding windows of the crop size in the task.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from rsfm.data.base import DataInfo, DataModule, check_folder, default_stats
-from rsfm.data.io import IMAGE_EXTENSIONS, RasterRule, read_image
+from rsfm.data.base import DataInfo, DataModule, check_folder
+from rsfm.data.io import IMAGE_EXTENSIONS, read_image
 from rsfm.utils.errors import DataError
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ChangeDetectionDataModule",
     "ChangePairRecord",
     "PairedAugment",
+    "complete_pairs",
     "find_pairs",
     "read_change_mask",
 ]
@@ -121,14 +122,24 @@ def find_pairs(root: str | os.PathLike[str], folders: Sequence[str] = ("A", "B",
         if not d.is_dir():
             raise DataError(f"change-detection folder {d} not found; expected {root}/{{{','.join(folders)}}}")
         found[folder] = {p.name for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+    return complete_pairs(root, found)
+
+
+def complete_pairs(root: Path, found: Mapping[str, Collection[str]], suffix: str = "") -> list[str]:
+    """The sorted names present in every folder of ``found`` (folder -> names).
+
+    Raises:
+        DataError: naming ``root`` and the first five missing files (``folder/name`` +
+            ``suffix``), if a name lacks a counterpart; if there are no names at all.
+    """
     every = set().union(*found.values())
-    missing = [f"{folder}/{name}" for name in sorted(every) for folder in folders if name not in found[folder]]
+    missing = [f"{folder}/{name}{suffix}" for name in sorted(every) for folder in found if name not in found[folder]]
     if missing:
         raise DataError(
             f"{root}: unpaired files, missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
         )
     if not every:
-        raise DataError(f"{root}: no images in {', '.join(folders)}")
+        raise DataError(f"{root}: no images in {', '.join(found)}")
     return sorted(every)
 
 
@@ -302,17 +313,8 @@ class ChangeDetectionDataModule(DataModule):
         self.crop_size = int(crop_size) if crop_size else None
         self.crops_per_image = int(crops_per_image)
         self.augment = PairedAugment(self.crop_size, hflip=hflip, vflip=vflip, rot90=rot90)
-        self.raster = RasterRule(
-            bands=tuple(bands) if bands is not None else None,
-            scale=raster_scale if raster_scale == "auto" else float(raster_scale),
-        )
-        self.num_channels = self.default_channels() if bands is None else len(bands)
-        self.mean, self.std = default_stats(self.num_channels, mean, std)
+        self.set_bands(bands, raster_scale, mean, std)
         self._records: dict[str, list[ChangePairRecord]] | None = None
-
-    def default_channels(self) -> int:
-        """Bands of an image without ``data.bands`` (3; OSCD: 13)."""
-        return 3
 
     def split_records(self) -> dict[str, list[ChangePairRecord]]:
         """``{"train", "val", "test"}`` → pair records (subclasses)."""

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from rsfm.data.base import DataInfo, DataModule, check_folder, default_stats
+from rsfm.data.base import DataInfo, DataModule, check_folder
 from rsfm.data.io import RasterRule, read_image
 from rsfm.data.splits import seeded_split
 from rsfm.utils.errors import DataError
@@ -381,12 +381,7 @@ class DetectionDataModule(DataModule):
         )
         self.crops_per_image = int(crops_per_image)
         self.transform = TrainTransform(crop_size, min_visibility, object_crop_prob, hflip, vflip, keep_difficult)
-        self.raster = RasterRule(
-            bands=tuple(bands) if bands is not None else None,
-            scale=raster_scale if raster_scale == "auto" else float(raster_scale),
-        )
-        self.num_channels = len(bands) if bands is not None else 3
-        self.mean, self.std = default_stats(self.num_channels, mean, std)
+        self.set_bands(bands, raster_scale, mean, std)
         self._splits: dict[str, list[DetectionRecord]] | None = None
         #: degenerate (zero-area) objects dropped while reading (DOTA)
         self.num_degenerate = 0

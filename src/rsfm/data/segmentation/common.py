@@ -37,7 +37,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from rsfm.data.base import DataInfo, DataModule, check_folder, default_stats
+from rsfm.data.base import DataInfo, DataModule, check_folder
 from rsfm.data.io import IMAGE_EXTENSIONS, RasterRule, read_image
 from rsfm.utils.errors import DataError
 
@@ -610,12 +610,7 @@ class SegmentationDataModule(DataModule):
         self.hflip, self.vflip = bool(hflip), bool(vflip)
         self.resize_ratio = tuple(float(r) for r in resize_ratio) if resize_ratio is not None else None
         self.photometric_distortion = bool(photometric_distortion)
-        self.raster = RasterRule(
-            bands=tuple(bands) if bands is not None else None,
-            scale=raster_scale if raster_scale == "auto" else float(raster_scale),
-        )
-        self.num_channels = len(bands) if bands is not None else 3
-        self.mean, self.std = default_stats(self.num_channels, mean, std)
+        self.set_bands(bands, raster_scale, mean, std)
         self._splits: dict[str, list[tuple[Path, Path]]] | None = None
 
     # -- layout ------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from rsfm.utils.errors import ConfigError
+
 __all__ = ["Encoder"]
 
 
@@ -42,6 +44,29 @@ class Encoder(nn.Module):
         self._out_indices = None if out_indices is None else [int(i) for i in out_indices]
         #: build metadata (architecture, sizes, normalisation of an export)
         self.meta: dict[str, Any] = {}
+
+    def _load_export(self, weights: str, family: str, other: str, **kwargs: Any) -> None:
+        """Set :attr:`model` and :attr:`meta` from an rsfm encoder export of ``family``.
+
+        Args:
+            weights: path of the export (``.safetensors``).
+            family: ``vit`` or ``resnet``: the architectures this class builds.
+            other: the encoder class that builds the other family (named in the error).
+            **kwargs: passed to :func:`rsfm.models.export.load_encoder`.
+
+        Raises:
+            ConfigError: if the export holds another architecture.
+            CheckpointError: if it cannot be read.
+        """
+        from rsfm.models.export import is_resnet, load_encoder, read_encoder_meta
+
+        arch = str(read_encoder_meta(weights).get("arch", ""))
+        if not (is_resnet(arch) if family == "resnet" else arch == family):
+            raise ConfigError(
+                f"model.encoder.weights: {weights} holds a {arch or 'unknown'} encoder; use class_path: {other}"
+            )
+        self.model = load_encoder(weights, **kwargs)
+        self.meta = dict(self.model.rsfm_meta, weights=str(weights))
 
     def _finish(self) -> None:
         """Apply ``frozen`` once :attr:`model` exists (subclasses call it at the end of ``__init__``)."""

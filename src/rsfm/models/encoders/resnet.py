@@ -46,15 +46,7 @@ class ResNet(Encoder):
         import timm
 
         if weights:
-            from rsfm.models.export import is_resnet, load_encoder, read_encoder_meta
-
-            meta = read_encoder_meta(weights)
-            if not is_resnet(str(meta.get("arch", ""))):
-                raise ConfigError(
-                    f"model.encoder.weights: {weights} holds a {meta.get('arch')} encoder; use class_path: ViT"
-                )
-            self.model = load_encoder(weights, drop_path_rate=drop_path_rate, in_chans=in_chans)
-            self.meta = dict(self.model.rsfm_meta, weights=str(weights))
+            self._load_export(weights, "resnet", "ViT", drop_path_rate=drop_path_rate, in_chans=in_chans)
         else:
             if name not in timm.list_models("resnet*"):
                 raise ConfigError(f"model.encoder.name: {name!r} is not a timm ResNet (e.g. resnet50)")

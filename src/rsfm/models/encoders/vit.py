@@ -196,21 +196,15 @@ class ViT(Encoder):
     ) -> None:
         super().__init__(frozen, out_indices)
         if weights:
-            from rsfm.models.export import load_encoder, read_encoder_meta
-
-            meta = read_encoder_meta(weights)
-            if meta.get("arch") != "vit":
-                raise ConfigError(
-                    f"model.encoder.weights: {weights} holds a {meta.get('arch')} encoder; use class_path: ResNet"
-                )
-            self.model = load_encoder(
+            self._load_export(
                 weights,
+                "vit",
+                "ResNet",
                 global_pool=global_pool,
                 drop_path_rate=drop_path_rate,
                 dynamic_img_size=True,
                 in_chans=in_chans,
             )
-            self.meta = dict(self.model.rsfm_meta, weights=str(weights))
         else:
             if size not in VIT_SIZES:
                 raise ConfigError(f"model.encoder.size: unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
