@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -126,6 +127,25 @@ def test_against_pycocotools(seed):
         n = sum(int(((t["labels"] == k) & ~t["difficult"]).sum()) for t in targets)
         assert r["per_class"][name]["num_objects"] == n
     assert r["num_images"] == 6
+
+
+def test_world_gather_scores_every_rank_and_an_empty_rank_takes_part():
+    """Under DDP each rank passes its images through world_gather; all ranks get the whole-set figures."""
+    preds, targets = _scene(0)
+    whole = DetectionMAP(["a", "b"])
+    whole.update(preds, targets)
+    expected = whole.compute()
+
+    rank0, rank1, empty = DetectionMAP(["a", "b"]), DetectionMAP(["a", "b"]), DetectionMAP(["a", "b"])
+    rank0.update(preds[:2], targets[:2])
+    rank1.update(preds[2:], targets[2:])
+    state1 = pickle.loads(pickle.dumps((rank1._preds, rank1._targets)))  # what all_gather_object ships
+    gathered = rank0.compute(world_gather=lambda mine: [mine, state1])
+    assert gathered == expected and gathered["num_images"] == 6
+    # a rank that saw no image still computes (no collective is skipped) and gets the same figures
+    assert empty.compute(world_gather=lambda mine: [mine, (rank0._preds, rank0._targets), state1]) == expected
+    assert rank0.num_images == 2  # gathering leaves the metric as it was
+    assert empty.compute()["mAP50"] is None and empty.compute()["num_images"] == 0
 
 
 def test_difficult_is_ignored():

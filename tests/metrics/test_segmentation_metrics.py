@@ -196,3 +196,12 @@ def test_bad_inputs_raise():
         segmentation_scores(torch.zeros(3, 3), [0, 3])
     with pytest.raises(ValueError, match="outside"):
         segmentation_scores(torch.zeros(3, 3), [-1])
+
+
+@pytest.mark.parametrize("score_classes", [None, [0, 2]])
+def test_scores_stay_on_the_matrix_device(score_classes):
+    # torchmetrics keeps the matrix on the model's device (a GPU in training); the meta device
+    # stands in for it here: a CPU tensor mixed in would raise a device mismatch
+    cm = torch.randint(0, 50, (3, 3), device="meta")
+    scores = segmentation_scores(cm, score_classes)
+    assert {v.device.type for v in scores.values()} == {"meta"}

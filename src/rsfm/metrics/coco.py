@@ -5,7 +5,7 @@ The field's own protocol (VOC-style AP at IoU 0.5, as DIOR, DOTA and DIOR-R repo
 (torchmetrics' :class:`~torchmetrics.detection.MeanAveragePrecision`
 on the pycocotools backend): average precision over 101 recall points, ``mAP50`` at IoU
 0.5 and ``mAP50_95`` averaged over IoU 0.50:0.05:0.95, both for all object sizes and up to
-``max_detections`` detections per image. Per-class AP50 is read from COCOeval's precision
+``max_detections`` detections per image and class (COCOeval's cap). Per-class AP50 is read from COCOeval's precision
 table at IoU 0.5.
 
 Difficult objects are passed as COCO ``iscrowd`` regions, COCO's ignore mechanism: they
@@ -17,11 +17,11 @@ intersection over the detection's area.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics.detection import MeanAveragePrecision
 
 __all__ = ["DetectionMAP"]
@@ -32,12 +32,12 @@ def _score(value: float) -> float | None:
     return None if value < 0 or math.isnan(value) else 100.0 * float(value)
 
 
-class DetectionMAP(nn.Module):
+class DetectionMAP:
     """Accumulate detections and ground truth over images; compute mAP50 and mAP50:95.
 
     Args:
         class_names: the ``K`` class names, in label order.
-        max_detections: detections per image considered (COCO's 100; raise it for dense
+        max_detections: detections per image and class considered (COCO's 100; raise it for dense
             scenes such as DOTA's).
 
     Example:
@@ -50,26 +50,22 @@ class DetectionMAP(nn.Module):
     """
 
     def __init__(self, class_names: Sequence[str], max_detections: int = 100) -> None:
-        super().__init__()
         self.class_names = list(class_names)
         self.max_detections = int(max_detections)
-        self.map = MeanAveragePrecision(
-            box_format="xyxy",
-            iou_type="bbox",
-            class_metrics=True,
-            extended_summary=True,
-            max_detection_thresholds=[1, 10, self.max_detections],
-        )
         self.reset()
 
     def reset(self) -> None:
         """Forget the accumulated images."""
-        self.map.reset()
-        self.num_images = 0
-        self.num_objects = torch.zeros(len(self.class_names), dtype=torch.int64)
+        self._preds: list[dict[str, Tensor]] = []
+        self._targets: list[dict[str, Tensor]] = []
+
+    @property
+    def num_images(self) -> int:
+        """Images added on this process since the last :meth:`reset`."""
+        return len(self._preds)
 
     def update(self, preds: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]) -> None:
-        """Add images.
+        """Add images (kept on the CPU until :meth:`compute`).
 
         Args:
             preds: per image, ``boxes`` ``(M, 4)`` float32 xyxy pixels, ``scores`` ``(M,)``
@@ -83,7 +79,6 @@ class DetectionMAP(nn.Module):
         if len(preds) != len(targets):
             raise ValueError(f"got {len(preds)} predictions for {len(targets)} targets")
         k = len(self.class_names)
-        p_list, t_list = [], []
         for p, t in zip(preds, targets, strict=True):
             for name, labels in (("prediction", p["labels"]), ("target", t["labels"])):
                 if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
@@ -91,27 +86,28 @@ class DetectionMAP(nn.Module):
             difficult = t.get("difficult")
             if difficult is None:
                 difficult = torch.zeros_like(t["labels"], dtype=torch.bool)
-            p_list.append(
+            self._preds.append(
                 {
                     "boxes": p["boxes"].detach().float().cpu().reshape(-1, 4),
                     "scores": p["scores"].detach().float().cpu().reshape(-1),
                     "labels": p["labels"].detach().long().cpu().reshape(-1),
                 }
             )
-            t_list.append(
+            self._targets.append(
                 {
                     "boxes": t["boxes"].detach().float().cpu().reshape(-1, 4),
                     "labels": t["labels"].detach().long().cpu().reshape(-1),
                     "iscrowd": difficult.detach().long().cpu().reshape(-1),
                 }
             )
-            counted = t["labels"].detach().cpu()[~difficult.detach().cpu().bool()]
-            self.num_objects += torch.bincount(counted.long(), minlength=k)
-        self.map.update(p_list, t_list)
-        self.num_images += len(preds)
 
-    def compute(self) -> dict[str, Any]:
-        """The metrics of the images added so far.
+    def compute(self, world_gather: Callable[[Any], Sequence[Any]] | None = None) -> dict[str, Any]:
+        """The metrics of the images added so far (on every process, with ``world_gather``).
+
+        Args:
+            world_gather: optional; maps this process's images to those of every process
+                (e.g. :func:`rsfm.metrics.voc.distributed_gather` under DDP: every rank must
+                call it, also one that saw no image). None: this process's images only.
 
         Returns:
             ``mAP50`` and ``mAP50_95`` (percent; None when no ground truth was seen),
@@ -119,10 +115,28 @@ class DetectionMAP(nn.Module):
             ground truth), 'num_objects' (non-difficult ground-truth boxes)}}``,
             ``num_images`` and ``max_detections``.
         """
-        r = self.map.compute() if self.num_images else {}
+        mine = (self._preds, self._targets)
+        parts = world_gather(mine) if world_gather is not None else [mine]
+        preds = [p for part in parts for p in part[0]]
+        targets = [t for part in parts for t in part[1]]
+        num_objects = torch.zeros(len(self.class_names), dtype=torch.int64)
+        for t in targets:
+            num_objects += torch.bincount(t["labels"][t["iscrowd"] == 0], minlength=len(self.class_names))
+        r: dict[str, Any] = {}
+        if preds:
+            coco = MeanAveragePrecision(
+                box_format="xyxy",
+                iou_type="bbox",
+                class_metrics=True,
+                extended_summary=True,
+                max_detection_thresholds=[1, 10, self.max_detections],
+                sync_on_compute=False,  # the images of every rank are already here
+            )
+            coco.update(preds, targets)
+            r = coco.compute()
         per_class: dict[str, dict[str, Any]] = {
             n: {"AP50": None, "AP50_95": None, "num_objects": int(c)}
-            for n, c in zip(self.class_names, self.num_objects.tolist(), strict=True)
+            for n, c in zip(self.class_names, num_objects.tolist(), strict=True)
         }
         if r:
             classes = r["classes"].reshape(-1).tolist()
@@ -142,6 +156,6 @@ class DetectionMAP(nn.Module):
             "mAP50": _score(float(r["map_50"])) if r else None,
             "mAP50_95": _score(float(r["map"])) if r else None,
             "per_class": per_class,
-            "num_images": self.num_images,
+            "num_images": len(preds),
             "max_detections": self.max_detections,
         }

@@ -63,7 +63,7 @@ def segmentation_scores(confmat: Tensor, score_classes: Sequence[int] | None = N
         raise ValueError(f"confmat must be (K, K), got {tuple(confmat.shape)}")
     k = confmat.shape[0]
     cm = confmat.double()
-    scored = torch.zeros(k, dtype=torch.bool)
+    scored = torch.zeros(k, dtype=torch.bool, device=cm.device)  # the matrix may live on a GPU
     if score_classes is None:
         scored[:] = True
     else:
@@ -75,7 +75,7 @@ def segmentation_scores(confmat: Tensor, score_classes: Sequence[int] | None = N
     tp = rows.diagonal()
     fp = rows.sum(0) - tp
     fn = rows.sum(1) - tp
-    nan = torch.full((k,), math.nan, dtype=torch.float64)
+    nan = torch.full((k,), math.nan, dtype=torch.float64, device=cm.device)
     iou = torch.where(scored, _ratio(tp, tp + fp + fn), nan)
     f1 = torch.where(scored, _ratio(2 * tp, 2 * tp + fp + fn), nan)
     return {

@@ -390,14 +390,15 @@ def _rank_and_match(
 # --------------------------------------------------------------------------- DDP
 
 
-def distributed_gather(state: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Gather a :meth:`VOCMeanAP.state` from every process with ``torch.distributed``.
+def distributed_gather(state: Any) -> list[Any]:
+    """Gather a picklable state (e.g. :meth:`VOCMeanAP.state`) from every process with ``torch.distributed``.
 
-    Pass it as ``compute(world_gather=distributed_gather)``. Without an initialised process
-    group (a single process), returns ``[state]``.
+    Pass it as ``compute(world_gather=distributed_gather)`` of :class:`VOCMeanAP` or
+    :class:`~rsfm.metrics.coco.DetectionMAP`. Without an initialised process group (a single
+    process), returns ``[state]``.
 
     Args:
-        state: this process's :meth:`VOCMeanAP.state`.
+        state: this process's state.
 
     Returns:
         The states of all ranks, in rank order.

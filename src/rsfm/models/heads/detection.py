@@ -56,7 +56,8 @@ class DetectionMetricSet(HeadMetrics):
     Args:
         classes: class names.
         metric: ``voc12``, ``voc07`` or ``coco``.
-        max_detections: detections per image scored (None: all; COCO needs a number and uses 1000).
+        max_detections: detections per image scored (None: all; COCO needs a number, uses 1000
+            and caps per image and class).
     """
 
     def __init__(self, classes: list[str], metric: str = "voc12", max_detections: int | None = None) -> None:
@@ -90,15 +91,13 @@ class DetectionMetricSet(HeadMetrics):
 
     def _compute(self) -> dict[str, Any]:
         if self._result is None:
-            if self.metric == "coco":
-                self._result = self.coco.compute()
-            else:
-                import torch.distributed as dist
+            import torch.distributed as dist
 
-                from rsfm.metrics.voc import distributed_gather
+            from rsfm.metrics.voc import distributed_gather
 
-                distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-                self._result = self.voc.compute(world_gather=distributed_gather if distributed else None)
+            distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            metric = self.coco if self.metric == "coco" else self.voc
+            self._result = metric.compute(world_gather=distributed_gather if distributed else None)
         return self._result
 
     def compute(self) -> dict[str, float]:
