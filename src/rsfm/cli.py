@@ -32,7 +32,6 @@ DATA_HINT = (
     "point data.root at a folder of images, or download a public set with torchgeo where there is internet "
     "(`pip install torchgeo`; e.g. torchgeo.datasets.UCMerced('data/ucmerced', download=True))"
 )
-RECIPE_COMMANDS = ("pretrain", "finetune", "test", "predict")
 
 
 def _recipe(args: argparse.Namespace, rest: list[str]) -> dict[str, Any] | None:
@@ -152,10 +151,17 @@ def _stats(args: argparse.Namespace, rest: list[str]) -> int:
     from rsfm.data.base import check_folder
     from rsfm.data.io import RasterRule
     from rsfm.data.stats import compute_mean_std, format_stats
+    from rsfm.utils.errors import ConfigError
 
     check_folder(args.folder, "folder")
-    bands = tuple(int(b) for b in args.bands.split(",")) if args.bands else None
-    scale = args.raster_scale if args.raster_scale == "auto" else float(args.raster_scale)
+    try:
+        bands = tuple(int(b) for b in args.bands.split(",")) if args.bands else None
+    except ValueError:
+        raise ConfigError(f"--bands: expected 0-based band indices such as 3,2,1, got {args.bands!r}") from None
+    try:
+        scale = args.raster_scale if args.raster_scale == "auto" else float(args.raster_scale)
+    except ValueError:
+        raise ConfigError(f"--raster-scale: expected 'auto' or a number, got {args.raster_scale!r}") from None
     mean, std = compute_mean_std(
         args.folder, raster=RasterRule(bands=bands, scale=scale), max_images=args.max_images, seed=args.seed
     )
@@ -273,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rsfm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as err:
+        # Lightning answers Ctrl+C during fit/test with a graceful shutdown and exit(1)
+        if isinstance(err.__context__, KeyboardInterrupt):
+            print(f"rsfm {args.command}: interrupted", file=sys.stderr)
+            return 130
+        raise
 
 
 if __name__ == "__main__":

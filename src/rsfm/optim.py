@@ -76,12 +76,15 @@ class OptimConfig:
             raise ConfigError("set optim.lr (absolute peak learning rate) or optim.blr (per 256 samples)")
         if self.lr is not None and self.blr is not None:
             raise ConfigError(
-                f"set optim.lr or optim.blr, not both (got lr={self.lr}, blr={self.blr}); lr is the absolute peak rate"
+                f"set optim.lr or optim.blr, not both (got lr={self.lr}, blr={self.blr}); lr is the absolute peak "
+                "rate (to override a recipe's blr: optim.blr=null optim.lr=...)"
             )
         for key in ("lr", "blr"):
             value = getattr(self, key)
             if value is not None and not value >= 0:
                 raise ConfigError(f"optim.{key} must be >= 0, got {value}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two values in [0, 1), got {self.betas}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:

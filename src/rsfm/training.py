@@ -45,16 +45,28 @@ class TrainingModule(L.LightningModule):
 
     # -- randomness --------------------------------------------------------------------------
 
+    _batch_idx: int = 0
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed torch's global RNG from ``(seed, epoch, batch, rank)`` (resumable randomness)."""
+        self._batch_idx = batch_idx
         torch.manual_seed(step_seed(self.hparams.seed, self.current_epoch, batch_idx, self.global_rank))
 
     def step_generator(self, shared: bool = False) -> torch.Generator:
-        """A generator seeded from ``(seed, optimiser step, rank)``; ``shared``: the same on every rank (CPU)."""
+        """A generator seeded from ``(seed, optimiser step, rank)``; ``shared``: the same on every rank (CPU).
+
+        With ``trainer.accumulate_grad_batches > 1`` the micro-batch's place in the
+        accumulation is part of the seed too, so the micro-batches of one step draw
+        different noise (masks, token selection).
+        """
+        parts: tuple[int, ...] = (self.hparams.seed, self.global_step)
+        accumulate = int(getattr(self._trainer, "accumulate_grad_batches", 1) or 1)
+        if accumulate > 1:
+            parts += (self._batch_idx % accumulate,)
         if shared:
-            return torch.Generator().manual_seed(step_seed(self.hparams.seed, self.global_step, 0))
+            return torch.Generator().manual_seed(step_seed(*parts, 0))
         g = torch.Generator(device=self.device)
-        g.manual_seed(step_seed(self.hparams.seed, self.global_step, self.global_rank))
+        g.manual_seed(step_seed(*parts, self.global_rank))
         return g
 
     # -- run length ----------------------------------------------------------------------------

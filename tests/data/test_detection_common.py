@@ -126,7 +126,19 @@ def test_train_transform_drops_difficult_and_flags_survive_in_samples(nepu: Path
 
 
 def test_collate_lists() -> None:
-    assert collate_lists([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]) == {"a": [1, 2], "b": ["x", "y"]}
+    assert collate_lists([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]) == {"a": [1, 2], "b": ["x", "y"], "skipped": []}
+    # unreadable images are left out and listed; a batch of only those has empty lists
+    bad = {"skipped": ("x.jpg", "zero_byte"), "id": "x"}
+    assert collate_lists([bad, {"a": 2, "b": "y"}]) == {"a": [2], "b": ["y"], "skipped": [("x.jpg", "zero_byte")]}
+    empty = collate_lists([bad])
+    assert empty == {
+        "image": [],
+        "boxes": [],
+        "labels": [],
+        "difficult": [],
+        "id": [],
+        "skipped": [("x.jpg", "zero_byte")],
+    }
 
 
 # ------------------------------------------------------------------------------ split rules
@@ -134,7 +146,8 @@ def test_collate_lists() -> None:
 
 def test_named_splits_seeded_splits_and_their_checks(nepu: Path, tmp_path: Path) -> None:
     ids = ["0_15", "0_24", "0_31", "0_36"]
-    root = voc_copy(nepu, tmp_path / "voc", {"train": ids[:2], "val": ids[2:3], "test": ids[3:], "all": ids})
+    sets = {"train": ids[:2], "val": ids[2:3], "test": ids[3:], "trainval": ids[:3], "all": ids}
+    root = voc_copy(nepu, tmp_path / "voc", sets)
     named = VOCDataModule(str(root), val_split="val", test_split="test")
     assert {k: [r.id for r in v] for k, v in named.splits().items()} == {
         "train": ids[:2],
@@ -142,10 +155,13 @@ def test_named_splits_seeded_splits_and_their_checks(nepu: Path, tmp_path: Path)
         "test": ids[3:],
     }
     # only the test split named: validation drawn from training by val_fraction (at least one of >= 3)
-    drawn = VOCDataModule(str(root), train_split="all", test_split="test", val_fraction=0.25)
+    drawn = VOCDataModule(str(root), train_split="trainval", test_split="test", val_fraction=0.34)
     splits = drawn.splits()
-    assert [r.id for r in splits["test"]] == ids[3:] and len(splits["val"]) == 1 and len(splits["train"]) == 3
-    assert {r.id for r in splits["train"] + splits["val"]} == set(ids)  # 'all' includes the test image
+    assert [r.id for r in splits["test"]] == ids[3:] and len(splits["val"]) == 1 and len(splits["train"]) == 2
+    assert {r.id for r in splits["train"] + splits["val"]} == set(ids[:3])
+    # a training set that holds a test image is refused, naming both keys and the image
+    with pytest.raises(DataError, match=r"data.train_split and data.test_split share 1 image, e.g. \['JPEGImages/0_36"):
+        VOCDataModule(str(root), train_split="all", test_split="test", val_fraction=0.25).splits()
     with pytest.warns(UserWarning, match="data.test_split equals data.val_split"):
         VOCDataModule(str(root), val_split="test", test_split="test").splits()
     with pytest.raises(DataError, match="the test split is empty"):

@@ -72,7 +72,7 @@ def test_scan(bad_tree: Path) -> None:
     assert ".hidden.jpg" not in " ".join(names)
     skipped = {Path(p).name: r for p, r in ds.scan_skipped}
     assert skipped == {"empty.jpg": "zero_byte", "notes.txt": "not_an_image"}
-    assert ds.groups == [0] * 7 + [1] * 3
+    assert ds.groups == [0] * 7 + [1] * 3 and ds.group_names == ["class_a", "class_b"]
 
 
 @pytest.mark.parametrize("labeled", [False, True])
@@ -153,7 +153,9 @@ def test_labeled_rejects_root_files(bad_tree: Path, datasets: Path) -> None:
     shutil.copy(datasets / "aid" / "Airport" / "airport_10.jpg", bad_tree / "stray.jpg")
     with pytest.raises(ValueError, match="stray.jpg"):
         LabeledImageFolder(bad_tree)
-    assert len(ImageFolder(bad_tree)) == 11  # fine for an unlabeled folder
+    unlabeled = ImageFolder(bad_tree)  # fine for an unlabeled folder: root files form the group ''
+    assert len(unlabeled) == 11 and unlabeled.group_names == ["", "class_a", "class_b"]
+    assert unlabeled.groups[unlabeled.samples.index(bad_tree / "stray.jpg")] == 0
 
 
 def test_argument_validation(bad_tree: Path) -> None:

@@ -89,6 +89,9 @@ def test_bad_natural_roots_are_named(datasets: Path, aid_subset, tmp_path: Path)
     (tmp_path / "flat").mkdir()
     with pytest.raises(DataError, match="no class folder"):
         natural_classes(tmp_path / "flat")
+    four = dict(bands=[0, 1, 2, 3], mean=[0.5] * 4, std=[0.2] * 4)
+    with pytest.raises(DataError, match="data.bands: GeRSP's .* got 4 bands, expected 3"):
+        PairedDataModule(rs_root, nat_root, **four)
 
 
 def test_corrupt_files_are_skipped_and_counted(datasets: Path, aid_subset, tmp_path: Path) -> None:

@@ -15,9 +15,27 @@ def test_collate_all_skipped() -> None:
             {"skipped": ("b.jpg", "zero_byte"), "index": 1, "label": 0},
         ]
     )
-    assert batch["image"].shape == (0, 3, 0, 0) and batch["image"].dtype == torch.float32
+    # the channel count is unknown to the collate: the empty image does not claim one
+    assert batch["image"].shape == (0, 0, 0, 0) and batch["image"].dtype == torch.float32
     assert batch["index"].shape == (0,) and batch["label"].shape == (0,)
     assert batch["skipped"] == [("a.jpg", "truncated"), ("b.jpg", "zero_byte")]
+    # a datamodule that knows its channels says so
+    four = collate_skipping([{"skipped": ("a.tif", "truncated"), "index": 0}], num_channels=4)
+    assert four["image"].shape == (0, 4, 0, 0) and "label" not in four
+
+
+def test_collate_with_an_empty_batch_template() -> None:
+    empty = {"image": torch.empty((0, 5, 0, 0)), "mask": torch.empty((0, 0, 0), dtype=torch.int64), "id": []}
+    image, mask = torch.rand(5, 4, 4), torch.zeros(4, 4, dtype=torch.int64)
+    mixed = collate_skipping(
+        [{"skipped": ("a.png", "zero_byte"), "id": "a"}, {"image": image, "mask": mask, "id": "b"}], empty=empty
+    )
+    assert mixed["image"].shape == (1, 5, 4, 4) and mixed["id"] == ["b"] and "index" not in mixed
+    assert mixed["skipped"] == [("a.png", "zero_byte")]
+    none = collate_skipping([{"skipped": ("a.png", "zero_byte"), "id": "a"}], empty=empty)
+    assert none["image"].shape == (0, 5, 0, 0) and none["mask"].dtype == torch.int64 and none["id"] == []
+    none["id"].append("x")  # the template is copied, never shared between batches
+    assert empty["id"] == []
 
 
 def test_skip_report(tmp_path: Path) -> None:
@@ -51,7 +69,7 @@ def test_collate_keeps_readable_items_and_lists_the_rest() -> None:
     assert batch["label"].tolist() == [2, 1] and batch["label"].dtype == torch.int64
     assert batch["skipped"] == [("bad.jpg", "truncated")]
     unlabeled = collate_skipping([{"skipped": ("x.png", "zero_byte"), "index": 0}])
-    assert "label" not in unlabeled and unlabeled["image"].shape == (0, 3, 0, 0)
+    assert "label" not in unlabeled and unlabeled["image"].shape == (0, 0, 0, 0)
 
 
 def test_skip_report_repr_and_merge_of_reports() -> None:

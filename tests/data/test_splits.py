@@ -6,20 +6,38 @@ from pathlib import Path
 import pytest
 
 from rsfm.data.folder import ImageFolder, LabeledImageFolder
-from rsfm.data.splits import check_fraction, seeded_split, split_names, stratified_split
+from rsfm.data.splits import check_fraction, group_seed, seeded_split, split_names, stratified_split
 
 
 def test_stratified_split_basics() -> None:
-    groups = [0] * 10 + [1] * 5 + [2]
+    groups = ["a"] * 10 + ["b"] * 5 + ["c"]
     train, val = stratified_split(groups, 0.2, seed=0)
     assert sorted(train + val) == list(range(16)) and not set(train) & set(val)
-    assert Counter(groups[i] for i in val) == {0: 2, 1: 1}
+    assert Counter(groups[i] for i in val) == {"a": 2, "b": 1}
     assert stratified_split(groups, 0.2, seed=0) == (train, val)
     assert stratified_split(groups, 0.2, seed=1) != (train, val)
     assert stratified_split(groups, 0.0, seed=0) == (list(range(16)), [])
     assert 15 in stratified_split(groups, 0.9, seed=0)[0]  # singleton group stays in train
     with pytest.raises(ValueError, match="val_fraction"):
         stratified_split(groups, 1.0, seed=0)
+    with pytest.raises(TypeError, match="names"):
+        stratified_split([0] * 10 + [1] * 5, 0.2, seed=0)  # positional ids are refused
+
+
+def test_stratified_split_seeds_each_group_by_its_name() -> None:
+    def held_out(groups: list[str], seed: int = 0) -> dict[str, list[int]]:
+        """Held-out ranks within each group."""
+        _, val = stratified_split(groups, 0.25, seed)
+        return {g: [i - groups.index(g) for i in val if groups[i] == g] for g in dict.fromkeys(groups)}
+
+    two = held_out(["b"] * 20 + ["c"] * 20)
+    # a group added before them, or one removed, leaves the others' held-out items alone
+    assert {g: v for g, v in held_out(["a"] * 20 + ["b"] * 20 + ["c"] * 20).items() if g != "a"} == two
+    assert held_out(["c"] * 20)["c"] == two["c"]
+    assert held_out(["b"] * 20 + ["c"] * 20, seed=1) != two
+    assert held_out(["x"] * 20 + ["c"] * 20)["x"] != two["b"]  # a group's name, not its place, seeds it
+    # stable across processes and machines: CRC-32, not the per-process salted hash()
+    assert group_seed("Beach") == 0xAC458B1C and group_seed("") == 0
 
 
 def test_stratified_split_aid(datasets: Path) -> None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from engine_helpers import FINETUNE, PRETRAIN, REPO
 
 from rsfm.cli import main
 from rsfm.engine.config import format_parse_error, load_recipe, normalise_overrides
-from rsfm.utils.errors import ConfigError
+from rsfm.utils.errors import ConfigError, DataError
 
 RECIPES = [("finetune", p) for p in sorted(FINETUNE.glob("*.yaml"))] + [
     ("pretrain", p) for p in sorted(PRETRAIN.glob("*.yaml"))
@@ -78,6 +80,9 @@ def test_overrides_with_and_without_init_args_agree() -> None:
         ("data.class_path=NoData", "registered datasets: CDDDataModule"),
         ("foo.bar=1", "unknown section 'foo'"),
         ("sed=1", "sed: not a top-level key"),
+        ("optim.name=adam", "optim.name must be one of ('adamw', 'sgd'), got 'adam'"),
+        ("optim.betas=[0.9]", "optim.betas must be two values in [0, 1), got [0.9]"),
+        ("optim.blr=0.1", "set optim.lr or optim.blr, not both"),
     ],
 )
 def test_errors_name_the_key(override: str, expected: str) -> None:
@@ -85,6 +90,20 @@ def test_errors_name_the_key(override: str, expected: str) -> None:
         load_recipe("finetune", FINETUNE / "segmentation_dubai.yaml", [override])
     message = str(err.value)
     assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("evaluate.protocols=[knn,probe]", "evaluate.protocols: unknown ['probe']"),
+        ("evaluate.root=/no/such/dir", "evaluate.root: folder not found: /no/such/dir"),
+    ],
+)
+def test_the_evaluate_section_is_checked_before_pretraining(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError if "protocols" in override else DataError, match=re.escape(expected)):
+        load_recipe("pretrain", PRETRAIN / "selective_mae_vit_tiny.yaml", [override])
+    # switched off, the section is not checked: nothing will use it
+    load_recipe("pretrain", PRETRAIN / "selective_mae_vit_tiny.yaml", [override, "evaluate.enabled=false"])
 
 
 def test_misspelt_keys_inside_the_file_are_named(tmp_path: Path) -> None:
@@ -175,3 +194,12 @@ def test_sync_batchnorm_without_gpus_is_a_clear_error(tmp_path: Path, capsys) ->
             "trainer.accelerator=cpu", "trainer.sync_batchnorm=true"]  # fmt: skip
     assert main(argv) == 2
     assert "trainer.sync_batchnorm needs GPUs" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_an_accelerator_this_machine_lacks_is_one_line(tmp_path: Path, capsys) -> None:
+    argv = ["finetune", "--config", str(FINETUNE / "change_detection_levir.yaml"), f"output_dir={tmp_path}",
+            "trainer.accelerator=gpu"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: trainer: " in err[0], err

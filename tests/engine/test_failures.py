@@ -123,6 +123,27 @@ def test_metrics_csv_keeps_every_step_across_a_resume(tmp_path: Path, datasets: 
     assert steps == list(range(6))  # every step once: none lost, none repeated
 
 
+class ReadLogAt(L.Callback):
+    """Read ``metrics.csv`` as it is on disk once the run has taken ``step`` steps (what a SIGKILL would leave)."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.step, self.steps = path, step, None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step and self.steps is None:
+            with self.path.open() as f:
+                self.steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_every_checkpoint_has_its_log_rows_on_disk(tmp_path: Path, datasets: Path) -> None:
+    # a kill after the step-2 checkpoint must not leave a checkpoint whose steps have no rows
+    # (a resume keeps the rows before its step); Lightning writes the CSV rows at every log
+    args = small(tmp_path, datasets, "checkpoint.every_n_train_steps=2", "trainer.log_every_n_steps=1")
+    reader = ReadLogAt(tmp_path / "run" / "logs" / "metrics.csv", 3)
+    pretrain(load_recipe("pretrain", RECIPE, args), callbacks=[reader])
+    assert reader.steps is not None and reader.steps[:2] == [0, 1], reader.steps
+
+
 def test_kill_between_numbered_and_last_checkpoint(tmp_path: Path, datasets: Path) -> None:
     args = small(tmp_path, datasets, "checkpoint.every_n_train_steps=2", "trainer.log_every_n_steps=1")
     pretrain(load_recipe("pretrain", RECIPE, [*args, "trainer.limit_train_batches=4"]))
@@ -244,3 +265,31 @@ def test_user_errors_are_one_line_with_exit_2(case: str, tmp_path: Path, dataset
         assert "40 unexpected" in line and "… 37 more" in line
     if case in ("misspelt", "no_data", "yaml"):
         assert not (tmp_path / "ft").exists()
+
+
+def test_ctrl_c_during_a_run_exits_130(monkeypatch, tmp_path: Path, datasets: Path, capsys) -> None:
+    import rsfm.engine.run
+
+    def stopped_like_lightning(recipe, callbacks=None):
+        try:  # Lightning's answer to Ctrl+C inside fit: a graceful shutdown, then exit(1)
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            sys.exit(1)
+
+    monkeypatch.setattr(rsfm.engine.run, "pretrain", stopped_like_lightning)
+    assert main(["pretrain", "--config", str(RECIPE), *small(tmp_path, datasets)]) == 130
+    assert capsys.readouterr().err.strip() == "rsfm pretrain: interrupted"
+
+    def exits(recipe, callbacks=None):
+        sys.exit(3)  # any other exit passes through
+
+    monkeypatch.setattr(rsfm.engine.run, "pretrain", exits)
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--config", str(RECIPE), *small(tmp_path, datasets)])
+
+
+def test_stats_options_are_checked(tmp_path: Path, capsys) -> None:
+    assert main(["stats", str(tmp_path), "--bands", "3;2;1"]) == 2
+    assert "--bands: expected 0-based band indices" in stderr_line(capsys)
+    assert main(["stats", str(tmp_path), "--raster-scale", "ten"]) == 2
+    assert "--raster-scale: expected 'auto' or a number" in stderr_line(capsys)

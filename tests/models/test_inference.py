@@ -63,6 +63,22 @@ def test_slide_inference_averages_overlapping_windows(scene: torch.Tensor) -> No
         slide_inference(lambda w: w, scene[0], 3, crop=64, stride=64)
 
 
+def test_small_images_are_padded_with_the_given_colour(scene: torch.Tensor) -> None:
+    # the windows the model sees: the image at the top left, the fill (e.g. the data's mean) elsewhere
+    seen = []
+
+    def record(w):
+        seen.append(w.clone())
+        return torch.zeros(w.shape[0], 1, 64, 64)
+
+    mean = torch.tensor([0.3, 0.4, 0.5])
+    slide_inference(record, scene[..., :40, :50], 1, crop=64, stride=64, pad_value=mean)
+    (window,) = seen
+    torch.testing.assert_close(window[..., :40, :50], scene[..., :40, :50])
+    assert torch.equal(window[0, :, 40:, :], mean.view(3, 1, 1).expand(3, 24, 64))
+    assert torch.equal(window[0, :, :, 50:], mean.view(3, 1, 1).expand(3, 64, 14))
+
+
 def test_tile_windows_cover_with_overlap() -> None:
     wins = tile_windows(400, 1000, tile=192, overlap=64)
     xs = sorted({(x0, x1) for _, x0, _, x1 in wins})

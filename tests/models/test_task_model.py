@@ -107,6 +107,13 @@ def test_list_batches_of_different_sizes_are_padded(nepu_batch, one_thread) -> N
         feats = model.features({"image": images})
     assert feats.sizes == [(96, 96), (70, 90)] and feats.shape == (96, 96)  # padded to a multiple of 32
     assert feats.maps["image"][0].shape == (2, 192, 24, 24)
+    # a patch that does not divide 32 (14): list batches pad to a multiple of both
+    vit14 = {"class_path": "ViT", "init_args": {"size": "tiny", "img_size": 56, "patch_size": 14}}
+    det = {"det": {"class_path": "FasterRCNNHead", "init_args": {"fpn_channels": 16}}}
+    model = TaskModel(vit14, det, None, info)
+    with torch.no_grad():
+        feats = model.features({"image": images})
+    assert model.size_divisor == 224 and feats.shape == (224, 224) and feats.sizes == [(96, 96), (70, 90)]
 
 
 def _four_bands(image: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,27 @@ def test_test_command_reproduces_the_finetune_scores(name: str, finetuned) -> No
     assert list((folder / "test" / "visualisations").rglob("*.png"))
 
 
+def test_test_in_the_training_folder_keeps_the_training_logs(finetuned, tmp_path: Path) -> None:
+    run = finetuned("change_detection_levir")
+    copy = tmp_path / "copy"
+    shutil.copytree(run.folder, copy)  # the session's run stays as the other tests expect it
+    log = copy / "logs" / "metrics.csv"
+    history = log.read_bytes()
+    assert b"train/loss" in history
+    code, _, err = run.cli("test", "--checkpoint", str(copy / "checkpoints" / "best.ckpt"),
+                           f"output_dir={tmp_path}", "run_name=copy")  # fmt: skip
+    assert code == 0, err
+    assert log.read_bytes() == history
+    assert not list((copy / "checkpoints").glob("*.tmp")) and (copy / "test" / "metrics.json").is_file()
+
+
+def test_export_refuses_a_fine_tuning_checkpoint(finetuned, tmp_path: Path) -> None:
+    run = finetuned("change_detection_levir")
+    code, _, err = run_cli("export", "--checkpoint", str(run.best), "--out", str(tmp_path / "e.safetensors"))
+    assert code == 2 and "is a fine-tuning checkpoint" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "e.safetensors").exists()
+
+
 def test_test_with_a_checkpoint_that_does_not_fit_is_one_line(finetuned) -> None:
     run = finetuned("change_detection_levir")
     # concatenation adds fusion layers the checkpoint does not have
@@ -235,7 +257,7 @@ def test_predict_detection_geojson_in_map_coordinates(finetuned, datasets: Path,
     for f in fc["features"][:20]:
         x0, y0, x1, y1 = f["properties"]["bbox_px"]
         ring = f["geometry"]["coordinates"][0]
-        expect = [transform * xy for xy in [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]
+        expect = [transform @ xy for xy in [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]
         assert [v for xy in ring for v in xy] == pytest.approx([v for xy in expect for v in xy])
         assert 0 <= x0 < x1 <= 791 and 0 <= y0 < y1 <= 718
         assert f["properties"]["class"] == "oilwell"

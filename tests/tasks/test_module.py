@@ -120,9 +120,13 @@ def test_monitor_must_name_a_logged_metric(dubai) -> None:
     # monitor of a one-head recipe) or an unknown head is refused before training
     heads = {"a": UPERNET, "b": UPERNET}
     assert make_task(dubai, heads, monitor="val/b/mIoU").monitor == "val/b/mIoU"
-    for bad in ("val/mIoU", "val/c/mIoU", "train/a/mIoU"):
+    assert make_task(dubai, heads, monitor="val/a/mF1").monitor == "val/a/mF1"
+    for bad in ("val/mIoU", "val/c/mIoU", "train/a/mIoU", "val/a/miou", "val/a/mAP50"):
         with pytest.raises(ConfigError, match="model.monitor"):
             make_task(dubai, heads, monitor=bad)
+    # a metric the head does not compute is refused with the list to choose from
+    with pytest.raises(ConfigError, match=r"model\.monitor: 'val/foo' .*\['val/mIoU', 'val/OA', 'val/mF1'\]"):
+        make_task(dubai, {"segmentation": UPERNET}, monitor="val/foo")
     with pytest.raises(ConfigError, match="model.monitor"):
         make_task(dubai, {"segmentation": UPERNET}, monitor="val/segmentation/mIoU")
 

@@ -169,15 +169,22 @@ class ImageFolder(Dataset[dict[str, Any]]):
     image files are not samples; they are listed in :attr:`scan_skipped`. Files that fail to
     decode are found when read and returned as skipped items (see :meth:`__getitem__`).
 
-    The train/val split is stratified by the file's parent folder relative to ``root`` (a flat
-    folder is one group), so on a ``root/<class>/<file>`` tree it equals the split of
-    :class:`LabeledImageFolder` with the same ``val_fraction`` and ``split_seed``.
+    Each file belongs to the group named by the first component of its path below ``root``
+    (``root/<group>/**/<file>``; files directly in ``root`` form the group ``''``, so a flat
+    folder is one group). The train/val split is :func:`~rsfm.data.splits.stratified_split`
+    over these groups: ``val_fraction`` of each group, chosen by a generator seeded from
+    ``split_seed`` and the group's name. So on a tree without files directly in ``root`` it is
+    the split of :class:`LabeledImageFolder` with the same ``val_fraction`` and ``split_seed``,
+    at any depth (an encoder pretrained on the ``'train'`` split never saw a file of the
+    labeled ``'val'`` split), and adding, removing or changing one group's files does not
+    change which files of the other groups are held out.
 
     Attributes:
         root: the folder.
         samples: image files of this split.
-        groups: group id of each sample (index of its parent folder among the sorted parent
-            folders).
+        group_names: sorted names of the groups of the whole folder (``''`` for files
+            directly in ``root``).
+        groups: group of each sample, as its index in ``group_names``.
         scan_skipped: ``(path, reason)`` of files under root that are not samples (whole
             folder, not only this split).
 
@@ -235,19 +242,21 @@ class ImageFolder(Dataset[dict[str, Any]]):
                 f"No image files found under {self.root} (searched recursively for non-empty "
                 f"files with extensions {_accepted()}; {len(self.scan_skipped)} other files)"
             )
-        groups = self._make_groups(relative)
+        names = [self._group_name(rel) for rel in relative]
+        self.group_names: list[str] = sorted(set(names))
+        ids = {name: i for i, name in enumerate(self.group_names)}
         if split == "all":
             keep = list(range(len(samples)))
         else:
-            train, val = stratified_split(groups, val_fraction, split_seed)
+            train, val = stratified_split(names, val_fraction, split_seed)
             keep = train if split == "train" else val
         self.samples: list[Path] = [samples[i] for i in keep]
-        self.groups: list[int] = [groups[i] for i in keep]
+        self.groups: list[int] = [ids[names[i]] for i in keep]
 
-    def _make_groups(self, relative: list[str]) -> list[int]:
-        parents = [rel.rpartition("/")[0] for rel in relative]
-        ids = {parent: i for i, parent in enumerate(sorted(set(parents)))}
-        return [ids[parent] for parent in parents]
+    def _group_name(self, relative: str) -> str:
+        """Group of a file: the first component of its relative path, ``''`` directly in root."""
+        name, sep, _ = relative.partition("/")
+        return name if sep else ""
 
     def __len__(self) -> int:
         """Return the number of samples in this split."""
@@ -300,38 +309,35 @@ class ImageFolder(Dataset[dict[str, Any]]):
 class LabeledImageFolder(ImageFolder):
     """Images in class folders: ``root/<class>/**/<file>``, class = first-level folder.
 
-    Same arguments, scanning, skipping, split and augmentation rules as :class:`ImageFolder`;
-    the split is stratified by class. Items also carry ``'label': int`` (skipped items too, so
-    a batch of only skipped items still has an empty ``'label'`` tensor). An image directly in
-    ``root`` (no class folder) raises :class:`ValueError`.
-
-    Attributes:
-        classes: sorted names of the first-level folders that contain at least one image.
+    Same arguments, scanning, skipping, split and augmentation rules as :class:`ImageFolder`,
+    whose groups are the classes here: the split is stratified by class, and each class's
+    held-out files are those :class:`ImageFolder` holds out on the same folder. Items also
+    carry ``'label': int`` (skipped items too, so a batch of only skipped items still has an
+    empty ``'label'`` tensor). An image directly in ``root`` (no class folder) raises
+    :class:`ValueError`.
 
     .. versionadded:: 0.1
 
     """
 
-    classes: list[str]
+    @property
+    def classes(self) -> list[str]:
+        """Sorted names of the first-level folders that contain at least one image (``group_names``)."""
+        return self.group_names
 
     @property
     def targets(self) -> list[int]:
         """Class index of each sample of this split (the same list as ``groups``)."""
         return self.groups
 
-    def _make_groups(self, relative: list[str]) -> list[int]:
-        names = []
-        for rel in relative:
-            name, sep, _ = rel.partition("/")
-            if not sep:
-                raise ValueError(
-                    f"Image {self.root / rel} lies directly in {self.root}; a labeled folder "
-                    "expects root/<class>/<image> (move it into a class folder or remove it)"
-                )
-            names.append(name)
-        self.classes = sorted(set(names))
-        ids = {name: i for i, name in enumerate(self.classes)}
-        return [ids[name] for name in names]
+    def _group_name(self, relative: str) -> str:
+        name, sep, _ = relative.partition("/")
+        if not sep:
+            raise ValueError(
+                f"Image {self.root / relative} lies directly in {self.root}; a labeled folder "
+                "expects root/<class>/<image> (move it into a class folder or remove it)"
+            )
+        return name
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         """Read, and augment, one sample.

@@ -71,15 +71,16 @@ def combine_skipped(*datasets: ImageFolder | None) -> list[tuple[str, str]]:
 class FolderDataModule(DataModule):
     """Settings and datasets shared by the datamodules over an image folder.
 
-    The held-out split (``test_fraction`` of every sub-folder, stratified, seeded by
-    ``split_seed``) is the same set of files in pretraining, scene-classification fine-tuning
-    and ``rsfm evaluate``: an encoder pretrained on a folder never sees the images it is
-    tested on.
+    The held-out split (``test_fraction`` of every first-level sub-folder, stratified, each
+    sub-folder's share chosen by ``split_seed`` and the sub-folder's name; see
+    :class:`~rsfm.data.folder.ImageFolder`) is the same set of files in pretraining,
+    scene-classification fine-tuning and ``rsfm evaluate``: an encoder pretrained on a folder
+    never sees the images it is tested on.
 
     Args:
         root: folder of images, at any depth (class = first-level folder where it matters).
         img_size: side of the images fed to the model, pixels.
-        test_fraction: share of each sub-folder held out, 0 <= x < 1.
+        test_fraction: share of each first-level sub-folder held out, 0 <= x < 1.
         split_seed: seed of that split (keep it fixed across runs).
         batch_size: images per batch and device.
         num_workers: loader processes.

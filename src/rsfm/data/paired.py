@@ -150,7 +150,8 @@ class PairedDataModule(FolderDataModule):
         **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options.
 
     Raises:
-        DataError: if a folder is missing or holds no image, naming it.
+        DataError: if a folder is missing or holds no image, naming it; if ``bands`` picks
+            other than 3 bands (the augmentation and the natural images are RGB).
         ValueError: on an out-of-range setting.
 
     .. versionadded:: 0.2
@@ -167,6 +168,11 @@ class PairedDataModule(FolderDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(root, batch_size=batch_size, **kwargs)
+        if self.num_channels != 3:
+            raise DataError(
+                f"data.bands: GeRSP's augmentation (colour jitter, grayscale) and its natural images are RGB; "
+                f"got {self.num_channels} bands, expected 3"
+            )
         self.natural_root = Path(natural_root)
         self.classes = natural_classes(self.natural_root)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:

@@ -26,8 +26,12 @@ class PretrainDataModule(FolderDataModule):
     [0, 1], 'index': (B,) int64, 'skipped': list[(path, reason)]}`` with ``S = img_size`` and
     ``B <= batch_size`` (unreadable files are left out and counted).
 
-    The held-out split (``test_fraction``, stratified by sub-folder) is kept out of training;
-    it is what ``rsfm pretrain`` evaluates the encoder on and what reconstruction figures show.
+    The held-out split (``test_fraction`` of each first-level sub-folder, files directly in
+    ``root`` counting as one more group; see :class:`~rsfm.data.folder.ImageFolder`) is kept
+    out of training; it is what ``rsfm pretrain`` evaluates the encoder on and what
+    reconstruction figures show. On a labeled tree it is the test split of
+    :class:`~rsfm.data.scene.SceneClassificationDataModule` and ``rsfm evaluate`` with the
+    same ``test_fraction`` and ``split_seed``.
 
     Args:
         root: folder of images, at any depth.
@@ -81,9 +85,9 @@ class PretrainDataModule(FolderDataModule):
     def viz_batch(self, n: int = 8) -> Tensor:
         """Fixed images for reconstruction figures, without randomness.
 
-        The images are spread over the sub-folders (classes, on a labeled tree): the first
-        image of every sub-folder, then the second of every sub-folder, and so on, each in
-        path order; unreadable files are passed over.
+        The images are spread over the groups (first-level sub-folders, i.e. classes on a
+        labeled tree): the first image of every group, then the second of every group, and so
+        on, each in path order; unreadable files are passed over.
 
         Args:
             n: number of images.

@@ -30,11 +30,14 @@ def _subset(folder: LabeledImageFolder, positions: list[int], transform: Any) ->
 class SceneClassificationDataModule(FolderDataModule):
     """Class folders split three ways: train, val (checkpoint selection) and test (held out).
 
-    - **test**: ``test_fraction`` of each class, chosen by ``split_seed``. With the defaults
-      (0.2, seed 0) this is exactly the split ``rsfm pretrain`` holds back, so an encoder
-      pretrained by rsfm on the same folder has never seen a test image.
-    - **val**: ``val_fraction`` of each class of the remaining images (seed
-      ``split_seed + 1``); 0: no validation (the last checkpoint is tested).
+    - **test**: ``test_fraction`` of each class, chosen by ``split_seed`` and the class name
+      (:class:`~rsfm.data.folder.LabeledImageFolder`). With the same ``test_fraction`` and
+      ``split_seed`` (defaults 0.2 and 0) this is exactly the split ``rsfm pretrain``
+      (:class:`~rsfm.data.pretrain.PretrainDataModule`) holds back on the same folder, at any
+      depth, so an encoder pretrained by rsfm on it has never seen a test image; adding a
+      class folder does not change the test images of the others.
+    - **val**: ``val_fraction`` of each class of the remaining images, chosen likewise with
+      seed ``split_seed + 1``; 0: no validation (the last checkpoint is tested).
     - **train**: the rest, augmented (random resized crop, flips) unless ``augment`` is off.
 
     Batches (:func:`~rsfm.data.skips.collate_skipping`): ``{'image': (B, C, S, S) float32 in
@@ -78,7 +81,8 @@ class SceneClassificationDataModule(FolderDataModule):
         self.classes = rest.classes
         self.datasets["test"] = self.folder(LabeledImageFolder, True, evaluation)
         if self.val_fraction > 0:
-            train_pos, val_pos = stratified_split(rest.groups, self.val_fraction, self.split_seed + 1)
+            names = [rest.classes[g] for g in rest.groups]
+            train_pos, val_pos = stratified_split(names, self.val_fraction, self.split_seed + 1)
             self.datasets["train"] = _subset(rest, train_pos, train_tf)
             self.datasets["val"] = _subset(rest, val_pos, evaluation)
         else:

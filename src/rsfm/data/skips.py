@@ -10,45 +10,116 @@ it during a run and writes ``skipped_files.json``).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import UnidentifiedImageError
 from torch.utils.data import default_collate
 
+from rsfm.data.io import BadImageError
 from rsfm.utils.files import write_json
 
-__all__ = ["SkipReport", "collate_skipping"]
+__all__ = ["READ_ERRORS", "SkipReport", "collate_skipping", "skip_reason", "split_skipped"]
 
 
-def collate_skipping(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate dataset items, setting aside the skipped ones.
+#: exceptions that mean "this file cannot be read" (as opposed to a wrong setting or layout):
+#: :class:`~rsfm.data.io.BadImageError` from :func:`~rsfm.data.io.read_image`, and the
+#: ``OSError`` s (PIL's ``UnidentifiedImageError``, truncated streams, vanished files,
+#: rasterio's ``RasterioIOError``) of readers that open files themselves, such as mask readers.
+#: The task datasets (segmentation, detection, change) re-raise
+#: :class:`~rsfm.data.io.UnsupportedImageError` (a ``data.bands`` index the file lacks is a
+#: setting to fix, not a damaged file); the folder datasets skip it too.
+READ_ERRORS: tuple[type[BaseException], ...] = (BadImageError, OSError)
+
+
+def skip_reason(path: str | os.PathLike[str], err: BaseException) -> str:
+    """The :data:`~rsfm.data.io.BAD_IMAGE_REASONS` value of a file that failed to read.
 
     Args:
-        batch: items from :class:`ImageFolder` or :class:`LabeledImageFolder`.
+        path: the file that could not be read.
+        err: what reading it raised (one of :data:`READ_ERRORS`).
 
     Returns:
-        ``{'image': (B, 3, H, W) float32, 'index': (B,) int64, 'skipped': list[(path,
-        reason)]}`` plus ``'label': (B,) int64`` when the items have labels, where B counts
-        the readable items. When every item was skipped, B = 0: ``image`` is an empty
-        (0, 3, 0, 0) float32 tensor (the size is unknown), ``index``/``label`` are empty
-        int64 tensors; consumers test ``batch['image'].shape[0] == 0``.
+        ``err.reason`` for a :class:`~rsfm.data.io.BadImageError`; otherwise ``'zero_byte'``
+        for an empty file, ``'not_an_image'`` when PIL cannot identify the content,
+        ``'truncated'`` when the stream ends early, ``'unreadable'`` for anything else
+        (including a file that vanished).
+    """
+    if isinstance(err, BadImageError):
+        return err.reason
+    try:
+        if Path(path).stat().st_size == 0:
+            return "zero_byte"
+    except OSError:
+        return "unreadable"
+    if isinstance(err, UnidentifiedImageError):
+        return "not_an_image"
+    if "truncated" in str(err).lower():
+        return "truncated"
+    return "unreadable"
 
-    .. versionadded:: 0.1
 
+def split_skipped(batch: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[tuple[str, str]]]:
+    """Separate the readable items of a batch from the skipped ones.
+
+    Args:
+        batch: dataset items; a skipped one holds ``'skipped': (path, reason)``.
+
+    Returns:
+        ``(readable items, [(path, reason), ...] of the skipped ones)``, both in batch order.
     """
     good = [item for item in batch if "skipped" not in item]
-    skipped = [tuple(item["skipped"]) for item in batch if "skipped" in item]
+    skipped = [(str(item["skipped"][0]), str(item["skipped"][1])) for item in batch if "skipped" in item]
+    return good, skipped
+
+
+def collate_skipping(
+    batch: Sequence[Mapping[str, Any]],
+    num_channels: int | None = None,
+    empty: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Collate dataset items with torch's default collate, setting aside the skipped ones.
+
+    Args:
+        batch: items from a dataset that returns ``{'skipped': (path, reason), ...}`` for a
+            file it cannot read (:class:`ImageFolder`, :class:`LabeledImageFolder`, the
+            segmentation and change-detection datasets).
+        num_channels: ``C`` of the empty ``image`` of a batch whose items were all skipped
+            (folder form, see below); None: 0, the channel count being unknown here.
+        empty: the batch returned when every item was skipped, instead of the folder form
+            (tensors are cloned, lists copied), e.g. ``{'image': (0, C, 0, 0) float32,
+            'mask': (0, 0, 0) int64, 'id': []}`` for segmentation.
+
+    Returns:
+        The default collate of the readable items (``'index'`` and ``'label'``, when present,
+        as ``(B,)`` int64), e.g. ``{'image': (B, C, H, W) float32, 'index': (B,) int64}``,
+        plus ``'skipped': list[(path, reason)]``; B counts the readable items. When every
+        item was skipped, B = 0: ``empty`` if given, else the folder form ``{'image': (0, C,
+        0, 0) float32 (C = num_channels or 0; the size is unknown), 'index': (0,) int64}``
+        plus an empty ``'label'`` when the items carry labels. Consumers test
+        ``batch['image'].shape[0] == 0``.
+
+    .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``num_channels`` and ``empty``; the all-skipped folder batch no longer claims 3 channels.
+
+    """
+    good, skipped = split_skipped(batch)
+    out: dict[str, Any]
     if good:
-        out: dict[str, Any] = default_collate(good)
-        out["index"] = out["index"].to(torch.int64)
-        if "label" in out:
-            out["label"] = out["label"].to(torch.int64)
+        out = default_collate(list(good))
+        for key in ("index", "label"):
+            if isinstance(out.get(key), torch.Tensor):
+                out[key] = out[key].to(torch.int64)
+    elif empty is not None:
+        out = {k: v.clone() if isinstance(v, torch.Tensor) else copy.copy(v) for k, v in empty.items()}
     else:
         out = {
-            "image": torch.empty((0, 3, 0, 0), dtype=torch.float32),
+            "image": torch.empty((0, int(num_channels or 0), 0, 0), dtype=torch.float32),
             "index": torch.empty((0,), dtype=torch.int64),
         }
         if any("label" in item for item in batch):

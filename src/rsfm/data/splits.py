@@ -3,19 +3,21 @@
 Splits depend only on their arguments (items are passed in a canonical order, e.g. sorted by
 path), never on the file system's listing order, so the same folder and seed give the same
 split on every machine. The held-out split of pretraining, classification fine-tuning and
-``rsfm evaluate`` is one and the same :func:`stratified_split`.
+``rsfm evaluate`` is one and the same :func:`stratified_split` of a folder's files, grouped by
+their first-level folder and seeded by its name (see :class:`rsfm.data.folder.ImageFolder`).
 
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["check_fraction", "seeded_split", "split_names", "stratified_split"]
+__all__ = ["check_fraction", "group_seed", "seeded_split", "split_names", "stratified_split"]
 
 
 def check_fraction(fraction: float, name: str = "val_fraction") -> None:
@@ -24,17 +26,28 @@ def check_fraction(fraction: float, name: str = "val_fraction") -> None:
         raise ValueError(f"{name} must be in [0, 1), got {fraction}")
 
 
-def stratified_split(groups: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def group_seed(name: str) -> int:
+    """Stable 32-bit seed of a group name: CRC-32 of its UTF-8 bytes.
+
+    Unlike :func:`hash`, which is salted per process for strings, this is the same in every
+    process and on every machine. The empty name (files directly in a folder's root) gives 0.
+    """
+    return zlib.crc32(name.encode("utf-8"))
+
+
+def stratified_split(groups: Sequence[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split item positions into train and val, the same fraction from every group.
 
     Each group of ``n`` items sends ``round(n * val_fraction)`` of them (at most ``n - 1``, so
-    every group keeps at least one training item) to val, chosen by a random generator seeded
-    with ``(seed, group)``. The result depends only on the arguments: callers pass items in a
+    every group keeps at least one training item) to val. Which of its items go is chosen by a
+    random generator seeded with ``(seed, group_seed(name))``: from the group's name, not its
+    position among the groups, so adding or removing a group does not change the split of the
+    others. Within a group, items are taken in the order given; callers pass them in a
     canonical order (sorted by relative path), which makes the split independent of the file
-    system, and adding a group does not change the split of the others.
+    system. The result depends only on the arguments, in any process.
 
     Args:
-        groups: group id (e.g. class index) of each item.
+        groups: group name (e.g. class folder name) of each item.
         val_fraction: fraction of each group to hold out, 0 <= val_fraction < 1.
         seed: split seed.
 
@@ -44,22 +57,28 @@ def stratified_split(groups: Sequence[int], val_fraction: float, seed: int) -> t
 
     Raises:
         ValueError: if ``val_fraction`` is outside [0, 1).
+        TypeError: if a group is not a ``str`` (a positional id would tie the split to the
+            other groups).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       Groups are names, and each group's split is seeded from its name (it was seeded from
+       an integer group id, in practice the group's position among the sorted groups).
 
     """
     check_fraction(val_fraction)
-    members: dict[int, list[int]] = {}
+    members: dict[str, list[int]] = {}
     for position, group in enumerate(groups):
-        members.setdefault(int(group), []).append(position)
+        if not isinstance(group, str):
+            raise TypeError(f"stratified_split: groups must be names (str), got {type(group).__name__} {group!r}")
+        members.setdefault(group, []).append(position)
     val: list[int] = []
     if val_fraction > 0:
-        for group in sorted(members):
-            items = members[group]
+        for group, items in members.items():
             n_val = min(round(len(items) * val_fraction), len(items) - 1)
             if n_val <= 0:
                 continue
-            entropy = [seed & 0xFFFFFFFFFFFFFFFF, group & 0xFFFFFFFFFFFFFFFF]
+            entropy = [seed & 0xFFFFFFFFFFFFFFFF, group_seed(group)]
             rng = np.random.default_rng(np.random.SeedSequence(entropy))
             chosen = rng.choice(len(items), size=n_val, replace=False)
             val.extend(items[i] for i in chosen)

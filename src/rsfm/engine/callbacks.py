@@ -155,16 +155,17 @@ class NonFiniteGuard(L.Callback):
         """
         import shutil
 
-        from rsfm.engine.checkpoint import checkpoint_step
+        from rsfm.engine.checkpoint import checkpoint_step, resumable_checkpoints
         from rsfm.utils.files import atomic_write
 
         if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
             return None
         steps = {p: checkpoint_step(p) for p in self.checkpoint_dir.glob("*.ckpt")}
+        resumable = set(resumable_checkpoints(self.checkpoint_dir))  # best.ckpt is never a resume point
         for p, s in steps.items():
             if s >= step:
                 p.replace(p.with_name(p.name + ".diverged"))
-        good = {p: s for p, s in steps.items() if s < step}
+        good = {p: s for p, s in steps.items() if s < step and p in resumable}
         if not good:
             return None
         last = self.checkpoint_dir / "last.ckpt"
@@ -175,7 +176,9 @@ class NonFiniteGuard(L.Callback):
 
     def message(self, trainer: L.Trainer, what: str, good: tuple[Path, int] | None) -> str:
         """The one-line advice: where the last good state is and how to continue."""
-        if good is not None:
+        if not trainer.is_global_zero:
+            where = "rank 0 sets the checkpoints of this step aside and names the last good state"
+        elif good is not None:
             where = f"the last good state is {good[0]} (step {good[1]})"
         else:
             where = "no checkpoint holds a good state, so a rerun starts from scratch"
@@ -186,7 +189,12 @@ class NonFiniteGuard(L.Callback):
 
 
 class StoreRecipe(L.Callback):
-    """Keep the resolved recipe inside every checkpoint (``rsfm_recipe``), for export and test."""
+    """Keep the resolved recipe inside every checkpoint (``rsfm_recipe``).
+
+    ``rsfm export`` reads the data settings of a pretraining run from it; ``rsfm test`` and
+    ``rsfm predict`` take the recipe given on their command line (as the checkpoint was made
+    with), so the stored one is the record of how a checkpoint was trained.
+    """
 
     def __init__(self, recipe: dict[str, Any]) -> None:
         self.recipe = recipe

@@ -24,10 +24,17 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 
 from rsfm.models.export import mismatch_summary, non_finite_tensors
-from rsfm.utils.errors import CheckpointError, TrainingDiverged
+from rsfm.utils.errors import CheckpointError, OutputError, TrainingDiverged
 from rsfm.utils.files import atomic_write, remove_stale_temporaries
 
-__all__ = ["AtomicCheckpointIO", "checkpoint_step", "load_checkpoint", "load_weights", "resolve_resume"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "checkpoint_step",
+    "load_checkpoint",
+    "load_weights",
+    "resolve_resume",
+    "resumable_checkpoints",
+]
 
 _STEP = re.compile(r"step(\d+)")
 
@@ -52,7 +59,7 @@ class AtomicCheckpointIO(CheckpointIO):
             )
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
-        data = buffer.getvalue()
+        data = buffer.getbuffer()  # a view: the serialised checkpoint is held once
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
     def load_checkpoint(
@@ -128,27 +135,43 @@ def checkpoint_step(path: Path) -> int:
         return -1
 
 
+def resumable_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """``last.ckpt`` and the numbered ``epochNNN-stepNNNNNN.ckpt`` files of a run (not ``best.ckpt``)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    last = checkpoint_dir / "last.ckpt"
+    return sorted(p for p in checkpoint_dir.glob("*.ckpt") if p.is_file() and (p == last or _STEP.search(p.name)))
+
+
 def resolve_resume(checkpoint_dir: Path, resume: str | None) -> str | None:
     """The checkpoint a run resumes from.
 
-    ``None``/``"none"``: a fresh run. ``"auto"``: the newest of ``last.ckpt`` and the numbered
-    checkpoints of ``checkpoint_dir`` (by optimiser step; ``last.ckpt`` on ties), or None
-    when there is none; temporary files a killed write left there are removed first. Any
-    other value: that path.
+    ``"auto"``: the newest of ``last.ckpt`` and the numbered ``epochNNN-stepNNNNNN.ckpt``
+    checkpoints of ``checkpoint_dir`` (by optimiser step; ``last.ckpt`` on ties; ``best.ckpt``,
+    saved after validation, is never resumed from), or None when there is none; temporary
+    files a killed write left there are removed first. ``None``/``"none"``: a fresh run, in a
+    run folder without checkpoints. Any other value: that path.
 
     Raises:
         CheckpointError: if an explicit path does not exist.
+        OutputError: for a fresh run whose folder already holds checkpoints (an earlier run's
+            would mix with the new ones and win a later ``resume: auto``).
     """
+    found = sorted(p for p in checkpoint_dir.glob("*.ckpt") if p.is_file()) if checkpoint_dir.is_dir() else []
     if resume in (None, "", "none", "None"):
+        if found:
+            raise OutputError(
+                f"resume: none, but {checkpoint_dir} holds checkpoints of an earlier run ({found[0].name} ...); "
+                "choose another run_name, delete them, or continue it with resume: auto"
+            )
         return None
     if resume == "auto":
         remove_stale_temporaries(checkpoint_dir)
-        candidates = sorted(p for p in checkpoint_dir.glob("*.ckpt") if p.is_file()) if checkpoint_dir.is_dir() else []
+        last = checkpoint_dir / "last.ckpt"
+        candidates = resumable_checkpoints(checkpoint_dir)
         if not candidates:
             return None
-        last = checkpoint_dir / "last.ckpt"
-        best = max(candidates, key=lambda p: (checkpoint_step(p), p == last))
-        return str(best)
+        return str(max(candidates, key=lambda p: (checkpoint_step(p), p == last)))
     path = Path(resume)
     if not path.is_file():
         raise CheckpointError(f"resume: checkpoint not found: {path}")

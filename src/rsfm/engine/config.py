@@ -113,6 +113,10 @@ class VizConfig:
     num_images: int = 8
 
 
+#: the evaluation protocols of ``rsfm evaluate`` and the ``evaluate`` section
+EVAL_PROTOCOLS = ("knn", "linear", "finetune", "scratch")
+
+
 @dataclass
 class EvalConfig:
     """The ``evaluate`` section of pretraining: probes of the exported encoder (``rsfm evaluate``).
@@ -419,8 +423,34 @@ def load_recipe(command: str, path: str | Path | None, overrides: list[str] | No
 
     plain: dict[str, Any] = yaml.safe_load(text)
     plain.pop("config", None)
+    check_sections(plain)
     plain["_yaml"] = text
     return plain
+
+
+def check_sections(recipe: dict[str, Any]) -> None:
+    """Check the values of the plain sections (``optim``, ``evaluate``) before anything runs.
+
+    The parser checks keys and types; this checks what only the section knows (an unknown
+    optimiser, ``lr`` and ``blr`` together, an unknown protocol, a missing folder), so that a
+    bad recipe fails in seconds, before a run folder exists.
+
+    Raises:
+        ConfigError: naming ``optim.<key>`` or ``evaluate.<key>``.
+        DataError: if ``evaluate.root`` is set but not a folder.
+    """
+    from rsfm.data.base import check_folder
+    from rsfm.optim import OptimConfig
+
+    if recipe.get("optim") is not None:
+        OptimConfig(**recipe["optim"])
+    ev = recipe.get("evaluate")
+    if ev and ev.get("enabled"):
+        unknown = [p for p in ev.get("protocols") or [] if p not in EVAL_PROTOCOLS]
+        if unknown:
+            raise ConfigError(f"evaluate.protocols: unknown {unknown}; expected some of {list(EVAL_PROTOCOLS)}")
+        if ev.get("root"):
+            check_folder(ev["root"], "evaluate.root")
 
 
 def print_config(recipe: dict[str, Any]) -> None:

@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
+from rsfm.engine.config import EVAL_PROTOCOLS
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.files import atomic_write, write_json
 
 __all__ = ["PROTOCOLS", "evaluate", "run_finetune", "run_knn", "run_linear"]
 
-#: the protocols of :func:`evaluate`
-PROTOCOLS = ("knn", "linear", "finetune", "scratch")
+#: the protocols of :func:`evaluate` (and the ``evaluate.protocols`` of a pretraining recipe)
+PROTOCOLS = EVAL_PROTOCOLS
 
 
 def _say(verbose: bool, msg: str) -> None:
@@ -293,7 +294,7 @@ def evaluate(
     if unknown:
         raise ConfigError(f"--protocols: unknown {unknown}; expected some of {list(PROTOCOLS)}")
     if encoder_path is None and scratch_size is None:
-        raise ConfigError("--scratch_size is required without --encoder (e.g. tiny)")
+        raise ConfigError("--scratch-size is required without --encoder (e.g. tiny)")
     out = Path(out_dir)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)

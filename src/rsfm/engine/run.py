@@ -190,9 +190,16 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """Export the encoder of a pretraining checkpoint (``rsfm export``).
 
+    Args:
+        checkpoint: a ``.ckpt`` of an ``rsfm pretrain`` run.
+        out: the ``.safetensors`` file to write (weights + build metadata).
+
+    Returns:
+        ``out`` as a path.
+
     Raises:
-        CheckpointError: if the file is missing, unsafe, not an rsfm pretraining checkpoint,
-            or holds non-finite weights.
+        CheckpointError: if the file is missing, unsafe, not an rsfm pretraining checkpoint
+            (a fine-tuning one included), or holds non-finite weights.
     """
     from rsfm.engine.checkpoint import load_checkpoint, load_weights
     from rsfm.methods.module import PretrainTask
@@ -202,6 +209,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     hp = state.get("hyper_parameters") or {}
     if not {"model", "optim", "data"} <= set(hp) or "rsfm_recipe" not in state:
         raise CheckpointError(f"{checkpoint} is not an rsfm pretraining checkpoint (no method or recipe in it)")
+    if "heads" in hp["model"] or not {"model", "optim", "data", "batch_size", "seed"} >= set(hp):
+        raise CheckpointError(
+            f"{checkpoint} is a fine-tuning checkpoint (encoder and task heads); "
+            "rsfm export takes the checkpoint of an `rsfm pretrain` run"
+        )
     module = PretrainTask(**hp)
     load_weights(module, state, checkpoint)
     recipe = state["rsfm_recipe"]
@@ -322,7 +334,22 @@ def _load_task(recipe: dict[str, Any], checkpoint: str | Path) -> tuple[Any, Dat
 
 
 def test(recipe: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
-    """Evaluate a fine-tuned checkpoint on the recipe's test split; writes ``metrics.json``."""
+    """Evaluate a fine-tuned checkpoint on the recipe's test split (``rsfm test``).
+
+    Writes ``metrics.json`` and ``test/`` (reports, pictures) into the recipe's run folder;
+    a training run's checkpoints and ``logs/`` there are left as they are.
+
+    Args:
+        recipe: a checked fine-tuning recipe (the one the checkpoint was trained with).
+        checkpoint: the ``.ckpt`` file.
+
+    Returns:
+        ``run_dir``, ``checkpoint`` and ``metrics`` (test scores, percent).
+
+    Raises:
+        CheckpointError: if the file is missing, unsafe or does not fit the recipe's model.
+        DataError: if the recipe's data cannot be read.
+    """
     from rsfm.engine.data import LightningData
     from rsfm.engine.trainer import build_trainer
 
@@ -330,7 +357,7 @@ def test(recipe: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
     module, data = _load_task(recipe, checkpoint)
     _make_run_dir(out)
     module.out_dir = str(out / "test")
-    trainer = build_trainer(out, recipe["trainer"], recipe["checkpoint"])
+    trainer = build_trainer(out, recipe["trainer"], recipe["checkpoint"], fitting=False)
     tested = trainer.test(module, datamodule=LightningData(data))
     return {"run_dir": str(out), **_summary(out, recipe, tested, str(checkpoint))}
 
@@ -338,7 +365,22 @@ def test(recipe: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
 def predict(
     recipe: dict[str, Any], checkpoint: str | Path, inputs: list[str], output: str | Path, head: str | None = None
 ) -> Path:
-    """Run a fine-tuned checkpoint on image files (see :func:`rsfm.tasks.predict.predict_files`)."""
+    """Run a fine-tuned checkpoint on image files (``rsfm predict``).
+
+    Args:
+        recipe: a checked fine-tuning recipe (the one the checkpoint was trained with).
+        checkpoint: the ``.ckpt`` file.
+        inputs: image files (two, before and after, for change detection).
+        output: file or folder to write (see :func:`rsfm.tasks.predict.predict_files`).
+        head: the head to run; None: the model's only or first head.
+
+    Returns:
+        The path written.
+
+    Raises:
+        DataError: if an input file is missing or unreadable.
+        CheckpointError: if the checkpoint is missing, unsafe or does not fit the model.
+    """
     from rsfm.tasks.predict import predict_files
     from rsfm.utils.errors import DataError
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -32,6 +33,7 @@ def build_trainer(
     resume_step: int | None = None,
     callbacks: list[L.Callback] | None = None,
     validate: bool = True,
+    fitting: bool = True,
 ) -> L.Trainer:
     """A trainer writing into ``run_dir``.
 
@@ -52,12 +54,15 @@ def build_trainer(
         resume_step: the step a resumed run starts from (the CSV log keeps rows up to it).
         callbacks: extra callbacks.
         validate: run the validation loop (off: ``limit_val_batches=0``).
+        fitting: False for a trainer that only tests (``rsfm test``): no checkpoints and no
+            loggers, so the training run's ``logs/`` stay as they are.
 
     Returns:
         The trainer.
 
     Raises:
-        ConfigError: for ``trainer.sync_batchnorm`` without GPUs.
+        ConfigError: for ``trainer.sync_batchnorm`` without GPUs, or trainer settings Lightning
+            rejects (an accelerator this machine lacks, a bad device count...).
     """
     t = dict(trainer)
     if t.get("sync_batchnorm") and (t.get("accelerator") == "cpu" or not torch.cuda.is_available()):
@@ -72,6 +77,8 @@ def build_trainer(
     every_epochs = None if every_steps else checkpoint.get("every_n_epochs", 1)
     cbs: list[L.Callback] = [
         ModelCheckpoint(
+            # at the end of every training epoch, also when validation runs less often
+            save_on_train_epoch_end=True,
             dirpath=ckpt_dir,
             filename="epoch{epoch:03d}-step{step:06d}",
             auto_insert_metric_name=False,
@@ -82,7 +89,9 @@ def build_trainer(
             enable_version_counter=False,
         )
     ]
-    if monitor is not None:
+    if not fitting:
+        cbs = []
+    elif monitor is not None:
         cbs.append(
             ModelCheckpoint(
                 dirpath=ckpt_dir,
@@ -95,22 +104,30 @@ def build_trainer(
                 enable_version_counter=False,
             )
         )
-    cbs += [SkipReportCallback(), NonFiniteGuard(ckpt_dir)]
+    cbs.append(SkipReportCallback())
+    if fitting:
+        cbs.append(NonFiniteGuard(ckpt_dir))
     if recipe is not None:
         cbs.append(StoreRecipe(recipe))
     cbs += callbacks or []
-    loggers = [
-        ResumableCSVLogger(run_dir, name="logs", version="", resume_step=resume_step),
-        TensorBoardLogger(run_dir, name="tensorboard", version=""),
-    ]
+    loggers: list[Any] | bool = False
+    if fitting:
+        loggers = [
+            ResumableCSVLogger(run_dir, name="logs", version="", resume_step=resume_step),
+            TensorBoardLogger(run_dir, name="tensorboard", version=""),
+        ]
     if not validate:
         t["limit_val_batches"] = 0
-    return L.Trainer(
-        default_root_dir=run_dir,
-        callbacks=cbs,
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # rsfm's loaders shard with their own resumable sampler
-        num_sanity_val_steps=0,
-        **t,
-    )
+    try:
+        return L.Trainer(
+            default_root_dir=run_dir,
+            callbacks=cbs,
+            logger=loggers,
+            enable_checkpointing=fitting,
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # rsfm's loaders shard with their own resumable sampler
+            num_sanity_val_steps=0,
+            **t,
+        )
+    except (MisconfigurationException, TypeError, ValueError) as err:  # Lightning's checks of the values
+        raise ConfigError(f"trainer: {err}") from None

@@ -23,9 +23,6 @@ from torchmetrics.classification import BinaryConfusionMatrix
 
 __all__ = ["ChangeDetectionMetrics", "change_scores"]
 
-#: score names, in the order they are reported
-SCORES = ("precision", "recall", "F1", "IoU", "OA")
-
 
 def change_scores(confmat: Tensor) -> dict[str, float]:
     """Scores of the change class from a binary confusion matrix.

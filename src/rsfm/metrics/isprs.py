@@ -6,8 +6,8 @@ the boundaries between objects are eroded with a circular disc of 3-pixel radius
 of the evaluation, so that uncertain border pixels do not count. The field (RVSA, MTP and most papers since) reports
 scores on that eroded ground truth and over the first five classes only, leaving clutter out.
 
-* :func:`erode_boundaries` makes eroded-boundary ground truth from full label maps (for sets shipped without it, or
-  to apply the same protocol elsewhere).
+* :func:`rsfm.data.segmentation.boundaries.erode_boundaries` makes eroded-boundary ground truth from
+  full label maps (for sets shipped without it, or to apply the same protocol elsewhere).
 * :func:`isprs_scores` turns a 6-class confusion matrix into the five-class scores: per-class F1 and IoU, mF1, mIoU
   and OA, in percent.
 

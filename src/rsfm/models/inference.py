@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["merge_detections", "slide_inference", "tile_windows", "window_starts"]
@@ -25,6 +24,14 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
 
     Windows start every ``stride`` pixels; the last one is moved back to end at ``size`` so
     that all windows lie inside the image (a single window at 0 when ``size <= crop``).
+
+    Args:
+        size: image side, pixels.
+        crop: window side, pixels.
+        stride: step between windows, pixels.
+
+    Returns:
+        Sorted window offsets, pixels.
 
     Raises:
         ValueError: if ``crop`` or ``stride`` is not positive or ``stride > crop`` (gaps).
@@ -45,24 +52,27 @@ def slide_inference(
     crop: int,
     stride: int,
     batch_windows: int = 8,
+    pad_value: Tensor | None = None,
 ) -> Tensor:
     """Predict an image of any size with overlapping ``crop × crop`` windows.
 
-    Each window's logits are added into a full-size map and divided by how many windows
-    covered each pixel. An image smaller than the crop (in either side) is padded at the
-    bottom/right with zeros (the mean colour after normalisation) and the padding cropped off
-    the result. A pixel covered by one window gets exactly that window's logits.
+    Each window's output (logits, or probabilities) is added into a full-size map and
+    divided by how many windows covered each pixel. An image smaller than the crop (in either
+    side) is padded at the bottom/right with ``pad_value`` and the padding cropped off the
+    result. A pixel covered by one window gets exactly that window's output.
 
     Args:
-        fn: model mapping ``(N, C, crop, crop)`` to ``(N, K, crop, crop)`` logits.
-        image: ``(B, C, H, W)`` float32, normalised.
+        fn: model mapping ``(N, C, crop, crop)`` to ``(N, K, crop, crop)`` outputs.
+        image: ``(B, C, H, W)`` float32 (rsfm passes images in [0, 1]; ``fn`` normalises).
         num_classes: ``K``.
         crop: window side in pixels.
         stride: step between windows in pixels, ``<= crop``.
         batch_windows: windows per call of ``fn`` (times ``B`` images).
+        pad_value: ``(C,)`` per-band fill of the padding, e.g. the data's mean so that the
+            padding normalises to 0 as in training; None: zeros.
 
     Returns:
-        ``(B, K, H, W)`` float32 logits on ``image``'s device.
+        ``(B, K, H, W)`` float32 averaged outputs on ``image``'s device.
 
     Raises:
         ValueError: on bad sizes or if ``fn`` returns the wrong shape.
@@ -70,10 +80,15 @@ def slide_inference(
     """
     if image.ndim != 4:
         raise ValueError(f"image must be (B, C, H, W), got {tuple(image.shape)}")
-    b, _, h, w = image.shape
+    b, c, h, w = image.shape
     pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
     if pad_h or pad_w:
-        image = F.pad(image, (0, pad_w, 0, pad_h))
+        if pad_value is None:
+            padded = image.new_zeros((b, c, h + pad_h, w + pad_w))
+        else:
+            padded = pad_value.to(image).reshape(1, c, 1, 1).expand(b, c, h + pad_h, w + pad_w).clone()
+        padded[..., :h, :w] = image
+        image = padded
     hp, wp = image.shape[-2:]
     boxes = [(y, x) for y in window_starts(hp, crop, stride) for x in window_starts(wp, crop, stride)]
     logits = image.new_zeros((b, num_classes, hp, wp), dtype=torch.float32)
@@ -136,7 +151,7 @@ def merge_detections(
 
     Returns:
         ``boxes`` ``(M, 4)`` float32 xyxy image pixels, ``scores`` ``(M,)``, ``labels`` ``(M,)``,
-        sorted by decreasing score.
+        sorted by decreasing score, on the detections' device (the CPU when there are no tiles).
     """
     boxes = [
         d["boxes"] + d["boxes"].new_tensor([x0, y0, x0, y0]) for d, (y0, x0) in zip(detections, offsets, strict=True)

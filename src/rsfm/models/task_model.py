@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,14 @@ __all__ = ["TaskModel", "build_part", "resolve_class"]
 
 def resolve_class(class_path: str, registry: Registry, key: str) -> type:
     """The class a recipe names: a registered name (``UperNetHead``) or an import path.
+
+    Args:
+        class_path: a name registered in ``registry`` or ``package.module.Class``.
+        registry: where registered names are looked up (``HEADS``, ``ENCODERS``...).
+        key: the recipe key, named in errors (``model.heads.segmentation``).
+
+    Returns:
+        The class.
 
     Raises:
         ConfigError: naming ``key`` if the class cannot be found.
@@ -55,6 +64,15 @@ def build_part(spec: Mapping[str, Any], registry: Registry, key: str, **fill: An
 
     ``fill`` supplies values the data decides (``in_chans``), used only where the class takes
     that argument and the recipe left it None.
+
+    Args:
+        spec: ``{"class_path": ..., "init_args": {...}}`` from a recipe.
+        registry: where registered names are looked up.
+        key: the recipe key, named in errors.
+        **fill: defaults for arguments the recipe left None.
+
+    Returns:
+        The instance.
 
     Raises:
         ConfigError: naming ``key`` on an unknown class or arguments it does not take.
@@ -146,8 +164,9 @@ class TaskModel(nn.Module):
         if not any(h.input == "pooled" for h in self.heads.values()):
             self.encoder.drop_pooling()
         self.info = info
-        #: padding multiple of list batches: the coarsest stride and 32
-        self.size_divisor = int(max([32, *strides]))
+        #: padding multiple of list batches: a multiple of 32, the coarsest stride and the
+        #: encoder's input multiple (e.g. a ViT's patch)
+        self.size_divisor = math.lcm(int(max([32, *strides])), int(self.encoder.input_multiple))
 
     # -- features ---------------------------------------------------------------------------
 
@@ -160,32 +179,38 @@ class TaskModel(nn.Module):
         maps = self.encoder.forward_intermediates(x)
         return self.neck(maps) if self.neck is not None else maps
 
-    def _stack(self, images: Tensor | Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
-        if isinstance(images, Tensor):
-            return images, [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
-        return _pad_batch([self.normalise(t[None])[0] for t in images], self.size_divisor)
-
     def features(self, batch: Mapping[str, Any], *heads: Head) -> Features:
         """Encoder (and neck) outputs of a batch for ``heads`` (all heads when none given).
 
         Images of the heads' :attr:`~rsfm.models.heads.base.Head.image_keys` are normalised
-        and run through the encoder together in one pass (same size required); list
-        batches (images of different sizes, as detection's) are padded.
+        and run through the encoder together in one pass (same size required). Tensor
+        batches are padded bottom/right to the encoder's input multiple; list batches
+        (images of different sizes, as detection's) are padded to a common size, a multiple
+        of :attr:`size_divisor`. Padding is 0 after normalising (the mean colour).
+
+        Args:
+            batch: ``{key: (B, C, H, W) float32 in [0, 1]}``, or a list of ``(C, H_i, W_i)``
+                per key for list batches.
+            *heads: the heads whose inputs to compute.
+
+        Returns:
+            :class:`~rsfm.models.heads.base.Features`: per image key, the pyramid maps and/or
+            pooled features, with the images' sizes before padding.
         """
         heads = heads or tuple(self.heads.values())
         keys = list(dict.fromkeys(k for h in heads for k in h.image_keys))
         kinds = {h.input for h in heads}
         tensors, sizes = [], []
-        m = self.encoder.input_multiple
+        multiple = self.encoder.input_multiple
         for key in keys:
             images = batch[key]
             if isinstance(images, Tensor):
                 h, w = int(images.shape[-2]), int(images.shape[-1])
                 t, s = self.normalise(images), [(h, w)] * images.shape[0]
-                if h % m or w % m:  # pad bottom/right with the mean colour (0 after normalising)
-                    t = F.pad(t, (0, (-w) % m, 0, (-h) % m))
+                if h % multiple or w % multiple:  # pad bottom/right with the mean colour (0 after normalising)
+                    t = F.pad(t, (0, (-w) % multiple, 0, (-h) % multiple))
             else:
-                t, s = self._stack(images)
+                t, s = _pad_batch([self.normalise(i[None])[0] for i in images], self.size_divisor)
             tensors.append(t)
             sizes = s
         x = torch.cat(tensors) if len(tensors) > 1 else tensors[0]

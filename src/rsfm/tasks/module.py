@@ -13,11 +13,13 @@ e.g. ``val/mIoU``). All scores are percentages.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from rsfm.data.base import DataInfo
 from rsfm.models.heads.base import Head
@@ -33,7 +35,9 @@ __all__ = ["DownstreamTask"]
 class DownstreamTask(TrainingModule):
     """Fine-tunes and evaluates a :class:`~rsfm.models.task_model.TaskModel`.
 
-    Batches are the datamodule's sample dicts (images in [0, 1]; the model normalises).
+    Batches are the datamodule's sample dicts (images in [0, 1]; the model normalises). Files
+    the loaders could not read are already left out of them and listed under ``skipped`` (the
+    skip report counts them); a batch may thus hold fewer samples than ``batch_size``, or none.
 
     Args:
         model: ``{"encoder": spec, "neck": spec | None, "heads": {name: spec}}``, each spec
@@ -76,17 +80,45 @@ class DownstreamTask(TrainingModule):
         self.test_metrics = nn.ModuleDict({n: self.model.heads[n].make_metrics() for n in evaluated})
         first = self.model.heads[evaluated[0]]
         self.monitor = monitor or self.metric_key("val", evaluated[0], str(first.monitor))
-        parts = self.monitor.split("/")
-        named = 2 if len(evaluated) == 1 else 3  # val/<metric> or val/<head>/<metric>
-        if parts[0] != "val" or len(parts) != named or (named == 3 and parts[1] not in evaluated):
-            example = self.metric_key("val", evaluated[0], str(first.monitor))
-            raise ConfigError(
-                f"model.monitor: {self.monitor!r} is not a validation metric of this task; with "
-                f"{len(evaluated)} evaluated head(s) they are named like {example!r}"
-            )
+        self._check_monitor()
         #: folder of the test outputs (``metrics.json``, ``visualisations/``); None: the log folder
         self.out_dir: str | None = None
         self._visuals: dict[str, list[tuple[str, Any]]] = {}
+        self._warned_single = False
+
+    def _check_monitor(self) -> None:
+        """Refuse a ``model.monitor`` that no evaluated head logs (before any training).
+
+        Raises:
+            ConfigError: naming ``model.monitor`` and the validation metrics of this task, or
+                ``model.heads.<name>`` whose ``monitor`` its own metrics do not compute.
+        """
+        known: list[str] = []
+        declared = True
+        for name in self.evaluated:
+            head, names = self.model.heads[name], self.val_metrics[name].names
+            if not names:
+                declared = False
+                continue
+            if head.monitor not in names:
+                raise ConfigError(
+                    f"model.heads.{name}: {type(head).__name__}.monitor {head.monitor!r} is not one of "
+                    f"the metrics it computes {list(names)}"
+                )
+            known += [self.metric_key("val", name, metric) for metric in names]
+        if self.monitor in known:
+            return
+        parts = self.monitor.split("/")
+        named = 2 if len(self.evaluated) == 1 else 3  # val/<metric> or val/<head>/<metric>
+        well_formed = parts[0] == "val" and len(parts) == named and (named == 2 or parts[1] in self.evaluated)
+        if not declared and well_formed:
+            return  # a head whose metrics do not list their names: only the form can be checked
+        first = self.model.heads[self.evaluated[0]]
+        example = self.metric_key("val", self.evaluated[0], str(first.monitor))
+        raise ConfigError(
+            f"model.monitor: {self.monitor!r} is not a validation metric of this task; "
+            + (f"choose one of {known}" if declared else f"they are named like {example!r}")
+        )
 
     def metric_key(self, stage: str, head: str, metric: str) -> str:
         """``stage/metric`` with one evaluated head, ``stage/head/metric`` with several."""
@@ -115,14 +147,32 @@ class DownstreamTask(TrainingModule):
                 return int(x.shape[0]) if isinstance(x, Tensor) else len(x)
         return 0
 
+    def _batchnorm_needs_two(self) -> bool:
+        """Whether a plain (not synchronised) BatchNorm layer is training: it cannot normalise one sample's 1×1 map."""
+        return any(
+            isinstance(m, _BatchNorm) and not isinstance(m, nn.SyncBatchNorm) and m.training
+            for m in self.model.modules()
+        )
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         """Weighted sum of every head's loss over one encoder pass.
 
-        A batch with no readable sample is skipped in one process and contributes a zero
-        loss (touching every parameter) under DDP.
+        A batch with no readable sample is passed over (no optimiser step) in one process and
+        contributes a zero loss (touching every parameter) under DDP. So is a batch that
+        unreadable files left with a single sample while the model trains plain BatchNorm
+        layers (UperNet's pooling pyramid normalises 1×1 maps, which needs two samples); one
+        warning says so.
         """
         n = self.batch_size_of(batch)
-        if n == 0:
+        single = n == 1 and bool(batch.get("skipped")) and self._batchnorm_needs_two()
+        if single and not self._warned_single:
+            self._warned_single = True
+            warnings.warn(
+                "a training batch left with one readable sample by skipped files was passed over: "
+                "the model's BatchNorm layers need at least two samples",
+                stacklevel=2,
+            )
+        if n == 0 or single:
             return self.zero_loss() if self.trainer.world_size > 1 else None
         features = self.model.features(batch)
         total: Tensor | None = None

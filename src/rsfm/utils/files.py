@@ -44,7 +44,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> P
     """Write a file atomically: ``write(tmp_path)``, then rename the temporary file over ``path``.
 
     The temporary file lies in ``path``'s folder (so the rename is atomic and nothing is left
-    in the system temp folder) and is deleted if ``write`` raises. The result gets the
+    in the system temp folder), is flushed to disk before the rename, and is deleted if
+    ``write`` raises. The result gets the
     permissions a plain ``open()`` would give it (``0o666`` minus the umask).
 
     Args:
@@ -55,8 +56,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> P
         The destination as a ``Path``.
 
     Raises:
-        OutputError: if the destination folder cannot be created or written (names it).
-        Exception: whatever ``write`` raises (the temporary file is removed first).
+        OutputError: if the destination folder cannot be created or written, or writing
+            fails with an OS error such as a full disk (names the file).
+        Exception: whatever else ``write`` raises (the temporary file is removed first).
     """
     path = Path(path)
     _make_parent(path)
@@ -69,13 +71,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> P
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename: a crash leaves the old file or the new
+            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+            raise OutputError(f"cannot write {path}: {err.strerror or err}") from None  # a full disk, a quota
         raise
     return path
 

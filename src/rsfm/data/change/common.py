@@ -10,6 +10,12 @@ Training samples are random ``crop_size`` crops with flips and 90° rotations ap
 identically to both dates and the mask; validation and test samples are the full images,
 predicted by sliding windows of the crop size in the task.
 
+A pair with a file that cannot be read (empty, truncated, not an image) never stops a run: the
+dataset returns ``{"skipped": (path, reason), "id": str}`` for it, and the loaders' collate
+(:func:`~rsfm.data.skips.collate_skipping`) leaves it out of the batch and lists it under
+``batch["skipped"]`` for the run's skip report. Named splits that share a pair with the
+training split are an error.
+
 .. versionadded:: 0.2
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rsfm.data.base import DataInfo, DataModule, check_folder
-from rsfm.data.io import IMAGE_EXTENSIONS, read_image
+from rsfm.data.io import IMAGE_EXTENSIONS, BadImageError, UnsupportedImageError, read_image
+from rsfm.data.segmentation.common import check_disjoint_splits
+from rsfm.data.skips import READ_ERRORS, collate_skipping, skip_reason
 from rsfm.utils.errors import DataError
 
 __all__ = [
@@ -150,7 +159,8 @@ class PairedAugment:
     transform must move the before image, the after image and the mask together.
 
     Args:
-        crop_size: side of the random square crop in pixels; ``None`` keeps the full image.
+        crop_size: side of the random square crop in pixels, >= 1; ``None`` keeps the full
+            image.
         hflip: random horizontal flip (p = 0.5).
         vflip: random vertical flip (p = 0.5).
         rot90: random rotation by 0, 90, 180 or 270 degrees.
@@ -160,8 +170,8 @@ class PairedAugment:
     Input and output: a sample dict (see the module docstring); other keys pass through.
 
     Raises:
-        ValueError: at call time, if the images are smaller than ``crop_size`` or the sample's
-            images and mask differ in size.
+        ValueError: if ``crop_size`` is not None and below 1; at call time, if the images are
+            smaller than ``crop_size`` or the sample's images and mask differ in size.
 
     """
 
@@ -174,7 +184,9 @@ class PairedAugment:
         generator: torch.Generator | None = None,
     ) -> None:
         if crop_size is not None and crop_size < 1:
-            raise ValueError(f"crop_size must be positive, got {crop_size}")
+            raise ValueError(
+                f"data.crop_size must be a positive number of pixels or None (whole images), got {crop_size}"
+            )
         self.crop_size = crop_size
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
         self.generator = generator
@@ -213,8 +225,33 @@ class PairedAugment:
         return out
 
 
+def _first_file(paths: Path | tuple[Path, ...]) -> Path:
+    """The file of a one-file image, the first band file of a multi-file one."""
+    return Path(paths) if isinstance(paths, str | os.PathLike) else Path(paths[0])
+
+
+def _failed_file(paths: Any, err: BaseException) -> Path:
+    """The file of ``paths`` (one path, or one per band) that ``err`` was raised for."""
+    if isinstance(err, BadImageError):
+        return Path(err.path)
+    if isinstance(paths, str | os.PathLike):
+        return Path(paths)
+    candidates = [Path(p) for p in paths]
+    named = getattr(err, "filename", None)
+    for p in candidates:
+        if (named is not None and os.fspath(named) == str(p)) or str(p) in str(err):
+            return p
+    for p in candidates:  # a missing or empty band file
+        try:
+            if p.stat().st_size == 0:
+                return p
+        except OSError:
+            return p
+    return candidates[0]
+
+
 class ChangeDataset(Dataset[Sample]):
-    """Bi-temporal pairs read from disk.
+    """Bi-temporal pairs read from disk; pairs with a file that cannot be read are skipped.
 
     Args:
         records: the pairs.
@@ -241,11 +278,25 @@ class ChangeDataset(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         """Read pair ``index`` (see the module docstring for the sample).
 
+        When a file of the pair cannot be read (:data:`~rsfm.data.skips.READ_ERRORS`: empty,
+        truncated, not an image, vanished), ``{"skipped": (path, reason), "id": name}``
+        instead, naming the first such file (before image, after image, mask).
+
         Raises:
             DataError: naming the file, if the two images and the mask differ in size.
+            UnsupportedImageError: naming the file, if it lacks a band of ``data.bands``.
         """
         r = self.records[index]
-        image_a, image_b, mask = self.read_image(r.image_a), self.read_image(r.image_b), self.read_mask(r.mask)
+        read: list[Any] = []
+        for paths, reader in ((r.image_a, self.read_image), (r.image_b, self.read_image), (r.mask, self.read_mask)):
+            try:
+                read.append(reader(paths))
+            except UnsupportedImageError:
+                raise  # bands the file lacks (data.bands): a setting to fix, not a damaged file
+            except READ_ERRORS as err:
+                failed = _failed_file(paths, err)
+                return {"skipped": (str(failed), skip_reason(failed, err)), "id": r.name}
+        image_a, image_b, mask = read
         for what, t in (("after image", image_b), ("mask", mask)):
             if tuple(t.shape[-2:]) != tuple(image_a.shape[-2:]):
                 raise DataError(
@@ -265,8 +316,8 @@ class ChangeDetectionDataModule(DataModule):
 
     Args:
         root: dataset folder.
-        crop_size: training crop side in pixels (a multiple of the encoder's patch size);
-            also the sliding-window side of evaluation. None: full images.
+        crop_size: training crop side in pixels, >= 1 (a multiple of the encoder's patch
+            size); also the sliding-window side of evaluation. None: whole images.
         crops_per_image: random crops of each training pair per epoch.
         hflip: random left-right flips in training.
         vflip: random top-bottom flips in training.
@@ -282,8 +333,9 @@ class ChangeDetectionDataModule(DataModule):
         pin_memory: pin batches when CUDA is available.
 
     Raises:
-        DataError: if ``root`` is not a folder, or mean/std do not fit the bands.
-        ValueError: on a bad crop size or loader setting.
+        DataError: if ``root`` is not a folder, mean/std do not fit the bands, or
+            ``crop_size`` is neither None nor a positive integer (naming ``data.crop_size``).
+        ValueError: on a bad loader setting.
     """
 
     sample_keys = ("image_a", "image_b", "mask")
@@ -310,7 +362,11 @@ class ChangeDetectionDataModule(DataModule):
         self.root = check_folder(root)
         if crops_per_image < 1:
             raise ValueError(f"data.crops_per_image must be >= 1, got {crops_per_image}")
-        self.crop_size = int(crop_size) if crop_size else None
+        if crop_size is not None and (isinstance(crop_size, bool) or int(crop_size) != crop_size or crop_size < 1):
+            raise DataError(
+                f"data.crop_size must be a positive number of pixels, or null for whole images; got {crop_size!r}"
+            )
+        self.crop_size = int(crop_size) if crop_size is not None else None
         self.crops_per_image = int(crops_per_image)
         self.augment = PairedAugment(self.crop_size, hflip=hflip, vflip=vflip, rot90=rot90)
         self.set_bands(bands, raster_scale, mean, std)
@@ -329,13 +385,24 @@ class ChangeDetectionDataModule(DataModule):
         return read_change_mask(path)
 
     def records(self) -> dict[str, list[ChangePairRecord]]:
-        """The pair records of every split (listed once)."""
+        """The pair records of every split (listed once).
+
+        Raises:
+            DataError: if the training or test split is empty, or the training split shares a
+                pair (by before-image file) with the validation or test split.
+
+        Warns:
+            UserWarning: if the validation and test splits share pairs.
+        """
         if self._records is None:
-            self._records = self.split_records()
-            if not self._records.get("train"):
+            records = self.split_records()
+            if not records.get("train"):
                 raise DataError(f"the training split of {self.root} is empty")
-            if not self._records.get("test"):
+            if not records.get("test"):
                 raise DataError(f"the test split of {self.root} is empty")
+            before = {k: [_first_file(r.image_a) for r in v] for k, v in records.items()}
+            check_disjoint_splits(before, self.root, noun="pair")
+            self._records = records
         return self._records
 
     def info(self) -> DataInfo:
@@ -351,6 +418,16 @@ class ChangeDetectionDataModule(DataModule):
             raster_scale=self.raster.scale,
             crop_size=self.crop_size,
         )
+
+    def collate(self) -> Callable[[list[Any]], dict[str, Any]]:
+        """Stack the readable pairs, list the skipped ones (:func:`~rsfm.data.skips.collate_skipping`).
+
+        A batch whose pairs were all unreadable is ``{"image_a": (0, C, 0, 0) float32,
+        "image_b": (0, C, 0, 0) float32, "mask": (0, 0, 0) int64, "id": [], "skipped": [...]}``.
+        """
+        image = torch.empty((0, self.num_channels, 0, 0), dtype=torch.float32)
+        empty = {"image_a": image, "image_b": image, "mask": torch.empty((0, 0, 0), dtype=torch.int64), "id": []}
+        return partial(collate_skipping, empty=empty)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of the splits (once)."""

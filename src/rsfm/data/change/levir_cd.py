@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rsfm.data.change.common import ChangeDetectionDataModule, ChangePairRecord, find_pairs
-from rsfm.data.splits import split_names
+from rsfm.data.splits import check_fraction, split_names
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
 
@@ -38,6 +38,10 @@ class LEVIRCDDataModule(ChangeDetectionDataModule):
 
     With all three ``*_split`` None the published ``train``/``val``/``test`` sub-folders are
     used when present, else the seeded split of ``root``.
+
+    Raises:
+        DataError: if ``root`` is not a folder (see the base class).
+        ValueError: naming ``data.val_fraction``/``data.test_fraction`` if one is outside [0, 1).
     """
 
     folders = ("A", "B", "label")
@@ -54,15 +58,24 @@ class LEVIRCDDataModule(ChangeDetectionDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(root, **kwargs)
+        check_fraction(float(val_fraction), "data.val_fraction")
+        check_fraction(float(test_fraction), "data.test_fraction")
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
-        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.split_seed = int(split_seed)
 
     def _pair_records(self, folder: Path, names: list[str]) -> list[ChangePairRecord]:
         a, b, m = self.folders
         return [ChangePairRecord(n, folder / a / n, folder / b / n, folder / m / n) for n in names]
 
     def split_records(self) -> dict[str, list[ChangePairRecord]]:
-        """The named (or published) splits, else a seeded split of ``root``."""
+        """The named (or published) splits, else a seeded split of ``root``.
+
+        Raises:
+            DataError: if a named split's folder is missing or incomplete, ``train_split`` or
+                ``test_split`` is missing while another split is named, or the fractions leave
+                no training pair (naming ``data.val_fraction`` and ``data.test_fraction``).
+        """
         named = dict(self.splits)
         if all(v is None for v in named.values()) and all(
             (self.root / s / self.folders[0]).is_dir() for s in ("train", "val", "test")
@@ -72,13 +85,15 @@ class LEVIRCDDataModule(ChangeDetectionDataModule):
             missing = [k for k, v in named.items() if v is None and k != "val"]
             if missing:
                 raise DataError(f"data.{missing[0]}_split is needed when the other splits are named")
-            if named["val"] is not None and named["val"] == named["test"]:
-                import warnings
-
-                warnings.warn("data.test_split equals data.val_split", stacklevel=2)
             return {
                 k: self._pair_records(self.root / v, find_pairs(self.root / v, self.folders)) if v is not None else []
                 for k, v in named.items()
             }
-        names = split_names(find_pairs(self.root, self.folders), self.val_fraction, self.test_fraction, self.split_seed)
+        found = find_pairs(self.root, self.folders)
+        try:
+            names = split_names(found, self.val_fraction, self.test_fraction, self.split_seed)
+        except ValueError as err:
+            raise DataError(
+                f"data.val_fraction and data.test_fraction cannot split the {len(found)} pairs of {self.root}: {err}"
+            ) from None
         return {k: self._pair_records(self.root, v) for k, v in names.items()}

@@ -26,7 +26,8 @@ def coco_records(
 
     Category ids are mapped to contiguous indices in increasing id order; ``bbox`` ``[x, y,
     w, h]`` becomes xyxy; ``iscrowd`` annotations are kept as difficult (ignored by the
-    evaluation); boxes with no area are dropped. Images without annotations are kept.
+    evaluation); boxes with no area are dropped, counted in the record's
+    ``meta['num_degenerate']``. Images without annotations are kept.
 
     Args:
         ann_file: the JSON file.
@@ -57,15 +58,17 @@ def coco_records(
         per_image[ann["image_id"]].append(ann)
     records = []
     for img in data["images"]:
-        boxes, labels, difficult = [], [], []
+        boxes, labels, difficult, degenerate = [], [], [], 0
         for ann in per_image[img["id"]]:
             x, y, w, h = (float(v) for v in ann["bbox"])
             if w <= 0 or h <= 0:
+                degenerate += 1
                 continue
             boxes.append([x, y, x + w, y + h])
             labels.append(cat_index[ann["category_id"]])
             difficult.append(bool(ann.get("iscrowd", 0)))
-        records.append(make_record(image_dir / img["file_name"], boxes, labels, difficult, str(img["id"])))
+        meta = {"num_degenerate": degenerate}
+        records.append(make_record(image_dir / img["file_name"], boxes, labels, difficult, str(img["id"]), meta))
     return records, [c["name"] for c in cats]
 
 

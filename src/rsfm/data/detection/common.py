@@ -18,7 +18,12 @@ tiled prediction in the detection head, so validation and test samples are full 
 Splits are named as in every rsfm datamodule: ``train_split``, ``val_split``, ``test_split``
 (image-set names, files or folders of the layout). When only a training set exists, the
 validation and test splits are drawn from it by ``val_fraction``, ``test_fraction`` and
-``split_seed`` (:func:`rsfm.data.splits.seeded_split`).
+``split_seed`` (:func:`rsfm.data.splits.seeded_split`). Named splits that share an image with
+the training split are an error.
+
+An image that cannot be read (empty, truncated, not an image) never stops a run: the dataset
+returns ``{'skipped': (path, reason), 'id': str}`` for it and :func:`collate_lists` leaves it
+out of the batch, listing it under ``batch['skipped']`` for the run's skip report.
 
 .. versionadded:: 0.2
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +44,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rsfm.data.base import DataInfo, DataModule, check_folder
-from rsfm.data.io import RasterRule, read_image
-from rsfm.data.splits import seeded_split
+from rsfm.data.io import RasterRule, UnsupportedImageError, read_image
+from rsfm.data.segmentation.common import check_disjoint_splits
+from rsfm.data.skips import READ_ERRORS, skip_reason, split_skipped
+from rsfm.data.splits import check_fraction, seeded_split
 from rsfm.utils.errors import DataError
 
 __all__ = [
@@ -56,6 +64,9 @@ __all__ = [
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+#: keys of a detection batch (:func:`collate_lists`), besides ``skipped``
+BATCH_KEYS = ("image", "boxes", "labels", "difficult", "id")
 
 
 @dataclass
@@ -244,7 +255,7 @@ class TrainTransform:
 
 
 class DetectionDataset(Dataset):
-    """Serves :class:`DetectionRecord` s as sample dicts (see the module docstring).
+    """Serves :class:`DetectionRecord` s as sample dicts (see the module docstring); unreadable images are skipped.
 
     Args:
         records: the images and their annotations.
@@ -270,10 +281,24 @@ class DetectionDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """Sample ``index``: ``image`` (C, H, W) float32 in [0, 1], ``boxes``, ``labels``, ``difficult``, ``id``."""
+        """Sample ``index``: ``image`` (C, H, W) float32 in [0, 1], ``boxes``, ``labels``, ``difficult``, ``id``.
+
+        When the image cannot be read (:data:`~rsfm.data.skips.READ_ERRORS`: empty, truncated,
+        not an image, vanished), ``{'skipped': (path, reason), 'id': str}`` instead; the
+        collate (:func:`collate_lists`) leaves it out of the batch and lists it.
+
+        Raises:
+            UnsupportedImageError: naming the file, if it lacks a band of ``data.bands``.
+        """
         r = self.records[index]
+        try:
+            image = read_image(r.image, self.raster)
+        except UnsupportedImageError:
+            raise  # bands the file lacks (data.bands): a setting to fix, not a damaged file
+        except READ_ERRORS as err:
+            return {"skipped": (str(r.image), skip_reason(r.image, err)), "id": r.id}
         sample = {
-            "image": read_image(r.image, self.raster),
+            "image": image,
             "boxes": torch.from_numpy(r.boxes.copy()),
             "labels": torch.from_numpy(r.labels.copy()),
             "difficult": torch.from_numpy(r.difficult.copy()),
@@ -291,8 +316,25 @@ class DetectionDataset(Dataset):
 
 
 def collate_lists(samples: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """Collate detection samples key by key into lists (images differ in size, boxes in count)."""
-    return {key: [s[key] for s in samples] for key in samples[0]}
+    """Collate detection samples key by key into lists (images differ in size, boxes in count).
+
+    Skipped items (``{'skipped': (path, reason), ...}``, an image that could not be read) are
+    left out and listed under ``'skipped'``, which the run's skip report reads.
+
+    Args:
+        samples: dataset items.
+
+    Returns:
+        ``{key: [value of each readable sample]}`` for the keys of the first readable sample
+        (:data:`BATCH_KEYS` when none is readable: empty lists), plus ``'skipped':
+        list[(path, reason)]``. The batch size is ``len(batch['image'])``, 0 when every item
+        was skipped.
+    """
+    good, skipped = split_skipped(samples)
+    keys = list(good[0]) if good else list(BATCH_KEYS)
+    out: dict[str, list[Any]] = {key: [s[key] for s in good] for key in keys}
+    out["skipped"] = skipped
+    return out
 
 
 class DetectionDataModule(DataModule):
@@ -334,6 +376,8 @@ class DetectionDataModule(DataModule):
 
     Raises:
         DataError: if ``root`` is not a folder or a split cannot be read.
+        ValueError: naming ``data.val_fraction``/``data.test_fraction`` if one is outside
+            [0, 1), or ``data.crops_per_image``/``data.crop_size`` if not positive.
     """
 
     sample_keys = ("image", "boxes", "labels")
@@ -371,6 +415,8 @@ class DetectionDataModule(DataModule):
         self.root = check_folder(root)
         if crops_per_image < 1:
             raise ValueError(f"data.crops_per_image must be >= 1, got {crops_per_image}")
+        check_fraction(float(val_fraction), "data.val_fraction")
+        check_fraction(float(test_fraction), "data.test_fraction")
         self.train_split = train_split or self.default_train_split
         self.val_split, self.test_split = val_split, test_split
         self._classes = [str(c) for c in classes] if classes is not None else None
@@ -383,7 +429,8 @@ class DetectionDataModule(DataModule):
         self.transform = TrainTransform(crop_size, min_visibility, object_crop_prob, hflip, vflip, keep_difficult)
         self.set_bands(bands, raster_scale, mean, std)
         self._splits: dict[str, list[DetectionRecord]] | None = None
-        #: degenerate (zero-area) objects dropped while reading (DOTA)
+        #: degenerate (zero-area) objects dropped from the annotations of the splits read: the
+        #: sum of the records' ``meta['num_degenerate']`` (DOTA, DIOR, COCO), set by :meth:`splits`
         self.num_degenerate = 0
 
     def load_split(self, name: str, classes: list[str] | None) -> tuple[list[DetectionRecord], list[str]]:
@@ -403,38 +450,59 @@ class DetectionDataModule(DataModule):
     def splits(self) -> dict[str, list[DetectionRecord]]:
         """The train / val / test records (read once).
 
+        A split named twice (``val_split`` equal to ``test_split``) is read once. Objects of
+        zero area dropped from the annotations are totalled in :attr:`num_degenerate` and
+        reported by one warning.
+
         Raises:
-            DataError: if a split cannot be read, the splits' classes differ, or the test
-                split equals the validation split without being asked to.
+            DataError: if a split cannot be read, the splits' classes differ, the fractions
+                leave no training image (naming ``data.val_fraction``/``data.test_fraction``),
+                the test split is empty, or the training split shares an image with the
+                validation or test split.
+
+        Warns:
+            UserWarning: if the validation and test splits share images; if degenerate
+                objects were dropped.
         """
         if self._splits is not None:
             return self._splits
-        self.num_degenerate = 0
         records, classes = self._load(self.train_split, self._classes, "train_split")
+        loaded = {self.train_split: records}
         out: dict[str, list[DetectionRecord]] = {}
         if self.val_split is None or self.test_split is None:
-            idx = seeded_split(
-                len(records),
-                0.0 if self.val_split is not None else self.val_fraction,
-                0.0 if self.test_split is not None else self.test_fraction,
-                self.split_seed,
-            )
+            fractions = {"val": 0.0 if self.val_split is not None else self.val_fraction}
+            fractions["test"] = 0.0 if self.test_split is not None else self.test_fraction
+            try:
+                idx = seeded_split(len(records), fractions["val"], fractions["test"], self.split_seed)
+            except ValueError as err:
+                drawn = [k for k in ("val", "test") if getattr(self, f"{k}_split") is None]
+                keys = " and ".join(f"data.{k}_fraction" for k in drawn)
+                raise DataError(
+                    f"{keys} cannot split the {len(records)} images of data.train_split {self.train_split!r}: {err}"
+                ) from None
             out = {k: [records[i] for i in v] for k, v in idx.items()}
         else:
             out["train"] = records
         for key in ("val", "test"):
             name = getattr(self, f"{key}_split")
-            if name is not None:
+            if name is None:
+                continue
+            if name not in loaded:
                 recs, found = self._load(name, classes, f"{key}_split")
                 if list(found) != list(classes):
                     raise DataError(f"the {key} split's classes {found} differ from the training split's {classes}")
-                out[key] = recs
+                loaded[name] = recs
+            out[key] = loaded[name]
         if not out["test"]:
             raise DataError("the test split is empty; set data.test_split or a positive data.test_fraction")
-        if self.val_split is not None and self.val_split == self.test_split:
-            import warnings
-
-            warnings.warn("data.test_split equals data.val_split", stacklevel=2)
+        check_disjoint_splits({k: [r.image for r in v] for k, v in out.items()}, self.root)
+        self.num_degenerate = sum(int(r.meta.get("num_degenerate", 0)) for recs in loaded.values() for r in recs)
+        if self.num_degenerate:
+            warnings.warn(
+                f"{self.num_degenerate} object(s) of zero area (degenerate boxes or polygons) were dropped "
+                f"from the annotations of {self.root}",
+                stacklevel=2,
+            )
         self._classes = list(classes)
         self._splits = out
         return out

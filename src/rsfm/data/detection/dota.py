@@ -161,7 +161,10 @@ class DOTADataModule(DetectionDataModule):
     default_train_split = "."
 
     def load_split(self, name: str, classes: list[str] | None) -> tuple[list[DetectionRecord], list[str]]:
-        """Records of the folder ``root/<name>``; degenerate polygons are counted in :attr:`num_degenerate`."""
-        records, found, dropped = dota_records(self.root / name, DOTA_V1_CLASSES if classes is None else classes)
-        self.num_degenerate += dropped
+        """Records of the folder ``root/<name>``.
+
+        Degenerate polygons are counted in each record's ``meta['num_degenerate']`` (totalled
+        in :attr:`num_degenerate` by :meth:`splits`).
+        """
+        records, found, _ = dota_records(self.root / name, DOTA_V1_CLASSES if classes is None else classes)
         return records, found

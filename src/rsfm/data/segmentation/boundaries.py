@@ -101,6 +101,3 @@ def erode_boundaries(labels: Tensor, radius: int = 3, ignore_index: int = 255) -
     smaller = _disc_max(torch.where(valid, -value, neg_inf), radius) > -value
     eroded = valid & (larger | smaller)
     return labels.masked_fill(eroded.reshape(labels.shape), ignore_index)
-
-
-# --------------------------------------------------------------------------- five-class scores

@@ -14,7 +14,13 @@ distortion; evaluation samples are whole images, predicted by sliding windows in
 Splits are named the same way in every layout: ``train_split``, ``val_split`` and
 ``test_split``, each either a sub-folder of ``root`` in the dataset's own layout (``"Val"``)
 or a list of image names held out of ``root`` (file stems, Dubai tile numbers). The test
-split must be given: a validation split never silently doubles as the test split.
+split must be given: a validation split never silently doubles as the test split. Splits that
+share an image with the training split are an error (:func:`check_disjoint_splits`).
+
+Files that cannot be read (empty, truncated, not an image) never stop a run: the dataset
+returns ``{"skipped": (path, reason), "id": str}`` for them, the loaders' collate
+(:func:`~rsfm.data.skips.collate_skipping`) leaves them out of the batch and lists them under
+``batch["skipped"]``, where the run's skip report counts them.
 
 .. versionadded:: 0.2
 """
@@ -24,8 +30,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +45,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rsfm.data.base import DataInfo, DataModule, check_folder
-from rsfm.data.io import IMAGE_EXTENSIONS, RasterRule, read_image
+from rsfm.data.io import IMAGE_EXTENSIONS, RasterRule, UnsupportedImageError, read_image
+from rsfm.data.skips import READ_ERRORS, collate_skipping, skip_reason
 from rsfm.utils.errors import DataError
 
 __all__ = [
@@ -48,6 +56,7 @@ __all__ = [
     "SegmentationDataModule",
     "SegmentationDataset",
     "Split",
+    "check_disjoint_splits",
     "colourise",
     "index_mask_reader",
     "pair_by_stem",
@@ -311,10 +320,18 @@ def colour_mask_reader(table: ColourTable, ignore_index: int = IGNORE_INDEX) -> 
 
 
 def infer_classes(pairs: Sequence[tuple[Path, Path]], ignore_index: int = IGNORE_INDEX) -> list[str]:
-    """Names ``"0"``, ``"1"``... up to the largest label found in the masks (each read once)."""
+    """Names ``"0"``, ``"1"``... up to the largest label found in the masks (each read once).
+
+    A mask that cannot be read is passed over here (its pair is skipped and reported when the
+    loaders reach it).
+    """
     labels: list[int] = []
     for _, mask in pairs:
-        labels += [int(v) for v in np.unique(read_single_band(mask)) if int(v) != ignore_index]
+        try:
+            values = np.unique(read_single_band(mask))
+        except READ_ERRORS:
+            continue
+        labels += [int(v) for v in values if int(v) != ignore_index]
     return [str(i) for i in range(max(labels) + 1 if labels else 0)]
 
 
@@ -386,7 +403,7 @@ class Compose:
 
 
 class SegmentationDataset(Dataset[dict[str, Any]]):
-    """Image/mask pairs read from disk.
+    """Image/mask pairs read from disk; pairs whose image or mask cannot be read are skipped.
 
     Args:
         pairs: ``(image, mask)`` paths.
@@ -430,12 +447,28 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Sample ``index``: ``{"image": (C, H, W) float32 in [0, 1], "mask": (H, W) int64, "id": str}``.
 
+        When the image or the mask cannot be read (empty, truncated, not an image, vanished:
+        :data:`~rsfm.data.skips.READ_ERRORS`), ``{"skipped": (path, reason), "id": str}``
+        instead, naming the unreadable file (the image when both are); the loaders' collate
+        leaves it out of the batch and lists it in ``batch["skipped"]``.
+
         Raises:
-            DataError: if the image and its mask differ in size.
+            DataError: if the image and its mask differ in size, or the mask's values are
+                invalid (a wrong layout, not a damaged file).
+            UnsupportedImageError: naming the file, if it lacks a band of ``data.bands``.
         """
         image_path, mask_path = self.pairs[index]
-        image = read_image(image_path, self.raster).float().div_(255.0)
-        mask = torch.from_numpy(np.ascontiguousarray(self.read_mask(mask_path)))
+        try:
+            image = read_image(image_path, self.raster).float().div_(255.0)
+        except UnsupportedImageError:
+            raise  # bands the file lacks (data.bands): a setting to fix, not a damaged file
+        except READ_ERRORS as err:
+            return {"skipped": (str(image_path), skip_reason(image_path, err)), "id": self.sample_id(image_path)}
+        try:
+            labels = self.read_mask(mask_path)
+        except READ_ERRORS as err:
+            return {"skipped": (str(mask_path), skip_reason(mask_path, err)), "id": self.sample_id(image_path)}
+        mask = torch.from_numpy(np.ascontiguousarray(labels))
         if tuple(image.shape[-2:]) != tuple(mask.shape):
             raise DataError(
                 f"image {image_path} is {tuple(image.shape[-2:])} but its mask {mask_path} is {tuple(mask.shape)}"
@@ -450,6 +483,69 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
 
 
 # --------------------------------------------------------------------------- splits
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def check_disjoint_splits(
+    files: Mapping[str, Iterable[str | os.PathLike[str]]],
+    root: str | os.PathLike[str] | None = None,
+    noun: str = "image",
+) -> None:
+    """Check that no file of the training split is validated or tested on.
+
+    Files are compared by absolute, normalised path (symbolic links are not followed: two
+    links to one file are two files).
+
+    Args:
+        files: split (``"train"``, ``"val"``, ``"test"``; missing ones are empty) -> the files
+            that identify its samples (image paths, before-image paths of change pairs).
+        root: folder the example paths of the messages are shown relative to.
+        noun: what a file is, singular, for the messages (``"image"``, ``"pair"``).
+
+    Raises:
+        DataError: if the training split shares files with the validation or the test split,
+            naming both keys, the count and up to three files, e.g. ``data.train_split and
+            data.test_split share 9 images, e.g. ['Tile 3/images/image_part_001.jpg', ...]``.
+
+    Warns:
+        UserWarning: if the validation and the test split are the same files (``data.test_split
+            equals data.val_split``; allowed, e.g. LoveDA tests on its ``Val`` set) or share
+            some of them: the test scores are then not independent of checkpoint selection.
+    """
+    base = os.path.abspath(os.fspath(root)) if root is not None else None
+
+    def normalised(items: Iterable[str | os.PathLike[str]]) -> set[str]:
+        return {os.path.normpath(os.path.abspath(os.fspath(p))) for p in items}
+
+    def examples(paths: set[str]) -> list[str]:
+        shown = sorted(paths)[:3]
+        if base is not None:
+            shown = [os.path.relpath(p, base) if p.startswith(base + os.sep) else p for p in shown]
+        return shown + (["..."] if len(paths) > 3 else [])
+
+    sets = {key: normalised(files.get(key, ())) for key in ("train", "val", "test")}
+    for key in ("val", "test"):
+        shared = sets["train"] & sets[key]
+        if shared:
+            raise DataError(
+                f"data.train_split and data.{key}_split share {_plural(len(shared), noun)}, "
+                f"e.g. {examples(shared)}: nothing trained on may be {'validated' if key == 'val' else 'tested'} on"
+            )
+    shared = sets["val"] & sets["test"]
+    if shared and sets["val"] == sets["test"]:
+        warnings.warn(
+            "data.test_split equals data.val_split: the test scores are not independent of checkpoint selection",
+            stacklevel=3,
+        )
+    elif shared:
+        warnings.warn(
+            f"data.val_split and data.test_split share {_plural(len(shared), noun)}, e.g. {examples(shared)}: "
+            "their test scores are not independent of checkpoint selection",
+            stacklevel=3,
+        )
 
 
 def _names(selector: Split) -> list[str]:
@@ -485,7 +581,12 @@ def resolve_splits(
 
     Raises:
         DataError: if ``test_split`` is missing, a split is empty, training is left with no
-            pair, or a named sub-folder or name does not exist.
+            pair, a named sub-folder or name does not exist, or the training split shares an
+            image with the validation or test split.
+
+    Warns:
+        UserWarning: if the validation and test splits share images (see
+            :func:`check_disjoint_splits`).
     """
     if test_split is None:
         raise DataError(
@@ -526,11 +627,7 @@ def resolve_splits(
         raise DataError("data.val_split/test_split leave no image to train on")
     if not out["test"]:
         raise DataError(f"data.test_split {test_split!r} selects no image")
-    if set(out["test"]) == set(out["val"]):
-        warnings.warn(
-            "data.test_split equals data.val_split: the test scores are not independent of checkpoint selection",
-            stacklevel=2,
-        )
+    check_disjoint_splits({k: [image for image, _ in v] for k, v in out.items()}, root)
     return out
 
 
@@ -675,6 +772,19 @@ class SegmentationDataModule(DataModule):
 
             steps.append(PhotometricDistortion())
         return Compose(steps)
+
+    def collate(self) -> Callable[[list[Any]], dict[str, Any]]:
+        """Stack the readable samples, list the skipped ones (:func:`~rsfm.data.skips.collate_skipping`).
+
+        A batch whose files were all unreadable is ``{"image": (0, C, 0, 0) float32, "mask":
+        (0, 0, 0) int64, "id": [], "skipped": [...]}``.
+        """
+        empty = {
+            "image": torch.empty((0, self.num_channels, 0, 0), dtype=torch.float32),
+            "mask": torch.empty((0, 0, 0), dtype=torch.int64),
+            "id": [],
+        }
+        return partial(collate_skipping, empty=empty)
 
     def setup(self, stage: str | None = None) -> None:
         """Find the pairs of every split and build the datasets (once)."""

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from rsfm.data.segmentation.common import ColourTable, SegmentationDataModule, colour_mask_reader, pair_by_stem
+from rsfm.data.segmentation.common import (
+    ColourTable,
+    SegmentationDataModule,
+    check_disjoint_splits,
+    colour_mask_reader,
+    pair_by_stem,
+)
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
 
@@ -86,7 +92,8 @@ class DubaiDataModule(SegmentationDataModule):
         root: folder holding ``Tile 1`` … ``Tile 8``.
         val_split: validation tiles (``"Tile 2"`` or ``2``, or a list); None: no validation.
         test_split: test tiles (required).
-        train_split: training tiles; None: every tile not in the other splits.
+        train_split: training tiles (none of them a validation or test tile); None: every tile
+            not in the other splits.
         **kwargs: :class:`~rsfm.data.segmentation.common.SegmentationDataModule` options.
     """
 
@@ -107,11 +114,15 @@ class DubaiDataModule(SegmentationDataModule):
         self._read = colour_mask_reader(DUBAI_COLOURS, self.ignore_index)
 
     def split_pairs(self) -> dict[str, list[tuple[Path, Path]]]:
-        """Pairs of the train, val and test tiles."""
-        if set(self.test_tiles) == set(self.val_tiles):
-            import warnings
+        """Pairs of the train, val and test tiles.
 
-            warnings.warn("data.test_split equals data.val_split", stacklevel=2)
+        Raises:
+            DataError: if a tile does not exist, no tile is left to train on, or
+                ``train_split`` shares a tile with ``val_split`` or ``test_split``.
+
+        Warns:
+            UserWarning: if the validation and test tiles overlap (or are the same).
+        """
         train = self.train_tiles
         if train is None:
             everything = [p.parent.parent.name for p, _ in dubai_pairs(self.root)]
@@ -119,11 +130,13 @@ class DubaiDataModule(SegmentationDataModule):
             train = [t for t in dict.fromkeys(everything) if t not in held]
         if not train:
             raise DataError("data.val_split and data.test_split leave no tile to train on")
-        return {
+        out = {
             "train": dubai_pairs(self.root, train),
             "val": dubai_pairs(self.root, self.val_tiles) if self.val_tiles else [],
             "test": dubai_pairs(self.root, self.test_tiles),
         }
+        check_disjoint_splits({k: [image for image, _ in v] for k, v in out.items()}, self.root)
+        return out
 
     def classes(self) -> list[str]:
         """The 6 classes of :data:`DUBAI_COLOURS`."""

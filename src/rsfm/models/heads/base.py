@@ -59,7 +59,11 @@ class Features:
     shape: tuple[int, int] = (0, 0)
 
     def crop(self, x: Tensor) -> Tensor:
-        """Crop the last two dimensions of a padded-size output back to the images' size."""
+        """Crop the last two dimensions of a padded output back to the images' size.
+
+        For tensor batches (every image the same size, ``sizes[0]``); list batches of
+        different sizes crop per image from :attr:`sizes`.
+        """
         h, w = self.sizes[0] if self.sizes else self.shape
         return x[..., :h, :w]
 
@@ -72,7 +76,13 @@ class HeadMetrics(nn.Module):
     ``OA``...); ``report()`` returns the JSON-ready detail written to ``metrics.json``;
     ``reset()`` forgets. Subclasses keep their state in torchmetrics metrics (registered as
     submodules), so Lightning moves them to the device and syncs them across ranks.
+
+    :attr:`names` lists the keys ``compute()`` returns; the task checks ``model.monitor``
+    against them before training (an empty tuple: not declared, only the form is checked).
     """
+
+    #: the scalar names ``compute()`` returns, e.g. ``("mIoU", "OA", "mF1")``
+    names: tuple[str, ...] = ()
 
     def update(self, preds: Any, batch: Mapping[str, Any]) -> None:
         """Add one batch."""

@@ -95,6 +95,8 @@ def change_panel(image_a: np.ndarray, image_b: np.ndarray, mask: Tensor, pred: T
 class ChangeMetricSet(HeadMetrics):
     """Pixel confusion matrix of the change class over a split; scores in percent."""
 
+    names = ("precision", "recall", "F1", "IoU", "OA")
+
     def __init__(self) -> None:
         super().__init__()
         from rsfm.metrics.change_detection import ChangeDetectionMetrics
@@ -236,7 +238,10 @@ class ChangeHead(Head):
 
     @torch.no_grad()
     def predict_probability(self, model: TaskModel, image_a: Tensor, image_b: Tensor) -> Tensor:
-        """``(B, H, W)`` change probability of whole pairs in [0, 1], by sliding windows of the crop size."""
+        """``(B, H, W)`` change probability of whole pairs in [0, 1], by sliding windows of the crop size.
+
+        Where windows overlap their probabilities are averaged.
+        """
         c = image_a.shape[1]
 
         def run(windows: Tensor) -> Tensor:
@@ -250,7 +255,8 @@ class ChangeHead(Head):
             padded = F.pad(both, (0, (-w) % m, 0, (-h) % m), mode="replicate")
             return run(padded)[:, 0, :h, :w]
         step = int(self.stride or max(1, self.window * 2 // 3))
-        return slide_inference(run, both, 1, self.window, step, self.batch_windows)[:, 0]
+        mean = model.mean.flatten().repeat(2)  # both images of the pair
+        return slide_inference(run, both, 1, self.window, step, self.batch_windows, mean)[:, 0]
 
     def predict(self, model: TaskModel, batch: Mapping[str, Any]) -> Tensor:
         """``(B, H, W)`` int64 predicted change of whole pairs."""

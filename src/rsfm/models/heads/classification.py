@@ -34,6 +34,8 @@ __all__ = ["ClassificationHead", "ClassificationMetricSet", "prediction_grid"]
 class ClassificationMetricSet(HeadMetrics):
     """Confusion matrix of a split; ``OA`` and ``mean_class_accuracy`` in percent."""
 
+    names = ("OA", "mean_class_accuracy")
+
     def __init__(self, classes: list[str]) -> None:
         super().__init__()
         from torchmetrics.classification import MulticlassConfusionMatrix

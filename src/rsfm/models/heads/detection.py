@@ -63,6 +63,7 @@ class DetectionMetricSet(HeadMetrics):
     def __init__(self, classes: list[str], metric: str = "voc12", max_detections: int | None = None) -> None:
         super().__init__()
         self.classes, self.metric, self.max_detections = list(classes), metric, max_detections
+        self.names = ("mAP50", "mAP50_95") if metric == "coco" else ("mAP50",)
         if metric == "coco":
             from rsfm.metrics.coco import DetectionMAP
 
@@ -280,14 +281,16 @@ class FasterRCNNHead(Head):
         """
         was_training = self.training
         self.eval()
-        _, h, w = image.shape
-        windows = tile_windows(h, w, self.tile, self.overlap)
-        dets: list[dict[str, Tensor]] = []
-        for i in range(0, len(windows), max(1, self.batch_tiles)):
-            chunk = windows[i : i + max(1, self.batch_tiles)]
-            tiles = [image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk]
-            dets += self(model.features({"image": tiles}, self), None)
-        self.train(was_training)
+        try:
+            _, h, w = image.shape
+            windows = tile_windows(h, w, self.tile, self.overlap)
+            dets: list[dict[str, Tensor]] = []
+            for i in range(0, len(windows), max(1, self.batch_tiles)):
+                chunk = windows[i : i + max(1, self.batch_tiles)]
+                tiles = [image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk]
+                dets += self(model.features({"image": tiles}, self), None)
+        finally:
+            self.train(was_training)
         out = merge_detections(dets, [(y0, x0) for y0, x0, _, _ in windows], self.merge_iou, self.max_detections)
         if score_thresh is not None:
             keep = out["scores"] >= score_thresh

@@ -105,6 +105,8 @@ class SegmentationMetricSet(HeadMetrics):
         score_classes: labels averaged over (None: all).
     """
 
+    names = ("mIoU", "OA", "mF1")
+
     def __init__(
         self, classes: Sequence[str], ignore_index: int = IGNORE_INDEX, score_classes: list[int] | None = None
     ):
@@ -124,7 +126,7 @@ class SegmentationMetricSet(HeadMetrics):
         from rsfm.metrics.segmentation import segmentation_scores
 
         s = segmentation_scores(self.confmat.compute_matrix(), self.score_classes)
-        return {k: 100.0 * float(s[k]) for k in ("mIoU", "OA", "mF1")}
+        return {k: 100.0 * float(s[k]) for k in self.names}
 
     def report(self) -> dict[str, Any]:
         """Scores, per-class IoU/F1/precision/recall and the confusion matrix (percent)."""
@@ -177,9 +179,9 @@ class SegmentationHead(Head):
     def loss(self, features: Features, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Cross-entropy over labelled pixels (0 with a gradient when every pixel is ignored)."""
         logits, mask = self(features, batch), batch["mask"]
-        if not bool((mask != self.ignore_index).any()):
-            return {"ce": logits.sum() * 0.0}
-        return {"ce": F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index)}
+        # the mean over labelled pixels, without a host sync to test for an all-ignored batch
+        total = F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index, reduction="sum")
+        return {"ce": total / (mask != self.ignore_index).sum().clamp(min=1)}
 
     def predict(self, model: TaskModel, batch: Mapping[str, Any]) -> Tensor:
         """``(B, H, W)`` int64 labels of whole images by sliding windows of the crop size."""
@@ -191,7 +193,8 @@ class SegmentationHead(Head):
         def run(windows: Tensor) -> Tensor:
             return self(model.features({"image": windows}, self), None)
 
-        return slide_inference(run, images, self.num_classes, self.window, self.step, self.batch_windows)
+        mean = model.mean.flatten()  # padding of small images: the mean colour, 0 once normalised
+        return slide_inference(run, images, self.num_classes, self.window, self.step, self.batch_windows, mean)
 
     def make_metrics(self) -> SegmentationMetricSet:
         """Confusion-matrix metrics over the dataset's scored classes."""
