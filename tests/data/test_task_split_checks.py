@@ -17,8 +17,9 @@ from data_helpers import build_cdd, build_oscd, copy_levir, dubai_subset, loveda
 from rsfm.data.change import CDDDataModule, LEVIRCDDataModule, OSCDDataModule, PairedAugment
 from rsfm.data.detection import COCODataModule, DOTADataModule, VOCDataModule, parse_voc_xml
 from rsfm.data.segmentation import DubaiDataModule, LoveDADataModule, SegmentationFolderDataModule
-from rsfm.data.segmentation.common import check_disjoint_splits, resolve_splits
+from rsfm.data.segmentation.common import resolve_splits
 from rsfm.data.segmentation.loveda import loveda_pairs
+from rsfm.data.splits import check_disjoint_splits
 from rsfm.utils.errors import DataError
 
 NEPU_IDS = ["0_15", "0_24", "0_31", "0_36"]

@@ -102,7 +102,7 @@ def test_evaluate_clamps_k_and_accepts_other_img_size(aid_folder, encoder_file, 
 def test_evaluate_rejects_bad_arguments(aid_folder, tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown"):
         evaluate(None, str(aid_folder), ("knn", "svm"), out_dir=str(tmp_path), scratch_size="tiny")
-    with pytest.raises(ConfigError, match="scratch_size"):
+    with pytest.raises(ConfigError, match=r"scratch_size \(--scratch-size\)"):
         evaluate(None, str(aid_folder), ("knn",), out_dir=str(tmp_path))
     assert not list(tmp_path.iterdir())
 

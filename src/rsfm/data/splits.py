@@ -11,13 +11,17 @@ their first-level folder and seeded by its name (see :class:`rsfm.data.folder.Im
 
 from __future__ import annotations
 
+import os
+import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["check_fraction", "group_seed", "seeded_split", "split_names", "stratified_split"]
+from rsfm.utils.errors import DataError
+
+__all__ = ["check_disjoint_splits", "check_fraction", "group_seed", "seeded_split", "split_names", "stratified_split"]
 
 
 def check_fraction(fraction: float, name: str = "val_fraction") -> None:
@@ -142,3 +146,66 @@ def split_names(
     names = sorted(names)
     idx = seeded_split(len(names), val_fraction, test_fraction, seed)
     return {k: [names[i] for i in v] for k, v in idx.items()}
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def check_disjoint_splits(
+    files: Mapping[str, Iterable[str | os.PathLike[str]]],
+    root: str | os.PathLike[str] | None = None,
+    noun: str = "image",
+) -> None:
+    """Check that no file of the training split is validated or tested on.
+
+    Files are compared by absolute, normalised path (symbolic links are not followed: two
+    links to one file are two files).
+
+    Args:
+        files: split (``"train"``, ``"val"``, ``"test"``; missing ones are empty) -> the files
+            that identify its samples (image paths, before-image paths of change pairs).
+        root: folder the example paths of the messages are shown relative to.
+        noun: what a file is, singular, for the messages (``"image"``, ``"pair"``).
+
+    Raises:
+        DataError: if the training split shares files with the validation or the test split,
+            naming both keys, the count and up to three files, e.g. ``data.train_split and
+            data.test_split share 9 images, e.g. ['Tile 3/images/image_part_001.jpg', ...]``.
+
+    Warns:
+        UserWarning: if the validation and the test split are the same files (``data.test_split
+            equals data.val_split``; allowed, e.g. LoveDA tests on its ``Val`` set) or share
+            some of them: the test scores are then not independent of checkpoint selection.
+    """
+    base = os.path.abspath(os.fspath(root)) if root is not None else None
+
+    def normalised(items: Iterable[str | os.PathLike[str]]) -> set[str]:
+        return {os.path.normpath(os.path.abspath(os.fspath(p))) for p in items}
+
+    def examples(paths: set[str]) -> list[str]:
+        shown = sorted(paths)[:3]
+        if base is not None:
+            shown = [os.path.relpath(p, base) if p.startswith(base + os.sep) else p for p in shown]
+        return shown + (["..."] if len(paths) > 3 else [])
+
+    sets = {key: normalised(files.get(key, ())) for key in ("train", "val", "test")}
+    for key in ("val", "test"):
+        shared = sets["train"] & sets[key]
+        if shared:
+            raise DataError(
+                f"data.train_split and data.{key}_split share {_plural(len(shared), noun)}, "
+                f"e.g. {examples(shared)}: nothing trained on may be {'validated' if key == 'val' else 'tested'} on"
+            )
+    shared = sets["val"] & sets["test"]
+    if shared and sets["val"] == sets["test"]:
+        warnings.warn(
+            "data.test_split equals data.val_split: the test scores are not independent of checkpoint selection",
+            stacklevel=3,
+        )
+    elif shared:
+        warnings.warn(
+            f"data.val_split and data.test_split share {_plural(len(shared), noun)}, e.g. {examples(shared)}: "
+            "their test scores are not independent of checkpoint selection",
+            stacklevel=3,
+        )

@@ -294,7 +294,7 @@ def evaluate(
     if unknown:
         raise ConfigError(f"--protocols: unknown {unknown}; expected some of {list(PROTOCOLS)}")
     if encoder_path is None and scratch_size is None:
-        raise ConfigError("--scratch-size is required without --encoder (e.g. tiny)")
+        raise ConfigError("scratch_size (--scratch-size) is required without an encoder (--encoder), e.g. tiny")
     out = Path(out_dir)
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)

@@ -36,8 +36,8 @@ from torch.utils.data import Dataset
 
 from rsfm.data.base import DataInfo, DataModule, check_folder
 from rsfm.data.io import IMAGE_EXTENSIONS, BadImageError, UnsupportedImageError, read_image
-from rsfm.data.segmentation.common import check_disjoint_splits
 from rsfm.data.skips import READ_ERRORS, collate_skipping, skip_reason
+from rsfm.data.splits import check_disjoint_splits
 from rsfm.utils.errors import DataError
 
 __all__ = [

@@ -45,9 +45,8 @@ from torch.utils.data import Dataset
 
 from rsfm.data.base import DataInfo, DataModule, check_folder
 from rsfm.data.io import RasterRule, UnsupportedImageError, read_image
-from rsfm.data.segmentation.common import check_disjoint_splits
 from rsfm.data.skips import READ_ERRORS, skip_reason, split_skipped
-from rsfm.data.splits import check_fraction, seeded_split
+from rsfm.data.splits import check_disjoint_splits, check_fraction, seeded_split
 from rsfm.utils.errors import DataError
 
 __all__ = [

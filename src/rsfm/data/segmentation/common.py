@@ -15,7 +15,7 @@ Splits are named the same way in every layout: ``train_split``, ``val_split`` an
 ``test_split``, each either a sub-folder of ``root`` in the dataset's own layout (``"Val"``)
 or a list of image names held out of ``root`` (file stems, Dubai tile numbers). The test
 split must be given: a validation split never silently doubles as the test split. Splits that
-share an image with the training split are an error (:func:`check_disjoint_splits`).
+share an image with the training split are an error (:func:`~rsfm.data.splits.check_disjoint_splits`).
 
 Files that cannot be read (empty, truncated, not an image) never stop a run: the dataset
 returns ``{"skipped": (path, reason), "id": str}`` for them, the loaders' collate
@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 from rsfm.data.base import DataInfo, DataModule, check_folder
 from rsfm.data.io import IMAGE_EXTENSIONS, RasterRule, UnsupportedImageError, read_image
 from rsfm.data.skips import READ_ERRORS, collate_skipping, skip_reason
+from rsfm.data.splits import check_disjoint_splits
 from rsfm.utils.errors import DataError
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "SegmentationDataModule",
     "SegmentationDataset",
     "Split",
-    "check_disjoint_splits",
     "colourise",
     "index_mask_reader",
     "pair_by_stem",
@@ -485,69 +485,6 @@ class SegmentationDataset(Dataset[dict[str, Any]]):
 # --------------------------------------------------------------------------- splits
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def check_disjoint_splits(
-    files: Mapping[str, Iterable[str | os.PathLike[str]]],
-    root: str | os.PathLike[str] | None = None,
-    noun: str = "image",
-) -> None:
-    """Check that no file of the training split is validated or tested on.
-
-    Files are compared by absolute, normalised path (symbolic links are not followed: two
-    links to one file are two files).
-
-    Args:
-        files: split (``"train"``, ``"val"``, ``"test"``; missing ones are empty) -> the files
-            that identify its samples (image paths, before-image paths of change pairs).
-        root: folder the example paths of the messages are shown relative to.
-        noun: what a file is, singular, for the messages (``"image"``, ``"pair"``).
-
-    Raises:
-        DataError: if the training split shares files with the validation or the test split,
-            naming both keys, the count and up to three files, e.g. ``data.train_split and
-            data.test_split share 9 images, e.g. ['Tile 3/images/image_part_001.jpg', ...]``.
-
-    Warns:
-        UserWarning: if the validation and the test split are the same files (``data.test_split
-            equals data.val_split``; allowed, e.g. LoveDA tests on its ``Val`` set) or share
-            some of them: the test scores are then not independent of checkpoint selection.
-    """
-    base = os.path.abspath(os.fspath(root)) if root is not None else None
-
-    def normalised(items: Iterable[str | os.PathLike[str]]) -> set[str]:
-        return {os.path.normpath(os.path.abspath(os.fspath(p))) for p in items}
-
-    def examples(paths: set[str]) -> list[str]:
-        shown = sorted(paths)[:3]
-        if base is not None:
-            shown = [os.path.relpath(p, base) if p.startswith(base + os.sep) else p for p in shown]
-        return shown + (["..."] if len(paths) > 3 else [])
-
-    sets = {key: normalised(files.get(key, ())) for key in ("train", "val", "test")}
-    for key in ("val", "test"):
-        shared = sets["train"] & sets[key]
-        if shared:
-            raise DataError(
-                f"data.train_split and data.{key}_split share {_plural(len(shared), noun)}, "
-                f"e.g. {examples(shared)}: nothing trained on may be {'validated' if key == 'val' else 'tested'} on"
-            )
-    shared = sets["val"] & sets["test"]
-    if shared and sets["val"] == sets["test"]:
-        warnings.warn(
-            "data.test_split equals data.val_split: the test scores are not independent of checkpoint selection",
-            stacklevel=3,
-        )
-    elif shared:
-        warnings.warn(
-            f"data.val_split and data.test_split share {_plural(len(shared), noun)}, e.g. {examples(shared)}: "
-            "their test scores are not independent of checkpoint selection",
-            stacklevel=3,
-        )
-
-
 def _names(selector: Split) -> list[str]:
     items = selector if isinstance(selector, list | tuple) else [selector]
     return [str(s) for s in items]
@@ -586,7 +523,7 @@ def resolve_splits(
 
     Warns:
         UserWarning: if the validation and test splits share images (see
-            :func:`check_disjoint_splits`).
+            :func:`~rsfm.data.splits.check_disjoint_splits`).
     """
     if test_split is None:
         raise DataError(

@@ -19,10 +19,10 @@ import numpy as np
 from rsfm.data.segmentation.common import (
     ColourTable,
     SegmentationDataModule,
-    check_disjoint_splits,
     colour_mask_reader,
     pair_by_stem,
 )
+from rsfm.data.splits import check_disjoint_splits
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
 
