@@ -72,9 +72,16 @@ def test_overrides_with_and_without_init_args_agree() -> None:
     [
         ("trainer.max_epoch=3", "trainer.max_epoch: not an option of trainer; options: max_epochs"),
         ("optim.lrr=0.1", "optim.lrr: not an option of optim; options: name, lr, blr"),
-        ("model.heads.segmentation.chanels=3", "'chanels' is not an option of UperNetHead; options: channels"),
-        ("data.crop_sise=3", "'crop_sise' is not an option of DubaiDataModule"),
-        ("model.encoder.init_args.patch_sise=8", "'patch_sise' is not an option of ViT"),
+        (
+            "model.heads.segmentation.chanels=3",
+            "model.heads.segmentation.chanels: 'chanels' is not an option of UperNetHead; options: channels",
+        ),
+        (
+            "model.heads.auxiliary.init_args.chanels=3",
+            "model.heads.auxiliary.chanels: 'chanels' is not an option of FCN",
+        ),
+        ("data.crop_sise=3", "data.crop_sise: 'crop_sise' is not an option of DubaiDataModule"),
+        ("model.encoder.init_args.patch_sise=8", "model.encoder.patch_sise: 'patch_sise' is not an option of ViT"),
         ("trainer.max_epochs=abc", "trainer.max_epochs: Expected a int"),
         ("model.heads.segmentation.class_path=Nope", "unknown class_path 'Nope'; registered heads: ChangeHead"),
         ("data.class_path=NoData", "registered datasets: CDDDataModule"),
@@ -112,6 +119,13 @@ def test_misspelt_keys_inside_the_file_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=rf"{bad}: trainer.max_epoch: not an option of trainer"):
+        load_recipe("finetune", bad)
+    data["trainer"].pop("max_epoch")
+    data["model"]["heads"]["auxiliary"]["init_args"]["num_conv"] = 2  # a head's option, in the file
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ConfigError, match=rf"{bad}: model.heads.auxiliary.num_conv: 'num_conv' is not an option of FCNHead"
+    ):
         load_recipe("finetune", bad)
     bad.write_text("trainer:\n  max_epochs: [1,\n")
     with pytest.raises(ConfigError, match=rf"{bad}:3:1: YAML syntax error"):

@@ -355,6 +355,8 @@ def format_parse_error(message: str, source: str | None = None) -> str:
             problem = f"{option!r} is not an option of {cls.rsplit('.', 1)[-1]}" + (
                 f"; options: {', '.join(allowed)}" if allowed else ""
             )
+            if key and key != "model.heads":  # the head's name is found by _name_the_head
+                key = f"{key}.{option}"
         else:
             problem = f"{option!r} is not an option here"
     m = re.match(r"Group '([\w.]+)' does not accept option '([\w.]+)'", problem)
@@ -383,6 +385,39 @@ def format_parse_error(message: str, source: str | None = None) -> str:
     problem = re.sub(r"<class '([\w.]+)'>", r"\1", problem)
     prefix = f"{source}: " if source else ""
     return f"{prefix}{key}: {problem}" if key else f"{prefix}{problem}"
+
+
+def _name_the_head(message: str, path: Path | None, args: list[str]) -> str:
+    """Put the head's name into a ``model.heads: 'x' is not an option of ...`` message.
+
+    jsonargparse reports a bad option of a head under the dict's key (``model.heads``) alone;
+    the recipe and the overrides say which head carries it, giving
+    ``model.heads.<name>.<option>``. The message is returned unchanged when no head (or more
+    than one) carries the option.
+    """
+    m = re.search(r"model\.heads: '(\w+)' is not an option of", message)
+    if m is None:
+        return message
+    option = m.group(1)
+    carriers: list[str] = []
+    if path is not None:
+        import yaml
+
+        try:
+            heads = ((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model") or {}).get("heads") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            heads = {}
+        for name, spec in heads.items() if isinstance(heads, dict) else ():
+            if isinstance(spec, dict) and (option in spec or option in (spec.get("init_args") or {})):
+                carriers.append(str(name))
+    for a in args:
+        o = re.match(rf"--model\.heads\.(\w+)\.(?:init_args\.)?{option}=", a)
+        if o is not None:
+            carriers.append(o.group(1))
+    names = list(dict.fromkeys(carriers))
+    if len(names) != 1:
+        return message
+    return message.replace("model.heads: ", f"model.heads.{names[0]}.{option}: ", 1)
 
 
 def load_recipe(command: str, path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -415,7 +450,8 @@ def load_recipe(command: str, path: str | Path | None, overrides: list[str] | No
     try:
         cfg = parser.parse_args(args)
     except ArgumentError as err:
-        raise ConfigError(format_parse_error(str(err), str(path) if path else None)) from None
+        message = format_parse_error(str(err), str(path) if path else None)
+        raise ConfigError(_name_the_head(message, path, args)) from None
     except SystemExit:  # argparse's own exits (unknown top-level option)
         raise ConfigError(f"{path}: invalid recipe or overrides {args[2:]}") from None
     text = parser.dump(cfg, skip_none=False, skip_check=True)
