@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,10 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
         _write_recipe(out, recipe)
         if ckpt:
             print(f"resuming from {ckpt}")
-    trainer.fit(module, datamodule=LightningData(data), ckpt_path=ckpt, weights_only=True)
+    with warnings.catch_warnings():
+        # pretraining has no validation loop; the datamodule's loader is for the tasks that do
+        warnings.filterwarnings("ignore", message=r".*`val_dataloader` but have no `validation_step`")
+        trainer.fit(module, datamodule=LightningData(data), ckpt_path=ckpt, weights_only=True)
     skip = next(c for c in trainer.callbacks if type(c).__name__ == "SkipReportCallback")
     result: dict[str, Any] = {"run_dir": str(out), "encoder": None, "metrics": None, "skipped": skip.report.counts()}
     if not trainer.is_global_zero:
