@@ -165,3 +165,17 @@ def test_an_export_s_statistics_win_over_the_data_s(loveda_batch, tmp_path) -> N
     assert model.mean_std == ([0.3] * 4, [0.2] * 4) and model.encoder.model.patch_embed.proj.in_channels == 4
     plain = DataInfo(classes=["a", "b"], sample_keys=("image", "mask"), crop_size=64)
     assert TaskModel(enc, {"seg": FCN}, PYRAMID, plain).mean_std == ([0.5] * 3, [0.25] * 3)
+
+
+def test_fpn_neck_gives_a_resnet_pyramid_one_width(loveda_batch, one_thread) -> None:
+    batch, info = loveda_batch
+    resnet = {"class_path": "ResNet", "init_args": {"name": "resnet18"}}
+    fpn = {"class_path": "FPN", "init_args": {"out_channels": 32, "extra_pool": True}}
+    model = TaskModel(resnet, {"seg": {"class_path": "UperNetHead", "init_args": {"channels": 16}}}, fpn, info)
+    assert model.neck.strides == [4, 8, 16, 32, 64] and model.neck.out_channels == [32] * 5
+    features = model.features(batch)
+    assert [tuple(m.shape[1:]) for m in features.maps["image"]] == [(32, 64 // s, 64 // s) for s in (4, 8, 16, 32, 64)]
+    sum(model.heads["seg"].loss(features, batch).values()).backward()
+    assert model.neck.fpn.inner_blocks[0][0].weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="FPN takes maps at increasing strides.*SimpleFeaturePyramid"):
+        TaskModel(VIT, {"seg": FCN}, {"class_path": "FPN"}, info)

@@ -8,10 +8,11 @@ model is built, so recipes are validated quickly.
 from rsfm.models import encoders, heads, necks
 from rsfm.models.encoders import Encoder, ResNet, ViT
 from rsfm.models.heads import Head
-from rsfm.models.necks import Neck, SimpleFeaturePyramid
+from rsfm.models.necks import FPN, Neck, SimpleFeaturePyramid
 from rsfm.models.task_model import TaskModel
 
 __all__ = [
+    "FPN",
     "Encoder",
     "Head",
     "Neck",
