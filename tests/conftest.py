@@ -96,7 +96,7 @@ def one_thread():
 
 #: test folders whose every module runs torch on one thread: their models are small, and on a
 #: busy 2-core machine a second thread mostly waits (up to 10x slower)
-ONE_THREAD_FOLDERS = ("methods", "metrics", "models", "tasks")
+ONE_THREAD_FOLDERS = ("methods", "metrics", "models", "ops", "tasks")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,7 +5,7 @@ modules import only the standard library, numpy, PIL and torch at module level, 
 are validated quickly; torchvision, rasterio and torchdata are imported when used.
 """
 
-from rsfm.data import change, detection, segmentation
+from rsfm.data import change, detection, rotated, segmentation
 from rsfm.data.base import IMAGENET_MEAN, IMAGENET_STD, DataInfo, DataModule
 from rsfm.data.folder import ImageFolder, LabeledImageFolder, check_image_root, scan_folder
 from rsfm.data.io import IMAGE_EXTENSIONS, BadImageError, RasterRule, UnsupportedImageError, read_image
@@ -38,6 +38,7 @@ __all__ = [
     "collate_skipping",
     "detection",
     "read_image",
+    "rotated",
     "scan_folder",
     "seeded_split",
     "segmentation",

@@ -80,13 +80,13 @@ def _as_numpy(x: ArrayLike | None, dtype: type | np.dtype, what: str) -> np.ndar
     return np.asarray(x, dtype=dtype)
 
 
-def _boxes(x: ArrayLike, what: str) -> np.ndarray:
-    """``x`` as a ``(N, 4)`` float64 array; ValueError on any other shape."""
+def _boxes(x: ArrayLike, what: str, width: int = 4) -> np.ndarray:
+    """``x`` as a ``(N, width)`` float64 array (xyxy boxes by default); ValueError on any other shape."""
     a = _as_numpy(x, np.float64, what)
     if a.size == 0:
-        return np.zeros((0, 4), dtype=np.float64)
-    if a.ndim != 2 or a.shape[1] != 4:
-        raise ValueError(f"{what} must have shape (N, 4), got {tuple(a.shape)}")
+        return np.zeros((0, width), dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != width:
+        raise ValueError(f"{what} must have shape (N, {width}), got {tuple(a.shape)}")
     return a
 
 
@@ -310,16 +310,19 @@ def _best_matches(
     pixel_offset: float,
     gt_offset: int,
     allowed: np.ndarray | None = None,
+    iou_fn: Callable[[np.ndarray, np.ndarray, np.ndarray | None], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each detection's best ground-truth box in one image.
 
     Args:
-        det_boxes: ``(M, 4)`` xyxy pixels.
-        gt_boxes: ``(N, 4)`` xyxy pixels.
+        det_boxes: ``(M, 4)`` xyxy pixels (or whatever ``iou_fn`` takes).
+        gt_boxes: ``(N, 4)`` xyxy pixels (likewise).
         gt_difficult: ``(N,)`` bool.
         pixel_offset: see :func:`box_iou`.
         gt_offset: added to the box index, so that ids are unique over images.
         allowed: optional ``(M, N)`` bool, the pairs that may match (same class).
+        iou_fn: ``(det, gt, allowed) -> (M, N)`` IoU (it may skip pairs that ``allowed`` rules
+            out); None: :func:`box_iou` with ``pixel_offset``.
 
     Returns:
         ``(M,)`` float64 best IoU (-1 where no box is allowed), ``(M,)`` int64 id of that box
@@ -328,7 +331,7 @@ def _best_matches(
     m = len(det_boxes)
     if m == 0 or len(gt_boxes) == 0:
         return np.full(m, -1.0), np.full(m, -1, np.int64), np.zeros(m, bool)
-    iou = box_iou(det_boxes, gt_boxes, pixel_offset)
+    iou = box_iou(det_boxes, gt_boxes, pixel_offset) if iou_fn is None else iou_fn(det_boxes, gt_boxes, allowed)
     if allowed is not None:
         iou = np.where(allowed, iou, -1.0)
     best = iou.argmax(axis=1)  # the first maximum on ties
@@ -488,6 +491,20 @@ class VOCMeanAP:
             raise ValueError(f"{what} must be integers in [0, {k}), got {shown}")
         return labels.astype(np.int64)
 
+    def _read_boxes(self, d: dict[str, Any], what: str) -> np.ndarray:
+        """The boxes of one image's predictions or targets: ``d['boxes']`` as ``(N, 4)`` float64.
+
+        Raises:
+            ValueError: naming ``what`` if the key is missing or the shape is wrong.
+        """
+        if "boxes" not in d:
+            raise ValueError(f"{what} lacks ['boxes']")
+        return _boxes(d["boxes"], f"{what}['boxes']")
+
+    def _iou(self, det: np.ndarray, gt: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        """``(M, N)`` IoU of one image's detections and ground truth (:func:`box_iou`)."""
+        return box_iou(det, gt, self.pixel_offset)
+
     def update(self, preds: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]) -> None:
         """Add images.
 
@@ -506,16 +523,16 @@ class VOCMeanAP:
             raise ValueError(f"got {len(preds)} predictions for {len(targets)} targets")
         added = []
         for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
-            for name, d, keys in (("preds", p, ("boxes", "scores", "labels")), ("targets", t, ("boxes", "labels"))):
+            for name, d, keys in (("preds", p, ("scores", "labels")), ("targets", t, ("labels",))):
                 missing = [k for k in keys if k not in d]
                 if missing:
                     raise ValueError(f"{name}[{i}] lacks {missing}")
-            det_boxes = _boxes(p["boxes"], f"preds[{i}]['boxes']")
+            det_boxes = self._read_boxes(p, f"preds[{i}]")
             scores = _vector(p["scores"], np.float64, len(det_boxes), f"preds[{i}]['scores']")
             if np.isnan(scores).any():
                 raise ValueError(f"preds[{i}]['scores'] must not hold NaN")
             det_labels = self._labels(p["labels"], len(det_boxes), f"preds[{i}]['labels']")
-            gt_boxes = _boxes(t["boxes"], f"targets[{i}]['boxes']")
+            gt_boxes = self._read_boxes(t, f"targets[{i}]")
             gt_labels = self._labels(t["labels"], len(gt_boxes), f"targets[{i}]['labels']")
             difficult = t.get("difficult")
             if difficult is None:
@@ -597,6 +614,7 @@ class VOCMeanAP:
                 self.pixel_offset,
                 gt_offsets[i],
                 im["det_labels"][:, None] == im["gt_labels"][None, :],
+                self._iou,
             )
             for i, im in enumerate(images)
         ]

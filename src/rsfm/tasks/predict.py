@@ -9,6 +9,11 @@ What is written depends on the head's :attr:`~rsfm.models.heads.base.Head.output
   image's georeference for a ``.tif`` output.
 - ``boxes`` (detection): a GeoJSON ``FeatureCollection`` of box polygons, in the raster's map
   coordinates when the input is georeferenced, else in pixels.
+- ``obbs`` (rotated detection): a GeoJSON ``FeatureCollection`` of the oriented boxes' polygons
+  (map coordinates for a georeferenced input, else pixels), and, in a folder named
+  ``task1`` beside it, DOTA Task1 submission files ``Task1_<class>.txt`` (``image_id score x1 y1
+  ... x4 y4`` in pixels; predicting several images into one folder adds each image's lines,
+  replacing that image's earlier ones).
 - ``label`` (scene classification): a JSON file with the predicted class and the class
   probabilities of the image resized as the test split's (``data.img_size``).
 
@@ -36,7 +41,7 @@ from rsfm.utils.files import atomic_write, write_json
 if TYPE_CHECKING:
     from rsfm.tasks.module import DownstreamTask
 
-__all__ = ["predict_files"]
+__all__ = ["predict_files", "write_dota_task1"]
 
 _TIFF = {".tif", ".tiff"}
 
@@ -178,6 +183,14 @@ def predict_files(
             out = _output(paths[0], out, (".geojson", ".json"), ".geojson", "boxes")
             det = h.detect(task.model, images[0], score_thresh=h.vis_score_thresh)
             return _write_boxes(out, paths[0], det, h.classes, crs, transform, images[0].shape)
+        if kind == "obbs":
+            out = _output(paths[0], out, (".geojson", ".json"), ".geojson", "obbs")
+            det = h.predict(task.model, batch)[0]
+            keep = det["scores"] >= float(getattr(h, "vis_score_thresh", 0.0))
+            det = {k: v[keep].cpu() for k, v in det.items()}
+            written = _write_obbs(out, paths[0], det, h.classes, crs, transform, images[0].shape)
+            write_dota_task1(out.parent / "task1", paths[0].stem, det, h.classes)
+            return written
         if kind == "label":
             out = _output(paths[0], out, (".json",), ".json", "label")
             probs = h(task.model.features(batch, h), batch)[0].float().softmax(0).cpu()
@@ -194,28 +207,28 @@ def predict_files(
     raise ConfigError(f"head {name!r} ({type(h).__name__}) has no file prediction")
 
 
-def _write_boxes(
-    path_out: Path, path_in: Path, det: dict[str, Any], classes: list[str], crs: Any, transform: Any, shape: Any
-) -> Path:
-    """GeoJSON polygons of the boxes (map coordinates through ``transform`` when there is one)."""
-    features = []
-    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), strict=True):
-        x0, y0, x1, y1 = box
-        ring = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
-        if transform is not None:
-            ring = [transform @ xy for xy in ring]
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in ring]]},
-                "properties": {
-                    "class": classes[int(label)],
-                    "label": int(label),
-                    "score": float(score),
-                    "bbox_px": [float(v) for v in box],
-                },
-            }
-        )
+def _polygon_feature(
+    corners: Sequence[Sequence[float]],
+    transform: Any,
+    classes: list[str],
+    label: int,
+    score: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """A GeoJSON polygon feature of pixel ``corners`` (closed, mapped through ``transform`` if any)."""
+    ring = [tuple(c) for c in corners]
+    ring.append(ring[0])
+    if transform is not None:
+        ring = [transform @ xy for xy in ring]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [[[float(x), float(y)] for x, y in ring]]},
+        "properties": {"class": classes[int(label)], "label": int(label), "score": float(score), **extra},
+    }
+
+
+def _feature_collection(path_in: Path, features: list[dict[str, Any]], crs: Any, transform: Any, shape: Any) -> str:
+    """GeoJSON text of ``features`` with the image's size and georeference."""
     collection: dict[str, Any] = {
         "type": "FeatureCollection",
         "name": path_in.stem,
@@ -227,5 +240,76 @@ def _write_boxes(
         collection["crs"] = {"type": "name", "properties": {"name": crs.to_string()}}
     if transform is not None:
         collection["transform"] = [float(v) for v in list(transform)[:6]]
-    text = json.dumps(collection, indent=1)
+    return json.dumps(collection, indent=1)
+
+
+def _write_obbs(
+    path_out: Path, path_in: Path, det: dict[str, Any], classes: list[str], crs: Any, transform: Any, shape: Any
+) -> Path:
+    """GeoJSON polygons of oriented boxes ``det['obbs']`` ``(N, 5)`` (pixels, radians), mapped through ``transform``."""
+    from rsfm.ops.obb import obb2poly
+
+    polys = obb2poly(det["obbs"].double()).reshape(-1, 4, 2).tolist()
+    features = []
+    for poly, obb, score, label in zip(
+        polys, det["obbs"].tolist(), det["scores"].tolist(), det["labels"].tolist(), strict=True
+    ):
+        extra = {"obb_px": [float(v) for v in obb], "polygon_px": [float(v) for xy in poly for v in xy]}
+        features.append(_polygon_feature(poly, transform, classes, label, score, extra))
+    text = _feature_collection(path_in, features, crs, transform, shape)
+    return atomic_write(path_out, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_dota_task1(folder: str | os.PathLike[str], image_id: str, det: dict[str, Any], classes: list[str]) -> Path:
+    """Add one image's oriented detections to DOTA Task1 submission files, one per class.
+
+    ``Task1_<class>.txt`` holds one line per detection, ``image_id score x1 y1 x2 y2 x3 y3 x4
+    y4`` (corners in pixels of the whole image), the format of the DOTA evaluation server and
+    devkit (Xia et al., CVPR 2018). Lines of ``image_id`` already in the files are replaced, so
+    predicting an image again does not duplicate it. Every class gets a file (possibly empty).
+
+    Args:
+        folder: the submission folder (created if needed).
+        image_id: the image's name without suffix (no spaces).
+        det: ``obbs`` ``(N, 5)`` float (cx, cy, w, h, θ; pixels, radians), ``scores`` ``(N,)``,
+            ``labels`` ``(N,)`` int64 in ``[0, K)``.
+        classes: the ``K`` class names.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ConfigError: if ``image_id`` contains whitespace (the format is space-separated).
+    """
+    from rsfm.ops.obb import obb2poly
+
+    if any(c.isspace() for c in image_id):
+        raise ConfigError(f"DOTA Task1 image ids cannot hold spaces: {image_id!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    polys = obb2poly(det["obbs"].double()).tolist() if len(det["obbs"]) else []
+    lines: dict[int, list[str]] = {c: [] for c in range(len(classes))}
+    for poly, score, label in zip(polys, det["scores"].tolist(), det["labels"].tolist(), strict=True):
+        lines[int(label)].append(" ".join([image_id, f"{float(score):.6f}", *(f"{v:.2f}" for v in poly)]))
+    for c, name in enumerate(classes):
+        path = folder / f"Task1_{name}.txt"
+        old = path.read_text().splitlines() if path.is_file() else []
+        kept = [ln for ln in old if ln.split(" ", 1)[0] != image_id]
+        text = "".join(f"{ln}\n" for ln in [*kept, *lines[c]])
+        atomic_write(path, lambda tmp, t=text: Path(tmp).write_text(t))
+    return folder
+
+
+def _write_boxes(
+    path_out: Path, path_in: Path, det: dict[str, Any], classes: list[str], crs: Any, transform: Any, shape: Any
+) -> Path:
+    """GeoJSON polygons of the boxes (map coordinates through ``transform`` when there is one)."""
+    features = []
+    for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), strict=True):
+        x0, y0, x1, y1 = box
+        corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        features.append(
+            _polygon_feature(corners, transform, classes, label, score, {"bbox_px": [float(v) for v in box]})
+        )
+    text = _feature_collection(path_in, features, crs, transform, shape)
     return atomic_write(path_out, lambda tmp: Path(tmp).write_text(text))

@@ -55,7 +55,9 @@ __all__ = [
     "DetectionRecord",
     "TrainTransform",
     "class_index",
+    "class_indices",
     "collate_lists",
+    "crop_window",
     "make_record",
     "random_crop",
     "random_flip",
@@ -103,6 +105,27 @@ def make_record(
     )
 
 
+def class_indices(names: Sequence[str], classes: Sequence[str], where: os.PathLike[str] | str) -> list[int]:
+    """Indices of ``names`` in ``classes``: exact spelling first, else a unique case-insensitive match.
+
+    Raises:
+        ValueError: naming the file ``where`` and the class list if a name is not in it.
+    """
+    exact = {c: i for i, c in enumerate(classes)}
+    folded: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        folded.setdefault(c.lower(), []).append(i)
+    out = []
+    for name in names:
+        if name in exact:
+            out.append(exact[name])
+        elif len(folded.get(name.lower(), [])) == 1:
+            out.append(folded[name.lower()][0])
+        else:
+            raise ValueError(f"{where}: class {name!r} is not in the class list {list(classes)}")
+    return out
+
+
 def class_index(name: str, classes: Sequence[str], where: os.PathLike[str] | str) -> int:
     """Index of ``name`` in ``classes``.
 
@@ -128,6 +151,50 @@ def _select(sample: dict[str, Any], keep: Tensor) -> dict[str, Any]:
 
 def _start(lo: int, hi: int, generator: torch.Generator | None) -> int:
     return lo if hi <= lo else int(torch.randint(lo, hi + 1, (1,), generator=generator))
+
+
+def crop_window(
+    hulls: Tensor,
+    difficult: Tensor,
+    size: int,
+    height: int,
+    width: int,
+    object_prob: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """A random crop window of an image, object-centred with probability ``object_prob``.
+
+    The object-centred window is drawn uniformly among those that hold a randomly chosen
+    non-difficult object's hull whole (centred on the object when it is larger than the crop);
+    otherwise the window is uniform over the image. An image smaller than ``size`` keeps its
+    size on that axis.
+
+    Args:
+        hulls: ``(N, 4)`` xyxy pixels, the objects' enclosing horizontal boxes.
+        difficult: ``(N,)`` bool; difficult objects are never the centre.
+        size: crop side, pixels.
+        height: image height ``H``, pixels.
+        width: image width ``W``, pixels.
+        object_prob: probability of an object-centred window.
+        generator: random generator (default: torch's global one).
+
+    Returns:
+        ``(x0, y0, cw, ch)``: the window's top-left corner and size, pixels.
+    """
+    ch, cw = min(size, height), min(size, width)
+    pick = (~difficult).nonzero().flatten()
+    if len(pick) and float(torch.rand((), generator=generator)) < object_prob:
+        b = hulls[pick[int(torch.randint(len(pick), (1,), generator=generator))]].tolist()
+        starts = []
+        for lo_edge, hi_edge, c, full in ((b[0], b[2], cw, width), (b[1], b[3], ch, height)):
+            lo, hi = max(0, math.ceil(hi_edge) - c), min(math.floor(lo_edge), full - c)
+            if lo > hi:  # the object is larger than the crop: centre on it
+                lo = hi = min(max(0, round((lo_edge + hi_edge - c) / 2)), full - c)
+            starts.append(_start(lo, hi, generator))
+        x0, y0 = starts
+    else:
+        x0, y0 = _start(0, width - cw, generator), _start(0, height - ch, generator)
+    return x0, y0, cw, ch
 
 
 def random_crop(
@@ -156,19 +223,7 @@ def random_crop(
     """
     image, boxes = sample["image"], sample["boxes"]
     _, h, w = image.shape
-    ch, cw = min(size, h), min(size, w)
-    pick = (~sample["difficult"]).nonzero().flatten()
-    if len(pick) and float(torch.rand((), generator=generator)) < object_prob:
-        b = boxes[pick[int(torch.randint(len(pick), (1,), generator=generator))]].tolist()
-        windows = []
-        for lo_edge, hi_edge, c, full in ((b[0], b[2], cw, w), (b[1], b[3], ch, h)):
-            lo, hi = max(0, math.ceil(hi_edge) - c), min(math.floor(lo_edge), full - c)
-            if lo > hi:  # the object is larger than the crop: centre on it
-                lo = hi = min(max(0, round((lo_edge + hi_edge - c) / 2)), full - c)
-            windows.append(_start(lo, hi, generator))
-        x0, y0 = windows
-    else:
-        x0, y0 = _start(0, w - cw, generator), _start(0, h - ch, generator)
+    x0, y0, cw, ch = crop_window(boxes, sample["difficult"], size, h, w, object_prob, generator)
     out = dict(sample)
     out["image"] = image[:, y0 : y0 + ch, x0 : x0 + cw]
     shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rsfm.data.detection.common import DetectionDataModule, DetectionRecord
+from rsfm.data.detection.common import DetectionDataModule, DetectionRecord, class_indices
 from rsfm.data.detection.voc import parse_voc_xml
 from rsfm.utils.registry import DATASETS
 
@@ -140,23 +140,6 @@ def _read_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def _class_indices(names: Sequence[str], classes: Sequence[str], where: Path) -> list[int]:
-    """Indices of ``names`` in ``classes``: exact spelling first, else a unique case-insensitive match."""
-    exact = {c: i for i, c in enumerate(classes)}
-    folded: dict[str, list[int]] = {}
-    for i, c in enumerate(classes):
-        folded.setdefault(c.lower(), []).append(i)
-    out = []
-    for name in names:
-        if name in exact:
-            out.append(exact[name])
-        elif len(folded.get(name.lower(), [])) == 1:
-            out.append(folded[name.lower()][0])
-        else:
-            raise ValueError(f"{where}: class {name!r} is not in the class list {list(classes)}")
-    return out
-
-
 def _find_image(root: Path, rid: str) -> Path:
     for folder in DIOR_IMAGE_DIRS:
         if (p := root / folder / f"{rid}.jpg").is_file():
@@ -222,7 +205,7 @@ def dior_records(
             ann = parse_voc_xml(xml)
             boxes = ann["boxes"].astype(np.float32)
             keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        labels = np.asarray(_class_indices(ann["names"], classes, xml), dtype=np.int64).reshape(-1)
+        labels = np.asarray(class_indices(ann["names"], classes, xml), dtype=np.int64).reshape(-1)
         meta["size"] = ann["size"]
         meta["num_degenerate"] = int((~keep).sum())
         records.append(
