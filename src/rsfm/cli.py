@@ -169,6 +169,26 @@ def _stats(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _split(args: argparse.Namespace, rest: list[str]) -> int:
+    from rsfm.data.rotated.split import main as split_main
+
+    return split_main([*args.args, *rest], prog="rsfm split")
+
+
+def _merge(args: argparse.Namespace, rest: list[str]) -> int:
+    _no_rest("merge", rest)
+    if args.print_config:
+        return _print_options(args)
+    from rsfm.data.rotated.split import merge_task1
+
+    s = merge_task1(args.src, args.dst, args.iou_threshold)
+    print(
+        f"{s['classes']} class file(s): {s['patch_detections']} patch detection(s) -> {s['detections']} "
+        f"scene detection(s) in {args.dst}"
+    )
+    return 0
+
+
 def _list(args: argparse.Namespace, rest: list[str]) -> int:
     _no_rest("list", rest)
     if args.print_config:
@@ -246,13 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seed", type=int, default=0)
     st.set_defaults(func=_stats)
 
+    # the split command's options live with it (rsfm.data.rotated.split), which imports torch:
+    # `rsfm split ...` passes its arguments through, so that `rsfm --help` stays light
+    sp_split = sub.add_parser(
+        "split", help="cut large scenes (DOTA layout) into overlapping patches (rsfm split --help)", add_help=False
+    )
+    sp_split.add_argument("args", nargs=argparse.REMAINDER)
+    sp_split.set_defaults(func=_split)
+    mg = sub.add_parser("merge", help="merge DOTA Task1 files of patches into Task1 files of their scenes")
+    mg.add_argument("src", help="folder of the patches' Task1_<class>.txt files")
+    mg.add_argument("dst", help="output folder")
+    mg.add_argument("--iou-threshold", type=float, default=0.1, help="rotated NMS threshold (0.1)")
+    mg.set_defaults(func=_merge)
+
     ls = sub.add_parser("list", help="list the registered encoders, necks, heads, methods or datasets")
     ls.add_argument(
         "kind", nargs="?", default="all", choices=["all", "encoders", "necks", "heads", "methods", "datasets"]
     )
     ls.set_defaults(func=_list)
 
-    for sp in (ev, ex, st, ls):
+    for sp in (ev, ex, st, mg, ls):
         sp.add_argument(
             "--print-config", "--print_config", action="store_true", help="print the resolved options and exit"
         )

@@ -33,8 +33,10 @@ to ``[1, patch_size]``. The devkit also keeps ``iof == threshold`` below the thr
 (``half_iou > thresh``); here it is kept as an ordinary object. Patches are not padded to
 ``patch_size`` unless ``pad`` (the devkit pads with black).
 
-Run as a command: ``python -m rsfm.data.rotated.split SRC DST --patch-size 1024 --gap 200
---rates 0.5 1.0``.
+Run as a command: ``rsfm split SRC DST --patch-size 1024 --gap 200 --rates 0.5 1.0`` (or
+``python -m rsfm.data.rotated.split ...``). After predicting the patches, detections go back
+to their scenes with :func:`merge_patch_detections` (tensors) or :func:`merge_task1` (DOTA
+Task1 files; ``rsfm merge SRC DST``).
 
 .. versionadded:: 0.3
 """
@@ -44,7 +46,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +62,15 @@ from rsfm.data.skips import READ_ERRORS, skip_reason
 from rsfm.utils.errors import DataError
 
 __all__ = [
+    "add_split_arguments",
     "main",
+    "merge_patch_detections",
+    "merge_task1",
     "parse_patch_name",
     "patch_name",
     "patch_to_source",
     "patch_windows",
+    "run_split",
     "split_dataset",
     "split_image",
     "split_record",
@@ -428,9 +434,112 @@ def split_dataset(
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m rsfm.data.rotated.split SRC DST [--patch-size ...]``; prints a summary."""
-    p = argparse.ArgumentParser(prog="python -m rsfm.data.rotated.split", description=__doc__.split("\n\n")[0])
+def merge_patch_detections(
+    detections: Mapping[str, Mapping[str, Tensor]], iou_threshold: float = 0.1
+) -> dict[str, dict[str, Tensor]]:
+    """Detections of patches as detections of their scenes: mapped back, then class-wise rotated NMS.
+
+    The last step of the DOTA workflow (split, predict on patches, merge): an object in the
+    overlap of two patches is detected in both, and NMS over the scene keeps the best of them.
+    The default threshold, 0.1, is the one mmrotate's DOTA merge uses (oriented objects of one
+    class rarely overlap).
+
+    Args:
+        detections: patch name (:func:`patch_name`, a file stem or path) → ``obbs`` ``(N, 5)``
+            (pixels of the patch, radians), ``scores`` ``(N,)``, ``labels`` ``(N,)`` int64.
+        iou_threshold: rotated IoU above which the lower-scoring of two same-class boxes goes.
+
+    Returns:
+        Scene id → ``obbs`` ``(M, 5)`` in pixels of the scene, ``scores``, ``labels``, by
+        decreasing score.
+
+    Raises:
+        DataError: if a key is not a patch name.
+    """
+    from rsfm.ops.rotated_nms import batched_nms_rotated
+
+    scenes: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}
+    for name, det in detections.items():
+        image_id, rate, x0, y0 = parse_patch_name(name)
+        obbs = torch.as_tensor(det["obbs"]).reshape(-1, 5)
+        part = (
+            patch_to_source(obbs, x0, y0, rate),
+            torch.as_tensor(det["scores"]).reshape(-1),
+            torch.as_tensor(det["labels"]).reshape(-1),
+        )
+        scenes.setdefault(image_id, []).append(part)
+    out = {}
+    for image_id, parts in scenes.items():
+        obbs, scores, labels = (torch.cat([p[k] for p in parts]) for k in range(3))
+        keep = batched_nms_rotated(obbs, scores, labels, iou_threshold)
+        out[image_id] = {"obbs": obbs[keep], "scores": scores[keep], "labels": labels[keep]}
+    return out
+
+
+def merge_task1(src: str | os.PathLike[str], dst: str | os.PathLike[str], iou_threshold: float = 0.1) -> dict[str, int]:
+    """Merge DOTA Task1 files of patches into Task1 files of their scenes (the devkit's ``ResultMerge``).
+
+    Reads every ``Task1_<class>.txt`` of ``src`` (lines ``<patch name> score x1 y1 ... x4 y4``,
+    as ``rsfm predict`` writes for patches cut by :func:`split_dataset`), maps the polygons
+    back to their scenes and writes ``Task1_<class>.txt`` to ``dst`` with scene ids, after
+    rotated NMS per scene and class (:func:`merge_patch_detections`).
+
+    Args:
+        src: folder of the patches' Task1 files.
+        dst: output folder (created).
+        iou_threshold: NMS threshold.
+
+    Returns:
+        ``{"classes": files merged, "patch_detections": lines read, "detections": lines written}``.
+
+    Raises:
+        DataError: if ``src`` holds no ``Task1_*.txt`` file, or a line is malformed (naming the
+            file and line).
+    """
+    from rsfm.ops.obb import obb2poly, poly2obb
+    from rsfm.utils.files import atomic_write
+
+    files = sorted(Path(src).glob("Task1_*.txt"))
+    if not files:
+        raise DataError(f"{src}: no Task1_<class>.txt files to merge")
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    summary = {"classes": 0, "patch_detections": 0, "detections": 0}
+    for path in files:
+        per_patch: dict[str, list[list[float]]] = {}
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                if len(parts) != 10:
+                    raise ValueError
+                per_patch.setdefault(parts[0], []).append([float(v) for v in parts[1:]])
+            except ValueError:
+                raise DataError(f"{path}:{n}: expected '<patch> score x1 y1 ... x4 y4', got {line!r}") from None
+        dets = {}
+        for name, rows in per_patch.items():
+            t = torch.tensor(rows, dtype=torch.float64)
+            dets[name] = {
+                "obbs": poly2obb(t[:, 1:]),
+                "scores": t[:, 0],
+                "labels": torch.zeros(len(t), dtype=torch.int64),
+            }
+        merged = merge_patch_detections(dets, iou_threshold)
+        lines = []
+        for image_id in sorted(merged):
+            m = merged[image_id]
+            for score, poly in zip(m["scores"].tolist(), obb2poly(m["obbs"]).tolist(), strict=True):
+                lines.append(" ".join([image_id, f"{score:.6f}", *(f"{v:.2f}" for v in poly)]))
+        text = "".join(f"{ln}\n" for ln in lines)
+        atomic_write(Path(dst) / path.name, lambda tmp, t=text: Path(tmp).write_text(t))
+        summary["classes"] += 1
+        summary["patch_detections"] += sum(len(r) for r in per_patch.values())
+        summary["detections"] += len(lines)
+    return summary
+
+
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the split command (``rsfm split`` and ``python -m rsfm.data.rotated.split``)."""
     p.add_argument("src", help="DOTA folder: images/ and (optionally) labelTxt/")
     p.add_argument("dst", help="output folder")
     p.add_argument("--patch-size", type=int, default=1024, help="patch side, pixels (1024)")
@@ -441,7 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--drop-empty", action="store_true", help="do not write patches without objects")
     p.add_argument("--pad", action="store_true", help="pad patches of small scenes to patch-size")
     p.add_argument("--label-dir", default="labelTxt", help="label folder name (labelTxt)")
-    args = p.parse_args(argv)
+
+
+def run_split(args: argparse.Namespace) -> int:
+    """Split as the parsed options of :func:`add_split_arguments` say; prints a summary."""
     summary = split_dataset(
         args.src,
         args.dst,
@@ -461,6 +573,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, reason in summary["skipped"]:
         print(f"  skipped {path}: {reason}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m rsfm.data.rotated.split") -> int:
+    """Command line: ``rsfm split SRC DST [--patch-size ...]`` (or ``python -m ...``); prints a summary."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--print-config", "--print_config", action="store_true", help="print the resolved options and exit")
+    add_split_arguments(p)
+    args = p.parse_args(argv)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump({k: v for k, v in vars(args).items() if k != "print_config"}, sort_keys=False), end="")
+        return 0
+    return run_split(args)
 
 
 if __name__ == "__main__":
