@@ -68,6 +68,19 @@ SMALL: dict[str, list[str]] = {
         "model.heads.change.init_args.channels=16",
         "model.num_visualisations=1",
     ],
+    "rotated_detection_dota": [
+        "model.encoder.init_args.img_size=64",
+        "data.init_args.crop_size=64",
+        "data.init_args.batch_size=2",
+        "data.init_args.crops_per_image=4",
+        "model.heads.rotated_detection.init_args.fpn_channels=16",
+        "model.heads.rotated_detection.init_args.fc_channels=32",
+        "model.heads.rotated_detection.init_args.roi_num_samples=16",
+        "model.heads.rotated_detection.init_args.rpn_proposals_test=50",
+        "model.heads.rotated_detection.init_args.tile_size=512",
+        "model.heads.rotated_detection.init_args.tile_overlap=64",
+        "model.num_visualisations=1",
+    ],
 }
 
 

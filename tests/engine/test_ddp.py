@@ -15,6 +15,7 @@ CASES = {
     "segmentation_dubai": [],
     "detection_nepu": [],
     "change_detection_levir": ["data.init_args.crops_per_image=2"],
+    "rotated_detection_dota": [],
 }
 
 

@@ -10,7 +10,13 @@ from engine_helpers import Crash, CrashAt, assert_same_weights, checkpoint, fine
 
 from rsfm.engine.run import train_task
 
-TASKS = ["classification_aid", "segmentation_dubai", "detection_nepu", "change_detection_levir"]
+TASKS = [
+    "classification_aid",
+    "segmentation_dubai",
+    "detection_nepu",
+    "change_detection_levir",
+    "rotated_detection_dota",
+]
 
 
 @pytest.mark.parametrize("name", TASKS)

@@ -134,6 +134,24 @@ def test_gradcheck() -> None:
     assert rois.grad is None  # as MMCV: no gradient for the rois
 
 
+def test_bf16_autocast_forward_and_backward() -> None:
+    # the op runs in float32 inside an autocast region (mixed-precision training), as mmcv's force_fp32
+    g = torch.Generator().manual_seed(0)
+    feat = torch.rand(1, 4, 20, 24, generator=g, requires_grad=True)
+    rois = torch.tensor([[0, 10.0, 9.0, 8.0, 5.0, 0.6], [0, 5.0, 12.0, 6.0, 6.0, -1.2]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align_rotated(feat, rois, 3, 1.0, 2)
+        out.sum().backward()
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, roi_align_rotated(feat, rois, 3, 1.0, 2))
+    assert feat.grad is not None and torch.isfinite(feat.grad).all() and feat.grad.abs().sum() > 0
+    half = feat.detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align_rotated(half, rois, 3, 1.0, 2)
+        out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and half.grad is not None and half.grad.dtype == torch.bfloat16
+
+
 def test_module_empty_and_errors() -> None:
     x = feature_map(0.25).float()
     m = RoIAlignRotated(7, 0.25, 2, clockwise=True)

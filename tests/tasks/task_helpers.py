@@ -63,6 +63,27 @@ SMALL: dict[str, list[str]] = {
         "model.heads.detection.rpn_post_nms_top_n_test=50",
         "model.num_visualisations=1",
     ],
+    "rotated_detection_dota": [
+        "data.crop_size=64",
+        "data.batch_size=2",
+        "model.heads.rotated_detection.fpn_channels=16",
+        "model.heads.rotated_detection.fc_channels=32",
+        "model.heads.rotated_detection.roi_num_samples=16",
+        "model.heads.rotated_detection.rpn_proposals_test=50",
+        "model.heads.rotated_detection.tile_size=512",
+        "model.heads.rotated_detection.tile_overlap=64",
+        "model.num_visualisations=1",
+    ],
+    "rotated_detection_hituav": [
+        "data.crop_size=64",
+        "data.batch_size=2",
+        "data.eval_batch_size=1",
+        "model.heads.rotated_detection.fpn_channels=16",
+        "model.heads.rotated_detection.fc_channels=32",
+        "model.heads.rotated_detection.roi_num_samples=16",
+        "model.heads.rotated_detection.rpn_proposals_test=50",
+        "model.num_visualisations=1",
+    ],
     "classification_aid": [
         "data.img_size=64",
         "data.batch_size=12",  # the 12 held-out images in one test batch
@@ -75,6 +96,8 @@ DATA_FOLDER = {
     "segmentation_loveda": "loveda",
     "change_detection_levir": "levir_cd",
     "detection_nepu": "nepu_owod",
+    "rotated_detection_dota": "dota",
+    "rotated_detection_hituav": "hit_uav",
 }
 
 

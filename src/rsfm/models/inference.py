@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["merge_detections", "slide_inference", "tile_windows", "window_starts"]
+__all__ = ["detect_tiles", "merge_detections", "slide_inference", "tile_windows", "window_starts"]
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -132,6 +133,55 @@ def tile_windows(height: int, width: int, tile: int, overlap: int) -> list[tuple
         return [*out, n - tile]
 
     return [(y, x, min(y + tile, height), min(x + tile, width)) for y in starts(height) for x in starts(width)]
+
+
+@torch.no_grad()
+def detect_tiles(
+    head: torch.nn.Module,
+    model: Any,
+    image: Tensor,
+    tile: int,
+    overlap: int,
+    batch_tiles: int,
+    merge: Callable[[list[dict[str, Tensor]], list[tuple[int, int]]], dict[str, Tensor]],
+    score_thresh: float | None = None,
+) -> dict[str, Tensor]:
+    """Run a detection head over overlapping tiles of one image and merge the tiles' detections.
+
+    The head runs in evaluation mode (its mode is restored afterwards) on ``batch_tiles`` tiles at
+    a time, through ``model.features`` (normalisation, encoder, neck).
+
+    Args:
+        head: the detection head; ``head(features, None)`` returns one detection dict per tile.
+        model: the task model (:class:`~rsfm.models.task_model.TaskModel`).
+        image: ``(C, H, W)`` float32 in [0, 1], any size.
+        tile: tile side, pixels (:func:`tile_windows`).
+        overlap: overlap of neighbouring tiles, pixels.
+        batch_tiles: tiles per forward pass (at least 1).
+        merge: ``(per-tile detections, tile origins (y0, x0)) -> detections in image pixels``
+            (:func:`merge_detections` for boxes; the rotated one for oriented boxes).
+        score_thresh: drop merged detections scoring below it (None: keep all).
+
+    Returns:
+        What ``merge`` returns, filtered by ``score_thresh``.
+    """
+    was_training = head.training
+    head.eval()
+    step = max(1, int(batch_tiles))
+    try:
+        _, h, w = image.shape
+        windows = tile_windows(h, w, tile, overlap)
+        dets: list[dict[str, Tensor]] = []
+        for i in range(0, len(windows), step):
+            tiles = [image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in windows[i : i + step]]
+            dets += head(model.features({"image": tiles}, head), None)
+    finally:
+        head.train(was_training)
+    out = merge(dets, [(y0, x0) for y0, x0, _, _ in windows])
+    if score_thresh is not None:
+        keep = out["scores"] >= score_thresh
+        out = {k: v[keep] for k, v in out.items()}
+    return out
 
 
 def merge_detections(

@@ -167,6 +167,29 @@ def roi_align_rotated(
     else:
         grid_h = torch.ceil(rh / out_h).clamp(min=0).to(torch.int64)
         grid_w = torch.ceil(rw / out_w).clamp(min=0).to(torch.int64)
+    # autocast off: the sparse products run in float32 (or float64) whatever the region says
+    with torch.autocast(input.device.type, enabled=False):
+        out = _pool(input, cx, cy, rw, rh, cos, sin, grid_h, grid_w, batch, out_h, out_w, geo)
+    return out.to(input.dtype)
+
+
+def _pool(
+    input: Tensor,
+    cx: Tensor,
+    cy: Tensor,
+    rw: Tensor,
+    rh: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    grid_h: Tensor,
+    grid_w: Tensor,
+    batch: Tensor,
+    out_h: int,
+    out_w: int,
+    geo: torch.dtype,
+) -> Tensor:
+    """The pooling of :func:`roi_align_rotated` once the rois are in map pixels, ``(K, C, out_h, out_w)`` in ``geo``."""
+    n, c, height, width = input.shape
     # channels last, in the sample dtype (sparse products need float32 or float64)
     feat = input.permute(0, 2, 3, 1).reshape(n * height * width, c).to(geo)
     base = batch * (height * width)
@@ -194,7 +217,7 @@ def roi_align_rotated(
             pieces.append(vals.view(len(r), out_h, out_w, c).permute(0, 3, 1, 2))
             order.append(r)
     out = torch.cat(pieces)
-    return out[torch.argsort(torch.cat(order))].to(input.dtype)
+    return out[torch.argsort(torch.cat(order))]
 
 
 class RoIAlignRotated(nn.Module):

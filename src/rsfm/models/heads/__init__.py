@@ -4,6 +4,7 @@ from rsfm.models.heads.base import Features, Head, HeadMetrics
 from rsfm.models.heads.change import ChangeHead
 from rsfm.models.heads.classification import ClassificationHead
 from rsfm.models.heads.detection import FasterRCNNHead
+from rsfm.models.heads.rotated_detection import OrientedRCNNHead
 from rsfm.models.heads.segmentation import FCNHead, SegmentationHead, UperNetHead
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Features",
     "Head",
     "HeadMetrics",
+    "OrientedRCNNHead",
     "SegmentationHead",
     "UperNetHead",
 ]

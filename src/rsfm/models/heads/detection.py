@@ -28,7 +28,7 @@ from torch import Tensor
 
 from rsfm.models.heads.base import Features, Head, HeadMetrics
 from rsfm.models.heads.segmentation import to_uint8_rgb
-from rsfm.models.inference import merge_detections, tile_windows
+from rsfm.models.inference import detect_tiles, merge_detections
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import HEADS
 
@@ -279,23 +279,11 @@ class FasterRCNNHead(Head):
             ``boxes`` ``(M, 4)`` float32 xyxy image pixels, ``scores`` ``(M,)``, ``labels``
             ``(M,)`` int64 in ``[0, K)``, by decreasing score.
         """
-        was_training = self.training
-        self.eval()
-        try:
-            _, h, w = image.shape
-            windows = tile_windows(h, w, self.tile, self.overlap)
-            dets: list[dict[str, Tensor]] = []
-            for i in range(0, len(windows), max(1, self.batch_tiles)):
-                chunk = windows[i : i + max(1, self.batch_tiles)]
-                tiles = [image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk]
-                dets += self(model.features({"image": tiles}, self), None)
-        finally:
-            self.train(was_training)
-        out = merge_detections(dets, [(y0, x0) for y0, x0, _, _ in windows], self.merge_iou, self.max_detections)
-        if score_thresh is not None:
-            keep = out["scores"] >= score_thresh
-            out = {k: v[keep] for k, v in out.items()}
-        return out
+
+        def merge(dets: list[dict[str, Tensor]], origins: list[tuple[int, int]]) -> dict[str, Tensor]:
+            return merge_detections(dets, origins, self.merge_iou, self.max_detections)
+
+        return detect_tiles(self, model, image, self.tile, self.overlap, self.batch_tiles, merge, score_thresh)
 
     def predict(self, model: TaskModel, batch: Mapping[str, Any]) -> list[dict[str, Tensor]]:
         """Detections of every whole image of the batch (tiled)."""
