@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 
 from rsfm.engine.config import load_recipe
 from rsfm.engine.run import build_data, finetune
@@ -203,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         "--recipes",
         nargs="+",
         type=Path,
-        default=sorted(RECIPES.glob("*.yaml")),
+        default=None,
         metavar="YAML",
-        help="fine-tuning recipes (default: every configs/finetune/*.yaml); a task is named by its file stem",
+        help="fine-tuning recipes (default: every configs/finetune/*.yaml whose data folder exists, e.g. not "
+        "rotated_detection_dior_r without data/DIOR-R); a task is named by its file stem",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument(
@@ -220,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", "--output", dest="out", type=Path, default=REPO / "runs" / "bench_downstream")
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
     args = p.parse_args(argv)
+    if args.recipes is None:
+        args.recipes = []
+        for path in sorted(RECIPES.glob("*.yaml")):
+            root = ((yaml.safe_load(path.read_text()).get("data") or {}).get("init_args") or {}).get("root")
+            if root and not (REPO / root).is_dir():
+                print(f"skipping {path.stem}: its data folder {root} is not here (pass --recipes to insist)")
+                continue
+            args.recipes.append(path)
     if not args.encoder.is_file():
         p.error(f"encoder not found: {args.encoder} (run the default pretraining recipe or pass --encoder)")
     missing = [str(r) for r in args.recipes if not r.is_file()]

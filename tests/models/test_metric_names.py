@@ -41,3 +41,16 @@ def test_detection_names_match_compute(metric: str) -> None:
     scores = det.compute()
     assert sorted(scores) == sorted(det.names)
     assert scores["mAP50"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("metric", ["voc07", "voc12"])
+def test_rotated_detection_names_match_compute(metric: str) -> None:
+    from rsfm.models.heads.rotated_detection import RotatedDetectionMetricSet
+
+    det = RotatedDetectionMetricSet(["plane", "ship"], metric=metric)
+    obb = torch.tensor([[20.0, 10.0, 16.0, 6.0, 0.4]])
+    preds = [{"obbs": obb, "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}]
+    batch = {"obbs": [obb], "labels": [torch.tensor([0])], "difficult": [torch.tensor([False])]}
+    det.update(preds, batch)
+    assert list(det.compute()) == list(det.names) == ["mAP50"]
+    assert det.compute()["mAP50"] == pytest.approx(100.0)

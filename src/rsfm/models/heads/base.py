@@ -125,7 +125,7 @@ class Head(nn.Module):
     input: ClassVar[str] = "pyramid"
     #: validation metric that selects checkpoints (higher is better); None: none
     monitor: ClassVar[str | None] = None
-    #: what ``rsfm predict`` writes for this head: ``mask``, ``change``, ``boxes``, ``label``
+    #: what ``rsfm predict`` writes for this head: ``mask``, ``change``, ``boxes``, ``obbs``, ``label``
     output_kind: ClassVar[str | None] = None
 
     def __init__(self, loss_weight: float = 1.0, evaluate: bool = True) -> None:
