@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rsfm.data import change, detection, segmentation
+from rsfm.data import change, detection, rotated, segmentation
 from rsfm.data.base import IMAGENET_MEAN, IMAGENET_STD, DataInfo, DataModule, check_folder, default_stats
 from rsfm.data.paired import PairedDataModule
 from rsfm.data.pretrain import PretrainDataModule
@@ -28,6 +28,13 @@ DATAMODULES = {
     change.LEVIRCDDataModule: {},
     change.CDDDataModule: {},
     change.OSCDDataModule: {},
+    rotated.DOTARotatedDataModule: {},
+    rotated.DIORRDataModule: {},
+    rotated.FAIR1MDataModule: {},
+    rotated.HRSC2016DataModule: {},
+    rotated.RoLabelImgDataModule: {},
+    rotated.HITUAVDataModule: {},
+    rotated.YOLOOBBDataModule: {},
 }
 
 
