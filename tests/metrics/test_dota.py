@@ -1,6 +1,7 @@
-"""DOTA-style rotated AP (rsfm.metrics.dota) against the DOTA devkit's algorithm, on real DOTA annotations.
+"""DOTA-style rotated AP (rsfm.metrics.dota) against the DOTA devkit's algorithm, on real annotations.
 
-The detections are the real ground-truth polygons of ``../shared/datasets/dota`` perturbed by a
+The detections are the real ground-truth polygons of ``../shared/datasets/dota`` (four scenes)
+and of 80 HIT-UAV validation images (``hit_uav``, oriented boxes as polygons) perturbed by a
 seeded generator (corner jitter, missed objects, wrong classes, duplicates, false positives).
 Two independent references:
 
