@@ -4,11 +4,11 @@ One :class:`OptimConfig` for pretraining and fine-tuning. ``optim.lr`` always me
 thing: the absolute peak learning rate (of the top layer groups, under layer decay) that the
 warmup reaches. ``optim.blr`` is the alternative, a base rate per 256 samples:
 ``lr = lr_scale · blr · effective_batch / 256`` (MAE's linear scaling rule; ``lr_scale`` is a
-method's, ``r / m`` for SelectiveMAE, METHODS.md §2.6), with ``effective_batch`` = per-device
+method's, ``r / m`` for SelectiveMAE, Wang et al., arXiv 2406.11933), with ``effective_batch`` = per-device
 batch × devices × nodes × gradient accumulation. Set one of the two.
 
-AdamW with warmup then cosine (the MAE family, METHODS.md §1, §2.6; the fine-tuning recipes)
-and SGD with cosine restarts (GeRSP, METHODS.md §3), stepped every optimiser step over the
+AdamW with warmup then cosine (the MAE family, He et al. 2022; Wang et al. 2024; the fine-tuning recipes)
+and SGD with cosine restarts (GeRSP, Huang et al. 2024), stepped every optimiser step over the
 run's length in optimiser steps (:func:`run_length`).
 """
 
@@ -102,7 +102,7 @@ def peak_lr(cfg: OptimConfig, effective_batch: int, lr_scale: float = 1.0) -> fl
 def scaled_lr(blr: float, effective_batch: int, lr_scale: float = 1.0) -> float:
     """Learning rate ``lr_scale · blr · effective_batch / 256``.
 
-    MAE's linear scaling rule; SelectiveMAE adds ``lr_scale = r / m`` (METHODS.md §2.6).
+    MAE's linear scaling rule; SelectiveMAE adds ``lr_scale = r / m`` (Wang et al., arXiv 2406.11933).
     """
     return lr_scale * blr * effective_batch / 256.0
 
@@ -133,7 +133,7 @@ def warmup_cosine_restarts(
 
     After the warmup the remaining steps are cut into ``cycles`` equal spans; each runs a
     half-cycle cosine from 1 to ``min_ratio`` and the next restarts at 1 (SGDR, Loshchilov &
-    Hutter 2017, with ``T_mult = 1``). GeRSP: 5 cycles over 100 epochs (METHODS.md §3).
+    Hutter 2017, with ``T_mult = 1``). GeRSP: 5 cycles over 100 epochs (Huang et al. 2024).
     ``cycles <= 1`` is :func:`warmup_cosine`.
 
     Args:

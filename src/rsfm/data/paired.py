@@ -1,4 +1,7 @@
-"""GeRSP's data: unlabeled RS images paired with labeled natural images (METHODS.md §3).
+"""GeRSP's data: unlabeled RS images paired with labeled natural images.
+
+Huang et al., "Generic Knowledge Boosted Pre-training For Remote Sensing Images", IEEE TGRS
+2024, arXiv 2401.04614.
 
 Each item pairs two augmented views of an RS image (the student's query and the teacher's
 key) with one labeled natural image, both domains augmented as MoCo v1. The shorter set wraps

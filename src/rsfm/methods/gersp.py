@@ -1,4 +1,4 @@
-"""GeRSP: RS self-supervision boosted by natural-image supervision (METHODS.md §3).
+"""GeRSP: RS self-supervision boosted by natural-image supervision.
 
 Huang et al., "Generic Knowledge Boosted Pre-training For Remote Sensing Images", IEEE TGRS
 2024, arXiv 2401.04614. One student encoder learns, in the same step,
@@ -7,7 +7,7 @@ Huang et al., "Generic Knowledge Boosted Pre-training For Remote Sensing Images"
   query view (student) and a key view (EMA teacher) against a queue of negative keys, and
 - generic knowledge from labeled natural images: cross-entropy of a student classifier.
 
-``L = L_con + α·L_ce`` (METHODS.md §3). The student runs *once* per step on the concatenation
+``L = L_con + α·L_ce`` (the paper's total loss). The student runs *once* per step on the concatenation
 ``[RS query views, natural images]`` so that BatchNorm statistics mix both domains; the
 teacher only sees RS key views.
 
@@ -18,7 +18,7 @@ The pieces are small named functions, tested alone: :class:`NegativeQueue`,
 Backbones (``arch``):
 
 - ``resnet50`` (the paper's): timm ResNet-50 from scratch, global-average-pooled 2048-d
-  features; projector ``Linear(2048→2048) → ReLU → Linear(2048→128)`` (METHODS.md §3).
+  features; projector ``Linear(2048→2048) → ReLU → Linear(2048→128)`` (Huang et al. 2024).
 - ``vit``: rsfm's ViT (:func:`rsfm.models.encoders.vit.build_vit`), class-token (or mean-pooled)
   ``D``-d features. Two details follow MoCo v3 (Chen, Xie & He, ICCV 2021), which made
   contrastive ViT training stable: BatchNorm after the projector's hidden layer (MoCo v3 §3,
@@ -26,7 +26,7 @@ Backbones (``arch``):
   "random patch projection"; ``freeze_patch_embed``). MoCo v3 drops the queue for very large
   batches; GeRSP keeps it, so rsfm keeps it for ViTs too.
 
-Released-code defect (METHODS.md §3): the authors' code EMA-updates only the teacher
+Released-code defect: the authors' code EMA-updates only the teacher
 backbone, so the teacher projector keeps its initial (random) weights. rsfm updates the
 projector too (``ema_projector=True``); ``ema_projector=False`` reproduces the release. The
 teacher starts as an exact copy of the student (MoCo), so "its initialisation" is the
@@ -158,7 +158,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 
 def info_nce(q: Tensor, k: Tensor, negatives: Tensor, temperature: float = 0.07) -> tuple[Tensor, Tensor]:
-    """MoCo v2's InfoNCE (METHODS.md §3): ``−log( e^{q·k⁺/τ} / (e^{q·k⁺/τ} + Σ e^{q·k⁻/τ}) )``.
+    """MoCo v2's InfoNCE (Chen et al. 2020, as GeRSP uses it): ``−log( e^{q·k⁺/τ} / (e^{q·k⁺/τ} + Σ e^{q·k⁻/τ}) )``.
 
     Args:
         q: ``(B, d)`` float, L2-normalised queries (student).
@@ -190,7 +190,7 @@ def info_nce(q: Tensor, k: Tensor, negatives: Tensor, temperature: float = 0.07)
 def build_projector(in_dim: int, hidden_dim: int, out_dim: int = 128, bn: bool = False) -> nn.Sequential:
     """The 2-layer projection head: ``Linear(in→hidden) [→ BN] → ReLU → Linear(hidden→out)``.
 
-    METHODS.md §3 (MoCo v2's MLP head); ``bn`` adds MoCo v3's BatchNorm on the hidden layer.
+    GeRSP's projector (MoCo v2's MLP head); ``bn`` adds MoCo v3's BatchNorm on the hidden layer.
     """
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim, bias=not bn)]
     if bn:
@@ -419,7 +419,7 @@ class GeRSP(PretrainMethod):
         labels: Tensor,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """One GeRSP step's losses (METHODS.md §3); the keys are enqueued afterwards.
+        """One GeRSP step's losses (Huang et al. 2024); the keys are enqueued afterwards.
 
         Args:
             query: ``(B, C, H, W)`` float32, normalised: RS query views (student).

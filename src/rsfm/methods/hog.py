@@ -1,6 +1,6 @@
 """Histograms of oriented gradients computed with convolutions, and per-patch richness scores.
 
-SelectiveMAE ranks patches by the richness of their HOG features (METHODS.md §2.1–2.2,
+SelectiveMAE ranks patches by the richness of their HOG features (Wang et al., arXiv 2406.11933,
 following MaskFeat's convolutional HOG). Everything here runs under ``torch.no_grad`` in
 float32, whatever autocast is active, because the scores only steer token selection.
 """
@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 _KERNELS = {
-    # Sobel as MaskFeat / SelectiveMAE (METHODS.md §2.1); cross-correlation, so gx = left − right.
+    # Sobel as MaskFeat / SelectiveMAE (Wang et al., arXiv 2406.11933); cross-correlation, so gx = left − right.
     "sobel": ([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]),
     # Central difference as skimage.feature.hog (right − left); used to test against it.
     "central": ([[0.0, 0.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]),
@@ -105,7 +105,7 @@ def hog_cell_histograms(
     window: int | None = None,
     kernel: str = "sobel",
 ) -> torch.Tensor:
-    """Un-normalised HOG cell histograms (METHODS.md §2.1; MaskFeat, Wei et al. 2022, §3).
+    """Un-normalised HOG cell histograms (Wang et al., arXiv 2406.11933; MaskFeat, Wei et al. 2022, §3).
 
     Each pixel votes its gradient magnitude into one of ``nbins`` unsigned orientation bins
     over [0°, 180°) (hard assignment, bin ``i`` covers ``[i·180/nbins, (i+1)·180/nbins)``);
@@ -143,7 +143,7 @@ def hog_cell_histograms(
 def hog_features(
     imgs: torch.Tensor, patch_size: int, cell_size: int = 8, nbins: int = 9, kernel: str = "sobel"
 ) -> torch.Tensor:
-    """Per-patch HOG descriptors, L2-normalised per cell and channel (METHODS.md §2.1).
+    """Per-patch HOG descriptors, L2-normalised per cell and channel (Wang et al., arXiv 2406.11933).
 
     Args:
         imgs: ``(B, C, H, W)`` float images; ``H``, ``W`` multiples of ``patch_size``, which
@@ -195,7 +195,7 @@ def gradient_energy(imgs: torch.Tensor, patch_size: int, kernel: str = "sobel") 
 
 @torch.no_grad()
 def hog_score(imgs: torch.Tensor, patch_size: int, kind: str = "energy") -> torch.Tensor:
-    """Semantic-richness score per patch (METHODS.md §2.2).
+    """Semantic-richness score per patch (Wang et al., arXiv 2406.11933).
 
     Args:
         imgs: ``(B, C, H, W)`` float images.

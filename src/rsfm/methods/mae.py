@@ -1,6 +1,6 @@
 """MAE: Masked Autoencoders Are Scalable Vision Learners (He et al., CVPR 2022).
 
-The method as METHODS.md §1: random masking, an encoder on the visible tokens, an
+The method as He et al. 2022: random masking, an encoder on the visible tokens, an
 8-block self-attention decoder over all positions, MSE on the masked patches.
 """
 
@@ -23,7 +23,7 @@ class MAE(MaskedImageModel):
 
     Args:
         size: encoder size (``tiny`` | ``small`` | ``base`` | ``large``); the decoder width
-            and heads follow METHODS.md §1 unless given.
+            and heads follow He et al. 2022 unless given.
         img_size: input side in pixels (None: the data's).
         patch_size: patch side in pixels.
         in_chans: input channels (None: the data's bands).

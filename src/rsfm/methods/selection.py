@@ -1,7 +1,7 @@
 """SelectiveMAE token selection: seeds, Progressive Semantic Token Selection, targets.
 
 Wang et al., "Scaling Efficient Masked Image Modeling on Large Remote Sensing Dataset"
-(arXiv 2406.11933), §3.2–3.3; budgets and schedule as METHODS.md §2.3–2.4. Every function
+(arXiv 2406.11933), §3.2–3.3, with the paper's token budgets and schedule. Every function
 takes per-patch scores or embeddings and returns int64 token indices; none needs gradients.
 """
 
@@ -27,7 +27,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TokenBudget:
-    """Token counts for one image (METHODS.md §2.3)."""
+    """Token counts for one image (Wang et al., arXiv 2406.11933)."""
 
     num_patches: int
     n_visible: int
@@ -124,7 +124,7 @@ class PSTSMix:
 
 
 def psts_mix(progress: float, boundaries: tuple[float, float, float, float] = (0.35, 0.375, 0.725, 0.75)) -> PSTSMix:
-    """PSTS curriculum at training progress ``t`` (SelectiveMAE §3.3; METHODS.md §2.4).
+    """PSTS curriculum at training progress ``t`` (SelectiveMAE, arXiv 2406.11933, §3.3).
 
     Stage 1 ``t < b0``: near (most similar to the selected set, easy); stage 2
     ``b0 ≤ t < b1``: near→far, far share rising linearly 0→1; stage 3 ``b1 ≤ t < b2``: far
@@ -175,7 +175,7 @@ def psts_select(
     num_steps: int = 2,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Progressive Semantic Token Selection (SelectiveMAE §3.3, Alg. 1; METHODS.md §2.4).
+    """Progressive Semantic Token Selection (SelectiveMAE, arXiv 2406.11933, §3.3, Alg. 1).
 
     Starting from the seeds ``S``, adds ``n_visible − n_seed`` tokens in ``num_steps``
     near-equal steps. In each step every unselected token ``u`` gets

@@ -1,9 +1,9 @@
 """SelectiveMAE (Wang et al., arXiv 2406.11933): encode and reconstruct only rich tokens.
 
-The step, as METHODS.md §2: score patches by HOG gradient energy (§2.1–2.2), choose seed
-tokens by score, grow them to the visible set by PSTS (§2.4), encode the visible tokens,
-choose ``r·N`` reconstruction targets among the rest (§2.3), and decode only those with a
-cross-attention decoder (§2.5).
+The step: score patches by HOG gradient energy (:mod:`rsfm.methods.hog`), choose seed tokens
+by score, grow them to the visible set by PSTS (:mod:`rsfm.methods.selection`), encode the
+visible tokens, choose ``r·N`` reconstruction targets among the rest, and decode only those
+with a cross-attention decoder (the paper's partial reconstruction).
 """
 
 from __future__ import annotations
@@ -81,12 +81,12 @@ class SelectiveMAE(MaskedImageModel):
         mask_ratio: ``m``; ``int(N·(1 − m))`` tokens are visible to the encoder (0.85).
         rec_ratio: ``r``; ``int(N·r)`` patches are reconstructed (0.25).
         seed_ratio: share of the visible tokens chosen as seeds (0.5).
-        hog_score: ``energy`` (rsfm default) or ``official`` (released code, uniform), §2.2.
+        hog_score: ``energy`` (rsfm default) or ``official`` (released code, uniform); see :mod:`rsfm.methods.hog`.
         seed_selection: ``topk`` or ``sample`` (softmax of standardised scores).
         target_selection: ``topk`` (paper) or ``sample`` (released code).
         score_temperature: softmax temperature of the ``sample`` modes.
         psts: grow seeds by PSTS; if False all visible tokens are chosen like seeds.
-        psts_boundaries: stage boundaries as fractions of the run (§2.4).
+        psts_boundaries: stage boundaries as fractions of the run (PSTS, the paper's §3.3).
         psts_steps: PSTS selection steps (2).
         decoder_depth: cross-attention decoder blocks (8; the paper reports 12).
         decoder_embed_dim: decoder width (None: the size's default).
@@ -128,7 +128,7 @@ class SelectiveMAE(MaskedImageModel):
         psts_mix(0.0, tuple(psts_boundaries))  # validates the boundaries early
         self.budget = token_budget(self.num_patches, mask_ratio, rec_ratio, seed_ratio if psts else 1.0)
         self.mask_ratio, self.rec_ratio = mask_ratio, rec_ratio
-        self.lr_scale = rec_ratio / mask_ratio  # METHODS.md §2.6: lr = (r/m)·blr·batch/256
+        self.lr_scale = rec_ratio / mask_ratio  # Wang et al., arXiv 2406.11933: lr = (r/m)·blr·batch/256
         self.hog_score = hog_score
         self.seed_selection, self.target_selection = seed_selection, target_selection
         self.score_temperature = score_temperature
@@ -179,7 +179,7 @@ class SelectiveMAE(MaskedImageModel):
     def forward_decoder(
         self, latent: torch.Tensor, ids_visible: torch.Tensor, ids_target: torch.Tensor
     ) -> torch.Tensor:
-        """Decode only the target positions (METHODS.md §2.5).
+        """Decode only the target positions (Wang et al., arXiv 2406.11933).
 
         Args:
             latent: ``(B, 1 + n_visible, D)`` encoder output (class token first).

@@ -4,7 +4,7 @@ The encoder is timm's :class:`timm.models.vision_transformer.VisionTransformer`,
 timm's backbone calls (``forward_features``, ``forward_head``, ``forward_intermediates``,
 ``no_weight_decay``, ``set_grad_checkpointing``, ``group_matcher``) and any timm-aware neck or
 head plugs in. rsfm only fixes the position embedding to the 2-D sin-cos table of MAE
-(He et al. 2022, §A.1) and records the sizes of METHODS.md §1.
+(He et al. 2022, §A.1) and records the sizes of He et al. 2022.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["VIT_SIZES", "ViT", "ViTSize", "build_vit", "evenly_spaced_blocks", "
 
 @dataclass(frozen=True)
 class ViTSize:
-    """Width, depth and heads of an encoder and of its MAE decoder (METHODS.md §1)."""
+    """Width, depth and heads of an encoder and of its MAE decoder (He et al. 2022)."""
 
     embed_dim: int
     depth: int
