@@ -21,6 +21,7 @@ training split are an error.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -308,7 +309,7 @@ class ChangeDataset(Dataset[Sample]):
         return self.transform(sample) if self.transform is not None else sample
 
 
-class ChangeDetectionDataModule(DataModule):
+class ChangeDetectionDataModule(DataModule, abc.ABC):
     """Loaders of a change-detection layout: augmented crops for training, whole pairs for evaluation.
 
     Subclasses implement :meth:`split_records` and may override :meth:`read_image` and
@@ -372,9 +373,9 @@ class ChangeDetectionDataModule(DataModule):
         self.set_bands(bands, raster_scale, mean, std)
         self._records: dict[str, list[ChangePairRecord]] | None = None
 
+    @abc.abstractmethod
     def split_records(self) -> dict[str, list[ChangePairRecord]]:
-        """``{"train", "val", "test"}`` → pair records (subclasses)."""
-        raise NotImplementedError
+        """``{"train", "val", "test"}`` → pair records (each layout implements it)."""
 
     def read_image(self, path: Any) -> Tensor:
         """One date: ``(C, H, W)`` float32 in [0, 1] (8-bit files / 255)."""

@@ -30,6 +30,7 @@ out of the batch, listing it under ``batch['skipped']`` for the run's skip repor
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 import warnings
@@ -391,7 +392,7 @@ def collate_lists(samples: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     return out
 
 
-class DetectionDataModule(DataModule):
+class DetectionDataModule(DataModule, abc.ABC):
     """Loaders of a detection layout: random crops for training, whole images for evaluation.
 
     Subclasses implement :meth:`load_split` (the records of one named split, and the class
@@ -487,9 +488,9 @@ class DetectionDataModule(DataModule):
         #: sum of the records' ``meta['num_degenerate']`` (DOTA, DIOR, COCO), set by :meth:`splits`
         self.num_degenerate = 0
 
+    @abc.abstractmethod
     def load_split(self, name: str, classes: list[str] | None) -> tuple[list[DetectionRecord], list[str]]:
-        """Records of the split ``name`` and the class names (subclasses)."""
-        raise NotImplementedError
+        """Records of the split ``name`` and the class names (each layout implements it)."""
 
     def _load(self, name: str, classes: list[str] | None, key: str) -> tuple[list[DetectionRecord], list[str]]:
         try:

@@ -721,10 +721,6 @@ class RotatedDetectionDataModule(DetectionDataModule):
             t.crop_size, t.min_visibility, t.object_prob, t.hflip, t.vflip, t.keep_difficult, rotate90
         )
 
-    def load_split(self, name: str, classes: list[str] | None) -> tuple[list[RotatedRecord], list[str]]:  # type: ignore[override]
-        """Records of the split ``name`` and the class names (subclasses)."""
-        raise NotImplementedError
-
     def collate(self) -> Callable[[list[Any]], Any]:
         """Dicts of lists (images differ in size, boxes in count), skipped items listed."""
         return collate_rotated

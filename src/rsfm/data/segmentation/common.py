@@ -27,6 +27,7 @@ returns ``{"skipped": (path, reason), "id": str}`` for them, the loaders' collat
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import warnings
@@ -571,7 +572,7 @@ def resolve_splits(
 # --------------------------------------------------------------------------- datamodule
 
 
-class SegmentationDataModule(DataModule):
+class SegmentationDataModule(DataModule, abc.ABC):
     """Loaders of a segmentation layout: random crops for training, whole images for evaluation.
 
     Training batches stack ``crops_per_image`` random ``crop_size`` crops of every training
@@ -649,21 +650,21 @@ class SegmentationDataModule(DataModule):
 
     # -- layout ------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def split_pairs(self) -> dict[str, list[tuple[Path, Path]]]:
-        """``{"train", "val", "test"}`` → ``(image, mask)`` pairs (subclasses)."""
-        raise NotImplementedError
+        """``{"train", "val", "test"}`` → ``(image, mask)`` pairs (each layout implements it)."""
 
+    @abc.abstractmethod
     def classes(self) -> list[str]:
-        """Class names in label order (subclasses)."""
-        raise NotImplementedError
+        """Class names in label order (each layout implements it)."""
 
     def palette(self) -> list[tuple[int, int, int]]:
         """``(R, G, B)`` per class for visualisations (default: fixed pseudo-random colours)."""
         return [tuple(c) for c in _default_palette(len(self.classes()))]  # type: ignore[misc]
 
+    @abc.abstractmethod
     def read_mask(self, path: Path) -> np.ndarray:
-        """Labels of one mask file, ``(H, W)`` int64 (subclasses)."""
-        raise NotImplementedError
+        """Labels of one mask file, ``(H, W)`` int64 (each layout implements it)."""
 
     def eval_mask_transform(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
         """Transform of validation/test samples (None; ISPRS erodes class boundaries here)."""
