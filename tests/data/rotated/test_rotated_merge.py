@@ -1,8 +1,8 @@
 """Split → predict → merge on a real DOTA scene: patch detections go back to the scene, each object once.
 
 The "detector" is an oracle reading each patch's label file as written by ``rsfm split``
-(objects cut by the patch border become the rectangle of their visible part, scored by the
-share of their area the patch shows), so the test checks the geometry of the workflow:
+(objects cut by the patch border become the rectangle of their visible part, scored by their
+area), so the test checks the geometry of the workflow:
 patch names, coordinates mapped back to the scene, and the rotated NMS that merges the copies
 of an object seen by several patches, on the real annotations of ``dota/P0003``.
 """
@@ -38,7 +38,11 @@ def _split_p0003(dota: Path, tmp_path: Path) -> tuple[Path, torch.Tensor]:
 
 
 def _oracle(label_file: Path) -> dict[str, torch.Tensor]:
-    """The patch's non-difficult objects as detections (visible share as the score)."""
+    """The patch's non-difficult objects as detections, scored by area relative to the patch's largest.
+
+    A copy clipped by the patch border is smaller than the whole object seen by a neighbour, so
+    it scores lower and the merge keeps the whole one.
+    """
     rows = [ln.split() for ln in label_file.read_text().splitlines() if len(ln.split()) == 10]
     rows = [r for r in rows if r[9] == "0"]
     polys = torch.tensor([[float(v) for v in r[:8]] for r in rows], dtype=torch.float64).reshape(-1, 8)
