@@ -105,13 +105,19 @@ def encoder_overrides(current: dict[str, Any], meta: dict[str, Any], encoder: Pa
     if is_resnet(arch):
         cls, shape = "ResNet", {"name": arch}
     else:
-        cls, shape = "ViT", {"size": meta["size"], "patch_size": meta["patch_size"], "img_size": meta["img_size"]}
+        cls = "ViTRVSA" if arch == "vit_rvsa" else "ViT"
+        shape = {"size": meta["size"], "patch_size": meta["patch_size"], "img_size": meta["img_size"]}
+        if arch == "vit_rvsa":
+            shape.update(window_size=meta["window_size"], interval=meta["interval"])
     shape["weights"] = str(encoder) if variant == "pretrained" else None
     if current["class_path"].rpartition(".")[2] == cls:
         return [f"model.encoder.init_args.{k}={_value(v)}" for k, v in shape.items()]
-    # the export is of the other family: replace the encoder, keeping the options both take
+    # the export is of another family: replace the encoder, keeping the options both take
     kept = {k: v for k, v in (current.get("init_args") or {}).items() if k in SHARED_ENCODER_OPTIONS}
-    return [f"model.encoder={json.dumps({'class_path': cls, 'init_args': {**kept, **shape}})}"]
+    out = [f"model.encoder={json.dumps({'class_path': cls, 'init_args': {**kept, **shape}})}"]
+    if cls == "ViTRVSA":
+        out.append("model.neck=null")  # ViT+RVSA builds its own simple feature pyramid
+    return out
 
 
 def task_recipe(

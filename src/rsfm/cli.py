@@ -9,6 +9,7 @@
     rsfm evaluate --encoder runs/x/encoder.safetensors --data ../shared/datasets/aid
     rsfm export   --checkpoint runs/x/checkpoints/last.ckpt --out encoder.safetensors
     rsfm stats    <folder>
+    rsfm samrs    --source hit_uav --root <folder> --out <folder> [--sam-checkpoint sam_vit_h.pth]
     rsfm list     encoders|necks|heads|methods|datasets
 
 Every command takes ``--print-config`` (print the resolved settings and exit). This module
@@ -189,6 +190,39 @@ def _merge(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _samrs(args: argparse.Namespace, rest: list[str]) -> int:
+    _no_rest("samrs", rest)
+    if args.print_config:
+        return _print_options(args)
+    from rsfm.data.base import check_folder
+    from rsfm.data.samrs import build_samrs_from_layout
+    from rsfm.utils.errors import ConfigError
+
+    check_folder(args.root, "--root")
+    if args.sam_checkpoint is None and args.sam_model != "vit_h":
+        raise ConfigError("--sam-model needs --sam-checkpoint (the weights of that model)")
+    m = build_samrs_from_layout(
+        args.source,
+        args.root,
+        args.out,
+        split=args.split,
+        limit=args.limit,
+        sam=args.sam_checkpoint,
+        sam_model=args.sam_model,
+        batch=args.batch,
+        images=args.images,
+        device=args.device,
+    )
+    c = m["counts"]
+    print(
+        f"{c['images']} image(s), {c['objects']} object(s), {c['instances']} instance mask(s) ({m['mask_mode']} masks) "
+        f"in {args.out}; skipped: {c['skipped_no_boxes']} without boxes, {c['skipped_unreadable']} unreadable"
+    )
+    for path, reason in m["skipped"]:
+        print(f"  skipped {path}: {reason}")
+    return 0
+
+
 def _list(args: argparse.Namespace, rest: list[str]) -> int:
     _no_rest("list", rest)
     if args.print_config:
@@ -279,13 +313,31 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--iou-threshold", type=float, default=0.1, help="rotated NMS threshold (0.1)")
     mg.set_defaults(func=_merge)
 
+    sm = sub.add_parser(
+        "samrs",
+        help="build a SAMRS-format multi-task set (semantic, instance, rotated labels) from a box dataset",
+        description="Write images/, gray/ (semantic), instances.json (COCO RLE), rbbtxts/ (rotated boxes) and "
+        "manifest.json for one split of a box layout; masks are the filled boxes, or SAM's with --sam-checkpoint.",
+    )
+    sm.add_argument("--source", required=True, help="box layout: hit_uav, dota, dior_r, fair1m, hrsc2016, dior, ...")
+    sm.add_argument("--root", required=True, help="the dataset folder")
+    sm.add_argument("--out", required=True, help="output folder")
+    sm.add_argument("--split", default=None, help="split name in the layout (default: its training split)")
+    sm.add_argument("--limit", type=int, default=None, help="only the first N images of the split")
+    sm.add_argument("--sam-checkpoint", default=None, help="SAM weights (e.g. sam_vit_h_4b8939.pth); omit: box masks")
+    sm.add_argument("--sam-model", default="vit_h", choices=["vit_h", "vit_l", "vit_b"], help="SAM encoder (vit_h)")
+    sm.add_argument("--batch", type=int, default=20, help="boxes per SAM call (20)")
+    sm.add_argument("--images", default="copy", choices=["copy", "symlink", "hardlink"], help="how images are written")
+    sm.add_argument("--device", default=None, help="device of SAM (default: cuda when available)")
+    sm.set_defaults(func=_samrs)
+
     ls = sub.add_parser("list", help="list the registered encoders, necks, heads, methods or datasets")
     ls.add_argument(
         "kind", nargs="?", default="all", choices=["all", "encoders", "necks", "heads", "methods", "datasets"]
     )
     ls.set_defaults(func=_list)
 
-    for sp in (ev, ex, st, mg, ls):
+    for sp in (ev, ex, st, mg, sm, ls):
         sp.add_argument(
             "--print-config", "--print_config", action="store_true", help="print the resolved options and exit"
         )

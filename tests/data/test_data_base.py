@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from rsfm.data import change, detection, rotated, segmentation
+from rsfm.data import change, detection, instance, rotated, segmentation
 from rsfm.data.base import IMAGENET_MEAN, IMAGENET_STD, DataInfo, DataModule, check_folder, default_stats
+from rsfm.data.multitask_module import MultiTaskDataModule
 from rsfm.data.paired import PairedDataModule
 from rsfm.data.pretrain import PretrainDataModule
 from rsfm.data.scene import SceneClassificationDataModule
-from rsfm.utils.errors import DataError
+from rsfm.utils.errors import ConfigError, DataError
 from rsfm.utils.registry import DATASETS
 
 #: every built-in datamodule, with the extra arguments it needs besides ``root``
@@ -35,14 +36,29 @@ DATAMODULES = {
     rotated.RoLabelImgDataModule: {},
     rotated.HITUAVDataModule: {},
     rotated.YOLOOBBDataModule: {},
+    instance.ISAIDDataModule: {},
+    instance.COCOInstanceDataModule: {"train_split": "train.json"},
 }
+#: datamodules without one ``root`` (their folders are named per part)
+OTHERS = {MultiTaskDataModule}
 
 
 def test_every_registered_datamodule_is_listed_here() -> None:
-    assert set(DATASETS) == {cls.__name__ for cls in DATAMODULES}
-    assert all(issubclass(cls, DataModule) for cls in DATAMODULES)
+    assert set(DATASETS) == {cls.__name__ for cls in (*DATAMODULES, *OTHERS)}
+    assert all(issubclass(cls, DataModule) for cls in (*DATAMODULES, *OTHERS))
     # plain classes, not Lightning datamodules: the engine wraps them (rsfm.engine.data.LightningData)
-    assert not any("lightning" in c.__module__ for cls in DATAMODULES for c in cls.__mro__)
+    assert not any("lightning" in c.__module__ for cls in (*DATAMODULES, *OTHERS) for c in cls.__mro__)
+
+
+def test_multitask_subset_errors_name_the_subset(tmp_path: Path, datasets: Path) -> None:
+    missing = tmp_path / "nowhere"
+    spec = {"class_path": "ISAIDDOTASource", "init_args": {"isaid_root": str(missing), "dota_root": str(missing)}}
+    with pytest.raises(DataError, match=f"data.subsets.sota: .*{missing}"):
+        MultiTaskDataModule({"sota": spec})
+    with pytest.raises(ConfigError, match="data.subsets.x.class_path: 'Nope' is not a multi-task source.*SAMRSSource"):
+        MultiTaskDataModule({"x": {"class_path": "Nope"}})
+    with pytest.raises(ConfigError, match="data.subsets is empty"):
+        MultiTaskDataModule({})
 
 
 @pytest.mark.parametrize("cls", list(DATAMODULES), ids=lambda c: c.__name__)

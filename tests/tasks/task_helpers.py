@@ -84,6 +84,20 @@ SMALL: dict[str, list[str]] = {
         "model.heads.rotated_detection.rpn_proposals_test=50",
         "model.num_visualisations=1",
     ],
+    "instance_segmentation_isaid": [
+        "data.crop_size=64",
+        "data.batch_size=2",
+        "model.heads.instance_segmentation.fpn_channels=16",
+        "model.heads.instance_segmentation.fc_channels=32",
+        "model.heads.instance_segmentation.mask_channels=16",
+        "model.heads.instance_segmentation.box_batch_size_per_image=16",
+        "model.heads.instance_segmentation.rpn_post_nms_top_n_test=50",
+        "model.heads.instance_segmentation.detections_per_tile=20",
+        "model.heads.instance_segmentation.max_detections=20",
+        "model.heads.instance_segmentation.tile=640",
+        "model.heads.instance_segmentation.overlap=64",
+        "model.num_visualisations=1",
+    ],
     "classification_aid": [
         "data.img_size=64",
         "data.batch_size=12",  # the 12 held-out images in one test batch
@@ -98,6 +112,7 @@ DATA_FOLDER = {
     "detection_nepu": "nepu_owod",
     "rotated_detection_dota": "dota",
     "rotated_detection_hituav": "hit_uav",
+    "instance_segmentation_isaid": "isaid_dota",
 }
 
 

@@ -30,6 +30,10 @@ HEADS = {
     "classification_aid": ("classification", ["OA", "mean_class_accuracy"]),
     "rotated_detection_dota": ("rotated_detection", ["mAP50"]),
     "rotated_detection_hituav": ("rotated_detection", ["mAP50"]),
+    "instance_segmentation_isaid": (
+        "instance_segmentation",
+        ["mask_mAP50", "mask_mAP50_95", "box_mAP50", "box_mAP50_95"],
+    ),
 }
 NAMES = list(HEADS)
 #: GPU recipes for a full published dataset (not in ../shared/datasets): loaded and checked, not run here

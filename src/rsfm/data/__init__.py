@@ -5,10 +5,11 @@ modules import only the standard library, numpy, PIL and torch at module level, 
 are validated quickly; torchvision, rasterio and torchdata are imported when used.
 """
 
-from rsfm.data import change, detection, rotated, segmentation
+from rsfm.data import change, detection, instance, rotated, segmentation
 from rsfm.data.base import IMAGENET_MEAN, IMAGENET_STD, DataInfo, DataModule
 from rsfm.data.folder import ImageFolder, LabeledImageFolder, check_image_root, scan_folder
 from rsfm.data.io import IMAGE_EXTENSIONS, BadImageError, RasterRule, UnsupportedImageError, read_image
+from rsfm.data.multitask_module import MultiTaskDataModule
 from rsfm.data.paired import PairedDataModule
 from rsfm.data.pretrain import PretrainDataModule
 from rsfm.data.samplers import EpochSampler, KeyedDataset
@@ -27,6 +28,7 @@ __all__ = [
     "ImageFolder",
     "KeyedDataset",
     "LabeledImageFolder",
+    "MultiTaskDataModule",
     "PairedDataModule",
     "PretrainDataModule",
     "RasterRule",
@@ -37,6 +39,7 @@ __all__ = [
     "check_image_root",
     "collate_skipping",
     "detection",
+    "instance",
     "read_image",
     "rotated",
     "scan_folder",

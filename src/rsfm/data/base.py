@@ -54,6 +54,8 @@ class DataInfo:
         img_size: side of the (resized) images of folder datamodules, pixels, or None.
         bands: bands read from image files (:attr:`rsfm.data.io.RasterRule.bands`), or None.
         raster_scale: ``"auto"`` or the divisor of non-8-bit rasters.
+        subsets: for multi-task data, subset name → ``{"tasks": [...], "classes": [...]}``
+            (the labels each subset carries and its object classes); None otherwise.
     """
 
     classes: list[str] = field(default_factory=list)
@@ -68,6 +70,7 @@ class DataInfo:
     img_size: int | None = None
     bands: list[int] | None = None
     raster_scale: str | float = "auto"
+    subsets: dict[str, dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python copy (lists, no tuples of tuples) for hyper-parameters and JSON."""

@@ -62,8 +62,13 @@ class SkipReportCallback(L.Callback):
         self.report.add(getattr(datamodule, "scan_skipped", None) or ())
 
     def _add_batch(self, batch: Any) -> None:
-        if isinstance(batch, Mapping) and batch.get("skipped"):
+        if not isinstance(batch, Mapping):
+            return
+        if batch.get("skipped"):
             self.report.add(batch["skipped"])
+        for value in batch.values():  # one batch per subset (multi-task pretraining)
+            if isinstance(value, Mapping) and value.get("skipped"):
+                self.report.add(value["skipped"])
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -43,13 +43,21 @@ def _say(verbose: bool, msg: str) -> None:
 
 
 def encoder_spec(encoder_path: str | None, scratch_size: str, img_size: int | None, patch_size: int) -> dict[str, Any]:
-    """The ``model.encoder`` specification of an export, or of a random ViT of ``scratch_size``."""
+    """The ``model.encoder`` specification of an export, or of a random ViT of ``scratch_size``.
+
+    An export's ``arch`` picks the encoder class: a timm ResNet name ``ResNet``, ``vit_rvsa``
+    :class:`~rsfm.models.encoders.rvsa.ViTRVSA` (rebuilt from the export's own metadata),
+    anything else ``ViT`` with the export's ``global_pool``.
+    """
     if encoder_path is not None:
         from rsfm.models.export import is_resnet, read_encoder_meta
 
         meta = read_encoder_meta(encoder_path)
-        if is_resnet(str(meta.get("arch", ""))):
+        arch = str(meta.get("arch", ""))
+        if is_resnet(arch):
             return {"class_path": "ResNet", "init_args": {"weights": encoder_path}}
+        if arch == "vit_rvsa":
+            return {"class_path": "ViTRVSA", "init_args": {"weights": encoder_path}}
         # the export's pooling (the ViT encoder's default, "token", does not fit an "avg" export)
         return {
             "class_path": "ViT",
@@ -62,14 +70,26 @@ def encoder_spec(encoder_path: str | None, scratch_size: str, img_size: int | No
 
 
 def scratch_spec(encoder_path: str | None, scratch_size: str | None, img_size: int, patch_size: int) -> dict[str, Any]:
-    """A random encoder of the export's shape (ViT size and patch, or the ResNet)."""
+    """A random encoder of the export's shape (ViT size and patch, ViT+RVSA also window and interval, or the ResNet)."""
     if encoder_path is None:
         return encoder_spec(None, scratch_size or "tiny", img_size, patch_size)
     from rsfm.models.export import is_resnet, read_encoder_meta
 
     meta = read_encoder_meta(encoder_path)
-    if is_resnet(str(meta.get("arch", ""))):
+    arch = str(meta.get("arch", ""))
+    if is_resnet(arch):
         return {"class_path": "ResNet", "init_args": {"name": meta["arch"]}}
+    if arch == "vit_rvsa":
+        return {
+            "class_path": "ViTRVSA",
+            "init_args": {
+                "size": scratch_size or meta["size"],
+                "img_size": img_size,
+                "patch_size": meta["patch_size"],
+                "window_size": meta["window_size"],
+                "interval": meta["interval"],
+            },
+        }
     return {
         "class_path": "ViT",
         "init_args": {"size": scratch_size or meta["size"], "img_size": img_size, "patch_size": meta["patch_size"]},
@@ -244,7 +264,7 @@ def evaluate(
     """Evaluate an encoder on a labelled image folder (see the module docstring).
 
     Args:
-        encoder_path: an rsfm encoder export (ViT or ResNet), or None for a random ViT of
+        encoder_path: an rsfm encoder export (ViT, ViT+RVSA or ResNet), or None for a random ViT of
             ``scratch_size`` (a random-feature baseline).
         data_root: labelled folder, e.g. ``../shared/datasets/aid``.
         protocols: any of :data:`PROTOCOLS`.
@@ -258,8 +278,8 @@ def evaluate(
         split_seed: seed of the split.
         batch_size: feature-extraction batch.
         num_workers: loader processes.
-        pool: ``cls`` or ``avg`` ViT features (default: the export's pooling); a ResNet's are
-            global-average-pooled.
+        pool: ``cls`` or ``avg`` ViT features (default: the export's pooling; ``avg`` for a
+            ViT+RVSA export, which has no class token); a ResNet's are global-average-pooled.
         k: kNN neighbours (clamped to the training-set size).
         temperature: kNN vote temperature.
         linear_epochs: linear-probe epochs.
@@ -280,7 +300,8 @@ def evaluate(
         linear also ``split`` (the files behind the features).
 
     Raises:
-        ConfigError: on an unknown protocol or ``encoder_path=None`` without ``scratch_size``.
+        ConfigError: on an unknown protocol, ``encoder_path=None`` without ``scratch_size``, or
+            ``pool='cls'`` for a ViT+RVSA export.
         DataError, CheckpointError: on a bad folder or encoder file.
     """
     config = {key: value for key, value in locals().items() if key != "verbose"}
@@ -301,6 +322,8 @@ def evaluate(
     )
     timings: dict[str, float] = {}
     spec = encoder_spec(encoder_path, scratch_size or "tiny", img_size, patch_size)
+    if pool == "cls" and spec["class_path"] == "ViTRVSA":
+        raise ConfigError(f"pool: {encoder_path} is a ViT+RVSA encoder, which has no class token; use pool='avg'")
     # the encoder, built once through the task model (first-layer adaptation, normalisation)
     data_args = {
         "root": data_root, "test_fraction": test_fraction, "split_seed": split_seed, "batch_size": batch_size,
@@ -320,8 +343,8 @@ def evaluate(
     if img_size != probe_data.img_size:
         probe_data = SceneClassificationDataModule(**data_args, img_size=img_size, val_fraction=0.0, augment=False)
     norm_mean, norm_std = task.model.mean_std
-    if pool is None:
-        pool = "avg" if meta.get("global_pool") == "avg" else "cls"
+    if pool is None:  # the export's pooling; a ViT+RVSA has no class token: the mean of its tokens
+        pool = "avg" if meta.get("global_pool") == "avg" or meta.get("arch") == "vit_rvsa" else "cls"
     config.update(img_size=img_size, mean=norm_mean, std=norm_std, pool=pool)
     probe_data.setup("test")
     classes = list(probe_data.classes)

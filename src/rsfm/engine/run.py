@@ -105,6 +105,12 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
     """
     out = run_dir(recipe)
     data = build_data(recipe)  # first: a bad data folder fails before anything heavy loads
+    ev = recipe.get("evaluate") or {}
+    if ev.get("enabled") and not ev.get("root") and getattr(data, "root", None) is None:
+        raise ConfigError(
+            f"evaluate.enabled: {type(data).__name__} has no image folder to evaluate on; "
+            "set evaluate.root to a scene-classification folder or evaluate.enabled=false"
+        )
     import lightning as L
 
     from rsfm.engine.data import LightningData
@@ -165,7 +171,6 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
     encoder = export_encoder(module.model.encoder, out / "encoder.safetensors", meta)
     result.update(encoder=str(encoder), checkpoint=str(out / "checkpoints" / "last.ckpt"))
     print(f"encoder exported to {encoder}")
-    ev = recipe.get("evaluate") or {}
     if ev.get("enabled"):
         from rsfm.engine.evaluate import evaluate
 

@@ -37,7 +37,12 @@ def build_method(spec: dict[str, Any], info: DataInfo) -> PretrainMethod:
     """
     from rsfm.models.task_model import build_part
 
-    fill = {"in_chans": info.num_channels, "img_size": info.img_size, "num_classes": len(info.classes) or None}
+    fill = {
+        "in_chans": info.num_channels,
+        "img_size": info.img_size,
+        "num_classes": len(info.classes) or None,
+        "subsets": info.subsets,  # multi-task data: each subset's tasks and classes (MTP)
+    }
     method: PretrainMethod = build_part(spec, METHODS, "model", **{k: v for k, v in fill.items() if v is not None})
     if not isinstance(method, PretrainMethod):
         raise ConfigError(f"model.class_path: {type(method).__name__} is not a pretraining method")
@@ -77,6 +82,10 @@ class PretrainTask(TrainingModule):
         self.info = info
         self.model = build_method(model, info)
         self.method_name = type(self.model).__name__
+        stats = getattr(self.model, "input_stats", None)
+        if stats is not None and len(stats[0]) == info.num_channels:
+            # normalise as the initial weights were pretrained (MTP from an MIM export)
+            info.mean, info.std = list(stats[0]), list(stats[1])
         c = info.num_channels
         self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
@@ -87,8 +96,14 @@ class PretrainTask(TrainingModule):
         return float(self.model.lr_scale)
 
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
-        """All trainable parameters at ``lr``; no weight decay on norms, biases, tokens, position embeddings."""
-        return param_groups(self.model, None, lr, self.optim_config.weight_decay)
+        """All trainable parameters at ``lr``; no weight decay on norms, biases, tokens, position embeddings.
+
+        A method with a ``layer_decay_encoder`` (MTP's encoder) gets its layer-wise decay
+        (``optim.layer_decay``) there, the full ``lr`` elsewhere.
+        """
+        encoder = getattr(self.model, "layer_decay_encoder", None)
+        cfg = self.optim_config
+        return param_groups(self.model, encoder, lr, cfg.weight_decay, cfg.layer_decay if encoder is not None else None)
 
     def normalise(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` in [0, 1] → normalised with the data's mean and std."""
@@ -102,6 +117,8 @@ class PretrainTask(TrainingModule):
         its collectives) and a zero loss that touches every parameter, so it joins the
         gradient all-reduce.
         """
+        if getattr(self.model, "subset_batches", False):
+            return self._subset_step(batch)
         n = batch["image"].shape[0]
         distributed = self.trainer.world_size > 1
         if n == 0 and not distributed:
@@ -128,6 +145,43 @@ class PretrainTask(TrainingModule):
         out = self.model.training_step(inputs, ctx)
         loss = out["loss"]
         self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=False)
+        for key, value in out.items():
+            if key != "loss" and isinstance(value, Tensor) and value.ndim == 0:
+                self.log(f"train/{key}", value.detach().float(), batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        self.log("train/progress", ctx.progress, batch_size=n)
+        return loss
+
+    def on_fit_start(self) -> None:
+        """Let the method refuse a run it cannot train (MTP: one crop per subset on one device)."""
+        check = getattr(self.model, "check_setup", None)
+        if check is not None:
+            check(int(self.hparams.batch_size), int(self.trainer.world_size))
+
+    def _subset_step(self, batch: dict[str, Any]) -> Tensor | None:
+        """One step of a method whose batch is ``{subset: batch of lists}`` (MTP).
+
+        Images are normalised one by one. Subsets whose files were all unreadable are left
+        out; a step without any image is skipped in one process, and under DDP gives a zero
+        loss touching every parameter. The loss always includes that zero term, so heads of
+        subsets or tasks absent from this rank's step still join the gradient all-reduce.
+        """
+        n = sum(len(b["image"]) for b in batch.values())
+        if n == 0:
+            return None if self.trainer.world_size == 1 else self.zero_loss()
+        ctx = StepContext(
+            progress=self.progress(),
+            generator=self.step_generator(),
+            shared_generator=self.step_generator(shared=True),
+            world_size=self.trainer.world_size,
+        )
+        inputs = {
+            name: {**b, "image": [self.normalise(img[None].to(self.device))[0] for img in b["image"]]}
+            for name, b in batch.items()
+        }
+        out = self.model.training_step(inputs, ctx)
+        loss = out["loss"] + self.zero_loss()
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=False)
         for key, value in out.items():
             if key != "loss" and isinstance(value, Tensor) and value.ndim == 0:
                 self.log(f"train/{key}", value.detach().float(), batch_size=n)

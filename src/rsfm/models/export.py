@@ -2,9 +2,11 @@
 
 The file holds the encoder's ``state_dict`` (timm key names, no classifier head) and, in
 the safetensors metadata, a JSON ``rsfm`` entry with everything needed to rebuild it: the
-architecture (``arch``: ``vit``, or a timm ResNet name such as ``resnet50``), ``img_size``,
-``in_chans``, for ViTs ``size`` and ``patch_size``, the normalisation ``mean``/``std`` the
-encoder was trained with, and the pretraining method.
+architecture (``arch``: ``vit``, ``vit_rvsa`` (ViT + RVSA with its feature pyramid,
+:mod:`rsfm.models.encoders.rvsa`), or a timm ResNet name such as ``resnet50``),
+``img_size``, ``in_chans``, for ViTs ``size`` and ``patch_size`` (and for ``vit_rvsa``
+``window_size`` and ``interval``), the normalisation ``mean``/``std`` the encoder was trained
+with, and the pretraining method.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def required_meta(arch: str) -> tuple[str, ...]:
     """Metadata fields an export of ``arch`` must carry to be rebuilt."""
     if is_resnet(arch):
         return ("arch", "img_size", "in_chans")
+    if arch == "vit_rvsa":
+        return ("arch", "size", "img_size", "patch_size", "in_chans", "window_size", "interval")
     return ("arch", "size", "img_size", "patch_size", "in_chans")
 
 
@@ -48,13 +52,15 @@ def export_encoder(encoder: nn.Module, path: str | os.PathLike[str], meta: dict[
     """Save an encoder's weights and build metadata to ``path`` (safetensors), atomically.
 
     Args:
-        encoder: a ViT built by :func:`rsfm.models.encoders.vit.build_vit` or a timm ResNet; its
-            classifier (``head`` / ``fc``) is dropped.
+        encoder: a ViT built by :func:`rsfm.models.encoders.vit.build_vit`, a ViT + RVSA built
+            by :func:`rsfm.models.encoders.rvsa.build_vit_rvsa` (``arch: vit_rvsa``) or a timm
+            ResNet; its classifier (``head`` / ``fc``) is dropped.
         path: destination ``.safetensors`` file.
         meta: JSON-serialisable build metadata; must contain the fields of
-            :func:`required_meta` (``arch``, ``img_size``, ``in_chans``, and for ViTs ``size``
-            and ``patch_size``); should contain ``mean``/``std`` (normalisation, per channel,
-            for inputs scaled to [0, 1]) and ``method``.
+            :func:`required_meta` (``arch``, ``img_size``, ``in_chans``, for ViTs ``size``
+            and ``patch_size``, for ``vit_rvsa`` also ``window_size`` and ``interval``);
+            should contain ``mean``/``std`` (normalisation, per channel, for inputs scaled
+            to [0, 1]) and ``method``.
 
     Returns:
         The written path.
@@ -182,7 +188,11 @@ def load_encoder(
             its first layer adapted by :func:`adapt_input_channels`.
 
     Returns:
-        A timm ``VisionTransformer``, or for ``arch: resnet50`` (any timm ResNet) a timm
+        A timm ``VisionTransformer``; for ``arch: vit_rvsa`` a
+        :class:`~rsfm.models.encoders.rvsa.VisionTransformerRVSA` (it takes any input whose
+        sides are multiples of the patch and pools by averaging, so ``global_pool`` and
+        ``dynamic_img_size`` do not apply; a missing final ``norm``, which only pooled
+        features use, keeps its init); or for ``arch: resnet50`` (any timm ResNet) a timm
         ``ResNet`` whose pooled features are global-average-pooled (2048-d for ResNet-50;
         ``global_pool`` and ``dynamic_img_size`` do not apply: a CNN takes any input size);
         its ``rsfm_meta`` attribute holds the metadata.
@@ -190,15 +200,18 @@ def load_encoder(
     Raises:
         CheckpointError: see :func:`read_encoder_meta`; also for an unsupported ``arch``,
             weights that do not fit it, or bands that cannot be adapted.
+        ValueError: if ``num_classes > 0`` for a ``vit_rvsa`` export (it has no classifier).
     """
     import timm
     from safetensors.torch import load_file
 
     meta = read_encoder_meta(path)
     arch = meta.get("arch")
-    if arch != "vit" and not (isinstance(arch, str) and is_resnet(arch) and arch in timm.list_models("resnet*")):
+    if arch not in ("vit", "vit_rvsa") and not (
+        isinstance(arch, str) and is_resnet(arch) and arch in timm.list_models("resnet*")
+    ):
         raise CheckpointError(
-            f"{path}: unsupported encoder arch {arch!r}; expected 'vit' or a timm ResNet (e.g. 'resnet50')"
+            f"{path}: unsupported encoder arch {arch!r}; expected 'vit', 'vit_rvsa' or a timm ResNet (e.g. 'resnet50')"
         )
     absent = [k for k in required_meta(arch) if k not in meta]
     if absent:
@@ -215,6 +228,23 @@ def load_encoder(
             drop_path_rate=drop_path_rate,
             dynamic_img_size=dynamic_img_size,
         )
+    elif arch == "vit_rvsa":
+        from rsfm.models.encoders.rvsa import build_vit_rvsa
+
+        if num_classes:
+            raise ValueError(f"{path}: a vit_rvsa encoder has no classifier head; load it with num_classes=0")
+        try:
+            model = build_vit_rvsa(
+                meta["size"],
+                img_size=meta["img_size"],
+                patch_size=meta["patch_size"],
+                in_chans=chans,
+                drop_path_rate=drop_path_rate,
+                window_size=meta["window_size"],
+                interval=meta["interval"],
+            )
+        except ValueError as err:
+            raise CheckpointError(f"{path}: its rsfm metadata does not describe a ViT+RVSA: {err}") from None
     else:
         model = timm.create_model(
             arch, pretrained=False, num_classes=num_classes, in_chans=chans, drop_path_rate=drop_path_rate
@@ -227,8 +257,14 @@ def load_encoder(
                 f"{path} was trained on {meta['in_chans']} bands; only 3-band (RGB) weights adapt to {chans} bands"
             )
         state[key] = adapt_input_channels(state[key], chans)
+    if arch == "vit_rvsa":  # report shape mismatches as such (load_state_dict raises a RuntimeError)
+        own = model.state_dict()
+        shapes = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if shapes:
+            raise CheckpointError(f"{path}: weights do not fit a {arch} encoder: {mismatch_summary([], [], shapes)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(("head.", "fc."))]
+    optional = ("head.", "fc.", "norm.") if arch == "vit_rvsa" else ("head.", "fc.")
+    missing = [k for k in missing if not k.startswith(optional)]
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit a {arch} encoder: {mismatch_summary(missing, unexpected)}")
     meta = dict(meta, in_chans=chans)

@@ -14,6 +14,14 @@ What is written depends on the head's :attr:`~rsfm.models.heads.base.Head.output
   ``task1`` beside it, DOTA Task1 submission files ``Task1_<class>.txt`` (``image_id score x1 y1
   ... x4 y4`` in pixels; predicting several images into one folder adds each image's lines,
   replacing that image's earlier ones).
+- ``masks`` (instance segmentation): a GeoJSON ``FeatureCollection`` with one feature per
+  instance, the outline of its mask (a ``Polygon``, or a ``MultiPolygon`` for a mask of several
+  parts, holes as interior rings; map coordinates for a georeferenced input, else pixels) with
+  its ``id``, class, score, pixel box ``bbox_px`` and pixel count ``area_px``; beside it an
+  instance-id raster ``<name>_ids.tif`` (a GeoTIFF with the input's georeference, for a GeoTIFF
+  input) or ``<name>_ids.png`` (16-bit) where 0 is background and ``i`` the ``i``-th instance
+  by decreasing score (where masks overlap the higher-scoring instance keeps the pixel), and
+  ``<name>_ids.json`` mapping each id to its class and score.
 - ``label`` (scene classification): a JSON file with the predicted class and the class
   probabilities of the image resized as the test split's (``data.img_size``).
 
@@ -82,6 +90,9 @@ def _write_raster(
     if path_out.suffix.lower() == ".png":
         from PIL import Image
 
+        if array.dtype != np.uint8:  # a 16-bit grey PNG (instance ids)
+            img16 = Image.fromarray(array.astype(np.uint16))
+            return atomic_write(path_out, lambda tmp: img16.save(tmp, format="PNG"))
         img = Image.fromarray(array, mode="P" if palette is not None else "L")
         if palette is not None:
             flat = [c for p in palette for c in p] + [0, 0, 0] * (256 - len(palette))
@@ -95,7 +106,7 @@ def _write_raster(
         "height": array.shape[0],
         "width": array.shape[1],
         "count": 1,
-        "dtype": "uint8",
+        "dtype": array.dtype.name,
         "compress": "deflate",
     }
     if nodata is not None:
@@ -137,7 +148,7 @@ def predict_files(
         head: the head to predict with; default the first evaluated one.
 
     Returns:
-        The written file.
+        The written file (for instance masks the GeoJSON; the id raster and its JSON lie beside it).
 
     Raises:
         DataError: if an input is missing or the pair's sizes differ.
@@ -191,6 +202,11 @@ def predict_files(
             written = _write_obbs(out, paths[0], det, h.classes, crs, transform, images[0].shape)
             write_dota_task1(out.parent / "task1", paths[0].stem, det, h.classes)
             return written
+        if kind == "masks":
+            out = _output(paths[0], out, (".geojson", ".json"), ".geojson", "masks")
+            det = h.detect(task.model, images[0], score_thresh=h.vis_score_thresh)
+            tiff = paths[0].suffix.lower() in _TIFF
+            return _write_instances(out, paths[0], det, h.classes, crs, transform, images[0].shape, tiff)
         if kind == "label":
             out = _output(paths[0], out, (".json",), ".json", "label")
             probs = h(task.model.features(batch, h), batch)[0].float().softmax(0).cpu()
@@ -227,13 +243,21 @@ def _polygon_feature(
     }
 
 
-def _feature_collection(path_in: Path, features: list[dict[str, Any]], crs: Any, transform: Any, shape: Any) -> str:
-    """GeoJSON text of ``features`` with the image's size and georeference."""
+def _feature_collection(
+    path_in: Path,
+    features: list[dict[str, Any]],
+    crs: Any,
+    transform: Any,
+    shape: Any,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """GeoJSON text of ``features`` with the image's size and georeference (and ``extra`` members)."""
     collection: dict[str, Any] = {
         "type": "FeatureCollection",
         "name": path_in.stem,
         "coordinates": "map" if transform is not None else "pixel",
         "image_size": [int(shape[-1]), int(shape[-2])],
+        **(extra or {}),
         "features": features,
     }
     if crs is not None:
@@ -312,4 +336,95 @@ def _write_boxes(
             _polygon_feature(corners, transform, classes, label, score, {"bbox_px": [float(v) for v in box]})
         )
     text = _feature_collection(path_in, features, crs, transform, shape)
+    return atomic_write(path_out, lambda tmp: Path(tmp).write_text(text))
+
+
+def _mask_geometry(mask: np.ndarray, transform: Any) -> dict[str, Any]:
+    """GeoJSON geometry of the outline of a non-empty ``(H, W)`` bool mask.
+
+    Pixel edges, as :func:`rasterio.features.shapes` traces them (4-connected parts; holes
+    are interior rings), mapped through ``transform`` when there is one: a ``Polygon``, or a
+    ``MultiPolygon`` for a mask of several parts. Its area is the pixel count (times the
+    pixel area in map units).
+    """
+    from rasterio.features import shapes
+    from rasterio.transform import Affine
+
+    geo = transform if transform is not None else Affine.identity()
+    parts = [
+        [[[float(x), float(y)] for x, y in ring] for ring in geom["coordinates"]]
+        for geom, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=4, transform=geo)
+    ]
+    if len(parts) == 1:
+        return {"type": "Polygon", "coordinates": parts[0]}
+    return {"type": "MultiPolygon", "coordinates": parts}
+
+
+def _write_instances(
+    path_out: Path,
+    path_in: Path,
+    det: dict[str, Any],
+    classes: list[str],
+    crs: Any,
+    transform: Any,
+    shape: Any,
+    tiff: bool,
+) -> Path:
+    """Instance outlines as GeoJSON, plus the instance-id raster and its id → class JSON beside it.
+
+    Args:
+        path_out: the GeoJSON file; the raster is ``<stem>_ids.tif`` (``tiff``) or
+            ``<stem>_ids.png``, the id table ``<stem>_ids.json``.
+        path_in: the input image (named in the files).
+        det: ``boxes`` ``(M, 4)`` float32 xyxy pixels, ``scores`` ``(M,)``, ``labels`` ``(M,)``
+            int64 in ``[0, K)``, ``masks`` ``(M, H, W)`` bool (any device).
+        classes: the ``K`` class names.
+        crs: the input's CRS (GeoTIFF) or None.
+        transform: the input's affine pixel → map transform, or None (pixel coordinates).
+        shape: the image's shape, ``(..., H, W)``.
+        tiff: write the id raster as a GeoTIFF (with ``crs`` and ``transform``) rather than a PNG.
+
+    Instances are numbered ``1 … M`` by decreasing score (ties keep their order); an instance
+    whose mask is empty (a tiny box thresholded away) is left out. In the raster 0 is
+    background and a pixel of several masks takes the highest-scoring instance's id (uint16,
+    uint32 beyond 65,535 instances).
+
+    Returns:
+        The GeoJSON file.
+
+    Raises:
+        ConfigError: if more than 65,535 instances are to go into a PNG.
+    """
+    scores = det["scores"].detach().float().cpu()
+    order = torch.argsort(scores, descending=True, stable=True)
+    masks = det["masks"].detach()
+    boxes, labels = det["boxes"].detach().float().cpu(), det["labels"].detach().cpu()
+    height, width = int(shape[-2]), int(shape[-1])
+    kept = [int(i) for i in order.tolist() if bool(masks[int(i)].any())]
+    if not tiff and len(kept) > np.iinfo(np.uint16).max:
+        raise ConfigError(f"{len(kept)} instances do not fit a 16-bit PNG id raster; predict a GeoTIFF instead")
+    ids = np.zeros((height, width), dtype=np.uint16 if len(kept) <= np.iinfo(np.uint16).max else np.uint32)
+    features: list[dict[str, Any]] = []
+    table: dict[str, dict[str, Any]] = {}
+    for n, i in enumerate(kept, start=1):
+        mask = masks[i].cpu().numpy().astype(bool)
+        ids[mask & (ids == 0)] = n  # higher-scoring instances keep their pixels
+        label, score = int(labels[i]), float(scores[i])
+        bbox = [float(v) for v in boxes[i].tolist()]
+        props = {"id": n, "class": classes[label], "label": label, "score": score}
+        features.append(
+            {
+                "type": "Feature",
+                "id": n,
+                "geometry": _mask_geometry(mask, transform),
+                "properties": {**props, "bbox_px": bbox, "area_px": int(mask.sum())},
+            }
+        )
+        table[str(n)] = {k: v for k, v in props.items() if k != "id"}
+    raster = path_out.with_name(f"{path_out.stem}_ids{'.tif' if tiff else '.png'}")
+    _write_raster(raster, ids, crs if tiff else None, transform if tiff else None, None, None)
+    sidecar = path_out.with_name(f"{path_out.stem}_ids.json")
+    write_json(sidecar, {"image": str(path_in), "raster": raster.name, "background": 0, "ids": table})
+    extra = {"id_raster": raster.name}
+    text = _feature_collection(path_in, features, crs, transform, shape, extra)
     return atomic_write(path_out, lambda tmp: Path(tmp).write_text(text))

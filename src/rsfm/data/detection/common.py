@@ -370,7 +370,7 @@ class DetectionDataset(Dataset):
         return sample
 
 
-def collate_lists(samples: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+def collate_lists(samples: Sequence[Mapping[str, Any]], empty_keys: Sequence[str] = BATCH_KEYS) -> dict[str, list[Any]]:
     """Collate detection samples key by key into lists (images differ in size, boxes in count).
 
     Skipped items (``{'skipped': (path, reason), ...}``, an image that could not be read) are
@@ -378,15 +378,16 @@ def collate_lists(samples: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
 
     Args:
         samples: dataset items.
+        empty_keys: the keys of a batch in which no sample is readable (each an empty list).
 
     Returns:
         ``{key: [value of each readable sample]}`` for the keys of the first readable sample
-        (:data:`BATCH_KEYS` when none is readable: empty lists), plus ``'skipped':
+        (``empty_keys`` when none is readable: empty lists), plus ``'skipped':
         list[(path, reason)]``. The batch size is ``len(batch['image'])``, 0 when every item
         was skipped.
     """
     good, skipped = split_skipped(samples)
-    keys = list(good[0]) if good else list(BATCH_KEYS)
+    keys = list(good[0]) if good else list(empty_keys)
     out: dict[str, list[Any]] = {key: [s[key] for s in good] for key in keys}
     out["skipped"] = skipped
     return out

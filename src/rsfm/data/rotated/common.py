@@ -671,10 +671,7 @@ def collate_rotated(samples: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]
         ``'skipped': list[(path, reason)]``. The batch size is ``len(batch['image'])``, 0 when
         every item was skipped (every key then holds an empty list).
     """
-    out = collate_lists(samples)
-    if not out.get("image"):
-        return {**{key: [] for key in ROTATED_BATCH_KEYS}, "skipped": out["skipped"]}
-    return out
+    return collate_lists(samples, ROTATED_BATCH_KEYS)
 
 
 # --------------------------------------------------------------------------- datamodule

@@ -62,8 +62,10 @@ class Encoder(nn.Module):
 
         arch = str(read_encoder_meta(weights).get("arch", ""))
         if not (is_resnet(arch) if family == "resnet" else arch == family):
+            cls = {"vit": "ViT", "vit_rvsa": "ViTRVSA"}.get(arch, "ResNet" if is_resnet(arch) else other)
+            hint = " (with model.neck: null: ViTRVSA has its own feature pyramid)" if cls == "ViTRVSA" else ""
             raise ConfigError(
-                f"model.encoder.weights: {weights} holds a {arch or 'unknown'} encoder; use class_path: {other}"
+                f"model.encoder.weights: {weights} holds a {arch or 'unknown'} encoder; use class_path: {cls}{hint}"
             )
         self.model = load_encoder(weights, **kwargs)
         self.meta = dict(self.model.rsfm_meta, weights=str(weights))

@@ -4,6 +4,7 @@ from rsfm.models.heads.base import Features, Head, HeadMetrics
 from rsfm.models.heads.change import ChangeHead
 from rsfm.models.heads.classification import ClassificationHead
 from rsfm.models.heads.detection import FasterRCNNHead
+from rsfm.models.heads.instance_segmentation import MaskRCNNHead as MaskRCNNHead
 from rsfm.models.heads.rotated_detection import OrientedRCNNHead
 from rsfm.models.heads.segmentation import FCNHead, SegmentationHead, UperNetHead
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from rsfm.data.base import DataInfo
     from rsfm.models.task_model import TaskModel
 
-__all__ = ["Features", "Head", "HeadMetrics"]
+__all__ = ["Features", "Head", "HeadMetrics", "share_trunk"]
 
 
 @dataclass
@@ -125,8 +125,12 @@ class Head(nn.Module):
     input: ClassVar[str] = "pyramid"
     #: validation metric that selects checkpoints (higher is better); None: none
     monitor: ClassVar[str | None] = None
-    #: what ``rsfm predict`` writes for this head: ``mask``, ``change``, ``boxes``, ``obbs``, ``label``
+    #: what ``rsfm predict`` writes for this head: ``mask``, ``change``, ``boxes``, ``obbs``, ``masks``, ``label``
     output_kind: ClassVar[str | None] = None
+    #: dotted paths of the submodules that depend on the classes (the final predictors); in
+    #: multi-task pretraining every other layer is shared between the heads of several
+    #: datasets (:func:`share_trunk`)
+    predictors: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, loss_weight: float = 1.0, evaluate: bool = True) -> None:
         super().__init__()
@@ -198,3 +202,46 @@ class Head(nn.Module):
             path = Path(folder) / f"{name}.png"
             out.append(atomic_write(path, lambda tmp, p=panel: p.save(tmp, format="PNG")))
         return out
+
+
+def share_trunk(head: Head, source: Head) -> Head:
+    """Make ``head`` use ``source``'s layers, except its own :attr:`Head.predictors`.
+
+    MTP (Wang et al., "MTP: Advancing Remote Sensing Foundation Model via Multi-Task
+    Pretraining", IEEE JSTARS 2024, §III-B) shares each decoder between the pretraining datasets
+    and gives each dataset only its own final predictors (their class counts differ). Both heads
+    must be of one class and built for the same pyramid; afterwards the shared submodules are
+    the same objects (their parameters count and train once), and ``head`` keeps the modules
+    named in its :attr:`~Head.predictors` (and any module on their path is descended into, so
+    that its other children are shared).
+
+    Args:
+        head: the head that takes the shared layers (built).
+        source: the head that owns them (built).
+
+    Returns:
+        ``head``.
+
+    Raises:
+        TypeError: if the heads are of different classes.
+        ValueError: if a predictor path names no submodule of ``head``.
+    """
+    if type(head) is not type(source):
+        raise TypeError(f"cannot share {type(source).__name__}'s layers with a {type(head).__name__}")
+    names = dict(head.named_modules())
+    missing = [p for p in head.predictors if p not in names]
+    if missing:
+        raise ValueError(f"{type(head).__name__}.predictors names no submodule: {missing}")
+
+    def walk(dst: nn.Module, src: nn.Module, prefix: str) -> None:
+        for name, child in src.named_children():
+            path = f"{prefix}{name}"
+            if path in head.predictors:
+                continue
+            if any(p.startswith(path + ".") for p in head.predictors):
+                walk(dst.get_submodule(name), child, path + ".")
+            else:
+                setattr(dst, name, child)
+
+    walk(head, source, "")
+    return head

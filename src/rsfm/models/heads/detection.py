@@ -197,16 +197,31 @@ class FasterRCNNHead(Head):
         self.metric = metric
         self.vis_score_thresh = float(vis_score_thresh)
 
-    def build(self, in_channels: list[int], strides: list[int], info: DataInfo) -> None:
-        """FPN, anchors, RPN and RoI heads for the pyramid and the classes (+ background)."""
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-        from torchvision.models.detection.roi_heads import RoIHeads
+    def _build_rpn(
+        self,
+        in_channels: list[int],
+        strides: list[int],
+        batch_size_per_image: int = 256,
+        pre_nms_top_n: Mapping[str, int] | None = None,
+        post_nms_top_n: Mapping[str, int] | None = None,
+    ) -> None:
+        """The FPN (plus a max-pooled level), its anchors and the RPN (Ren et al. 2015, §3.1).
+
+        Args:
+            in_channels: channels of the neck's maps, finest first.
+            strides: their strides, pixels (the FPN adds twice the last).
+            batch_size_per_image: anchors sampled per image for the RPN loss.
+            pre_nms_top_n: proposals per level before NMS, ``training``/``testing``.
+            post_nms_top_n: proposals kept after NMS, ``training``/``testing``.
+
+        Raises:
+            ConfigError: if ``anchor_sizes`` has not one entry per level.
+        """
         from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
-        from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+        from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-        super().build(in_channels, strides, info)
-        self.strides = [*strides, 2 * strides[-1]]
+        self.strides = [*(int(s) for s in strides), 2 * int(strides[-1])]
         self.fpn = FeaturePyramidNetwork(list(in_channels), self.fpn_channels, extra_blocks=LastLevelMaxPool())
         sizes = self.anchor_sizes or default_anchor_sizes(self.strides)
         if len(sizes) != len(self.strides):
@@ -221,12 +236,21 @@ class FasterRCNNHead(Head):
             RPNHead(self.fpn_channels, anchors.num_anchors_per_location()[0]),
             fg_iou_thresh=0.7,
             bg_iou_thresh=0.3,
-            batch_size_per_image=256,
+            batch_size_per_image=int(batch_size_per_image),
             positive_fraction=0.5,
-            pre_nms_top_n={"training": 2000, "testing": 1000},
-            post_nms_top_n={"training": 2000, "testing": self.rpn_post_nms_top_n_test},
+            pre_nms_top_n=dict(pre_nms_top_n or {"training": 2000, "testing": 1000}),
+            post_nms_top_n=dict(post_nms_top_n or {"training": 2000, "testing": self.rpn_post_nms_top_n_test}),
             nms_thresh=0.7,
         )
+
+    def build(self, in_channels: list[int], strides: list[int], info: DataInfo) -> None:
+        """FPN, anchors, RPN and RoI heads for the pyramid and the classes (+ background)."""
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+        from torchvision.models.detection.roi_heads import RoIHeads
+        from torchvision.ops import MultiScaleRoIAlign
+
+        super().build(in_channels, strides, info)
+        self._build_rpn(in_channels, strides)
         names = [str(i) for i in range(len(in_channels))]
         roi_pool = MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2)
         resolution = roi_pool.output_size[0]

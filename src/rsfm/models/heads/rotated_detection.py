@@ -171,6 +171,7 @@ class OrientedRCNNHead(Head):
     target_keys = ("obbs", "labels")
     monitor = "mAP50"
     output_kind = "obbs"
+    predictors = ("roi_head.cls", "roi_head.reg")
 
     def __init__(
         self,

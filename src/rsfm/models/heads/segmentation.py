@@ -229,6 +229,8 @@ class UperNetHead(SegmentationHead):
             ``loss_weight``, ``evaluate``).
     """
 
+    predictors = ("decoder.classifier",)
+
     def __init__(
         self,
         channels: int = 256,

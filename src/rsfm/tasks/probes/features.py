@@ -8,6 +8,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from rsfm.models.encoders.rvsa import VisionTransformerRVSA
+
 __all__ = ["extract_features", "pool_features"]
 
 
@@ -16,25 +18,35 @@ def pool_features(encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"
 
     Args:
         encoder: a timm ``VisionTransformer`` (e.g. from :func:`rsfm.models.export.load_encoder`),
-            or a CNN such as a timm ``ResNet``: anything without a ``patch_embed`` gives its
-            own pooled features (global average pool, 2048-d for ResNet-50) for either
-            ``pool``.
-        images: ``(B, C, H, W)`` float32, normalised.
+            a ViT + RVSA backbone (:class:`~rsfm.models.encoders.rvsa.VisionTransformerRVSA`,
+            a ``vit_rvsa`` export), or a CNN such as a timm ``ResNet``: anything without a
+            ``patch_embed`` gives its own pooled features (global average pool, 2048-d for
+            ResNet-50) for either ``pool``.
+        images: ``(B, C, H, W)`` float32, normalised (for ViT + RVSA, sides multiples of the patch).
         pool: ``cls``: the class token after the final norm, i.e.
             ``forward_head(forward_features(x), pre_logits=True)`` of a ``global_pool='token'``
             encoder; ``avg``: the mean of the patch tokens (the encoder's own ``fc_norm``
-            applies if it was built with ``global_pool='avg'``).
+            applies if it was built with ``global_pool='avg'``; a ViT + RVSA, which has no
+            class token, gives its ``forward_pooled``: the mean of the last block's tokens,
+            then its final LayerNorm).
 
     Returns:
         ``(B, D)`` features in the encoder's compute dtype.
 
     Raises:
         ValueError: on an unknown ``pool``, or ``cls`` with an encoder that has no
-            class-token pooling.
+            class-token pooling (a ViT + RVSA has no class token at all).
 
     """
     if pool not in ("cls", "avg"):
         raise ValueError(f"unknown pool {pool!r}; expected 'cls' or 'avg'")
+    if isinstance(encoder, VisionTransformerRVSA):
+        if pool == "cls":
+            raise ValueError(
+                "pool='cls' needs a class token, but a ViT+RVSA encoder has none; use pool='avg' "
+                "(the normalised mean of its last block's tokens)"
+            )
+        return encoder.forward_pooled(images)
     tokens = encoder.forward_features(images)
     if not hasattr(encoder, "patch_embed"):  # a CNN: (B, C, h, w) maps, pooled by its own head
         return encoder.forward_head(tokens, pre_logits=True)
@@ -85,7 +97,7 @@ def extract_features(
     left with no image is passed over.
 
     Args:
-        encoder: a timm ``VisionTransformer`` or ``ResNet``.
+        encoder: a timm ``VisionTransformer`` or ``ResNet``, or a ViT + RVSA backbone.
         loader: yields dicts with ``image`` ``(B, C, H, W)`` float32 (in [0, 1] with ``mean``
             and ``std`` given, else already normalised), ``label`` ``(B,)`` int64 and, for
             ``return_index``, ``index`` ``(B,)`` int64.

@@ -1,0 +1,144 @@
+"""MTP through the engine and the real CLI: MIM export → multi-task pretraining → export → fine-tuning."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from engine_helpers import FINETUNE, PRETRAIN, REPO, Crash, CrashAt, assert_same_weights, checkpoint
+from safetensors.torch import load_file
+
+from rsfm.cli import main
+from rsfm.engine.config import load_recipe
+from rsfm.engine.run import pretrain
+from rsfm.models.encoders.vit import build_vit
+from rsfm.models.export import export_encoder, read_encoder_meta
+
+MTP = PRETRAIN / "mtp_vit_tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def mim_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ViT-Tiny/8 MIM-style export (random weights) standing in for the README main job's."""
+    torch.manual_seed(0)
+    vit = build_vit("tiny", img_size=112, patch_size=8)
+    meta = {"arch": "vit", "size": "tiny", "img_size": 112, "patch_size": 8, "in_chans": 3, "method": "SelectiveMAE"}
+    meta.update(mean=[0.3983, 0.4095, 0.3689], std=[0.2123, 0.1902, 0.1889])
+    return export_encoder(vit, tmp_path_factory.mktemp("mim") / "encoder.safetensors", meta)
+
+
+def mtp_args(out: Path, datasets: Path, init: Path, *extra: str) -> list[str]:
+    """The CPU recipe on the real subsets, shrunk to 64 px crops and a few steps."""
+    return [
+        f"model.init={init}",
+        f"data.subsets.dota_isaid.init_args.isaid_root={datasets / 'isaid_dota'}",
+        f"data.subsets.dota_isaid.init_args.dota_root={datasets / 'dota'}",
+        f"data.subsets.hituav.init_args.root={datasets / 'hit_uav'}",
+        "data.crop_size=64",
+        "data.batch_size=2",
+        "data.crops_per_image=6",
+        "model.heads.semantic.init_args.channels=16",
+        "model.heads.instance.init_args.fpn_channels=16",
+        "model.heads.instance.init_args.box_batch_size_per_image=32",
+        "model.heads.instance.init_args.fc_channels=32",
+        "model.heads.instance.init_args.mask_channels=8",
+        "model.heads.instance.init_args.mask_convs=1",
+        "model.heads.instance.init_args.rpn_post_nms_top_n_train=100",
+        "model.heads.rotated.init_args.fpn_channels=16",
+        "model.heads.rotated.init_args.fc_channels=32",
+        "model.heads.rotated.init_args.roi_num_samples=32",
+        "model.heads.rotated.init_args.rpn_proposals_train=100",
+        f"output_dir={out}",
+        "run_name=run",
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def test_cli_pretrains_logs_every_task_and_exports_for_fine_tuning(
+    tmp_path: Path, datasets: Path, mim_export: Path, capsys
+) -> None:
+    assert main(["pretrain", "--config", str(MTP), *mtp_args(tmp_path, datasets, mim_export)]) == 0
+    run = tmp_path / "run"
+    with open(run / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = {k for r in rows for k, v in r.items() if v not in ("", None)}
+    for key in ("train/semantic", "train/instance", "train/rotated", "train/rotated/hituav", "train/loss"):
+        assert key in logged, sorted(logged)
+    assert "train/semantic/hituav" not in logged  # HIT-UAV has boxes only
+    enc = run / "encoder.safetensors"
+    meta = read_encoder_meta(enc)
+    assert meta["method"] == "MTP" and meta["arch"] == "vit" and meta["init"] == str(mim_export)
+    assert meta["mean"] == [0.3983, 0.4095, 0.3689]  # normalised as the MIM run
+    state = load_file(str(enc))
+    assert not any(k.startswith(("decoders.", "neck.")) for k in state)
+    mim = load_file(str(mim_export))
+    assert state.keys() == mim.keys()
+    assert not torch.equal(state["blocks.0.attn.qkv.weight"], mim["blocks.0.attn.qkv.weight"])  # it trained
+    # every downstream recipe accepts the export (models built, weights loaded)
+    from rsfm.engine.run import _downstream
+
+    for recipe in sorted(FINETUNE.glob("*.yaml")):
+        if recipe.stem == "rotated_detection_dior_r":
+            continue  # its data (full DIOR-R) is not in ../shared/datasets
+        r = load_recipe("finetune", recipe, [f"model.encoder.init_args.weights={enc}", f"output_dir={tmp_path}"])
+        module, _ = _downstream(r)
+        got = module.model.encoder.model.state_dict()["blocks.0.attn.qkv.weight"]
+        assert torch.equal(got, state["blocks.0.attn.qkv.weight"]), recipe.stem
+
+
+def test_resume_mid_epoch_gives_identical_weights(tmp_path: Path, datasets: Path, mim_export: Path, one_thread) -> None:
+    common = ["checkpoint.every_n_train_steps=2", "trainer.max_epochs=2"]
+    pretrain(load_recipe("pretrain", MTP, mtp_args(tmp_path / "a", datasets, mim_export, *common)))
+    with pytest.raises(Crash):
+        pretrain(
+            load_recipe("pretrain", MTP, mtp_args(tmp_path / "b", datasets, mim_export, *common)),
+            callbacks=[CrashAt(3)],
+        )
+    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert stopped["global_step"] == 2 and stopped["epoch"] == 0  # the middle of epoch 0 (3 steps)
+    pretrain(load_recipe("pretrain", MTP, mtp_args(tmp_path / "b", datasets, mim_export, *common)))
+    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 6
+    assert_same_weights(a["state_dict"], b["state_dict"])
+    ea = load_file(str(tmp_path / "a" / "run" / "encoder.safetensors"))
+    eb = load_file(str(tmp_path / "b" / "run" / "encoder.safetensors"))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_ddp_two_cpu_processes(tmp_path: Path, datasets: Path, mim_export: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rsfm.cli", "pretrain", "--config", str(MTP)]
+    cmd += mtp_args(tmp_path, datasets, mim_export, "data.crops_per_image=8")
+    cmd += ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "distributed_backend=gloo" in out and "Starting with 2 processes" in out
+    # P0005 is the only dota_isaid training image: 8 crops over 2 ranks, batch 2 → 2 steps; every
+    # parameter, per-subset predictors included, joined the gradient all-reduce
+    assert checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert (tmp_path / "run" / "encoder.safetensors").is_file()
+
+
+def test_one_crop_per_subset_on_one_device_is_refused(tmp_path: Path, datasets: Path, mim_export: Path, capsys) -> None:
+    args = mtp_args(tmp_path, datasets, mim_export, "data.batch_size=1")
+    assert main(["pretrain", "--config", str(MTP), *args]) == 2
+    assert "data.batch_size=1: the semantic decoder's BatchNorm needs at least 2 crops" in capsys.readouterr().err
+
+
+def test_recipes_check(datasets: Path) -> None:
+    r = load_recipe("pretrain", MTP, [])
+    assert r["model"]["class_path"].endswith("MTP") and r["data"]["class_path"].endswith("MultiTaskDataModule")
+    gpu = load_recipe("pretrain", PRETRAIN / "mtp_vit_base_rvsa.yaml", [])
+    args = gpu["optim"]
+    assert args["lr"] == 6.0e-5 and args["layer_decay"] == 0.9 and gpu["trainer"]["gradient_clip_val"] == 5.0
+    assert gpu["trainer"]["max_steps"] == 80000 and gpu["data"]["init_args"]["crop_size"] == 448
