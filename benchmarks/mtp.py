@@ -27,6 +27,8 @@ Usage::
     python benchmarks/mtp.py --seeds 0 1 2
     # shorter budgets on CPU: any recipe override per task stem
     python benchmarks/mtp.py --seeds 0 1 --set detection_nepu:trainer.max_epochs=4
+    # the table of the finished runs under one or more output folders (runs split over processes)
+    python benchmarks/mtp.py --collect runs/bench_mtp runs/bench_mtp_b
 
 Scores are percentages (as every rsfm metric); differences are percentage points.
 """
@@ -91,6 +93,10 @@ def paper_reference(task: str) -> str:
     return "–"
 
 
+def _diff(a: float, b: float) -> str:
+    return "–" if a != a or b != b else f"{a - b:+.2f}"  # NaN: a variant has no run
+
+
 def summarise(rows: list[dict[str, Any]]) -> str:
     """Markdown table: per task and metric, each variant's mean ± 95 % interval over seeds, the differences."""
     lines = [
@@ -111,14 +117,40 @@ def summarise(rows: list[dict[str, Any]]) -> str:
             seeds = min(len(x) for x in vals.values())
             lines.append(
                 f"| {task} | {name} | {_cell(vals['scratch'])} | {_cell(vals['mim'])} | {_cell(vals['mtp'])} | "
-                f"{mean['mtp'] - mean['mim']:+.2f} | {mean['mim'] - mean['scratch']:+.2f} | {seeds} | "
+                f"{_diff(mean['mtp'], mean['mim'])} | {_diff(mean['mim'], mean['scratch'])} | {seeds} | "
                 f"{paper_reference(task) if i == 0 else ''} |"
             )
     return "\n".join(lines)
 
 
+def collect(folders: list[Path]) -> list[dict[str, Any]]:
+    """The finished runs under benchmark output folders (``<task>/<variant>_seed<k>/metrics.json``).
+
+    For tables of runs split over several processes or machines, or of a benchmark stopped
+    before its end; the headline is each run's first test metric (the monitor's).
+    """
+    rows = []
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*/*_seed*/metrics.json")):
+            variant, _, seed = path.parent.name.rpartition("_seed")
+            if variant not in VARIANTS:
+                continue
+            scores = json.loads(path.read_text())["metrics"]
+            metrics = {k.removeprefix("test/"): float(v) for k, v in scores.items() if k.startswith("test/")}
+            rows.append({"task": path.parent.parent.name, "variant": variant, "seed": int(seed), "metrics": metrics})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the table and writes ``summary.json`` and ``summary.md``."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--collect"]:
+        rows = collect([Path(a) for a in argv[1:]])
+        seeds = sorted({r["seed"] for r in rows})
+        print(f"{len(rows)} finished runs (seeds {seeds}) under {', '.join(argv[1:])}")
+        print(summarise(rows))
+        return 0
     ds = _downstream()
     from rsfm.models.export import read_encoder_meta
 

@@ -64,3 +64,21 @@ def test_missing_encoders_are_named(flag: str, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         mtp.main(args)
     assert f"{flag}: encoder not found" in capsys.readouterr().err
+
+
+def test_collect_reads_finished_runs(tmp_path: Path) -> None:
+    mtp = _load("mtp")
+    import json
+
+    for variant, score in (("scratch", 10.0), ("mim", 12.0)):
+        run = tmp_path / "change_detection_levir" / f"{variant}_seed1"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"metrics": {"test/F1": score, "test/IoU": score / 2}}))
+    (tmp_path / "change_detection_levir" / "other_seed0").mkdir()  # not a benchmark run
+    rows = mtp.collect([tmp_path])
+    assert sorted((r["variant"], r["seed"], r["metrics"]["F1"]) for r in rows) == [
+        ("mim", 1, 12.0),
+        ("scratch", 1, 10.0),
+    ]
+    line = next(r for r in mtp.summarise(rows).splitlines() if "| F1 |" in r)
+    assert "| – | – | +2.00 | 0 |" in line  # no MTP run yet: no MTP difference, zero complete seeds
