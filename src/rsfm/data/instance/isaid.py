@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from rsfm.data.detection.common import IMAGE_SUFFIXES
+from rsfm.data.detection.dota import DOTA_V1_CLASSES
 from rsfm.data.instance.common import InstanceRecord, InstanceSegmentationDataModule
 from rsfm.data.io import BadImageError
 from rsfm.data.skips import skip_reason
@@ -92,24 +93,6 @@ _UNLABELED = (0, 0, 0)
 _ID_SUFFIX = "_instance_id_RGB.png"
 _COLOUR_SUFFIX = "_instance_color_RGB.png"
 
-_DOTA_V1 = (
-    "plane",
-    "baseball-diamond",
-    "bridge",
-    "ground-track-field",
-    "small-vehicle",
-    "large-vehicle",
-    "ship",
-    "tennis-court",
-    "basketball-court",
-    "storage-tank",
-    "soccer-ball-field",
-    "roundabout",
-    "harbor",
-    "swimming-pool",
-    "helicopter",
-)
-
 
 def _normalise(name: str) -> str:
     return str(name).strip().lower().replace("_", "-").replace(" ", "-")
@@ -131,7 +114,7 @@ def dota_class_name(isaid_name: str) -> str:
         DataError: if the name is not one of the 15 classes.
     """
     name = _normalise(isaid_name)
-    if name not in _DOTA_V1:
+    if name not in DOTA_V1_CLASSES:
         raise DataError(f"{isaid_name!r} is not an iSAID / DOTA v1.0 class; expected one of {list(ISAID_CLASSES)}")
     return name
 
