@@ -132,13 +132,19 @@ def collect(folders: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for folder in folders:
         for path in sorted(Path(folder).glob("*/*_seed*/metrics.json")):
-            variant, _, seed = path.parent.name.rpartition("_seed")
-            if variant not in VARIANTS:
-                continue
-            scores = json.loads(path.read_text())["metrics"]
-            metrics = {k.removeprefix("test/"): float(v) for k, v in scores.items() if k.startswith("test/")}
-            rows.append({"task": path.parent.parent.name, "variant": variant, "seed": int(seed), "metrics": metrics})
+            rows += collect_run(path)
     return rows
+
+
+def collect_run(path: Path) -> list[dict[str, Any]]:
+    """The row of one finished run's ``<task>/<variant>_seed<k>/metrics.json`` (none for other folders)."""
+    variant, _, seed = path.parent.name.rpartition("_seed")
+    if variant not in VARIANTS or not seed.isdigit():
+        return []
+    scores = json.loads(path.read_text())["metrics"]
+    metrics = {k.removeprefix("test/"): float(v) for k, v in scores.items() if k.startswith("test/")}
+    row = {"task": path.parent.parent.name, "variant": variant, "seed": int(seed), "metrics": metrics}
+    return [{**row, "headline": next(iter(metrics), ""), "seconds": float("nan")}]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--out", "--output", dest="out", type=Path, default=REPO / "runs" / "bench_mtp")
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
+    p.add_argument(
+        "--skip-done", action="store_true", help="reuse runs whose metrics.json exists under --out (resume a benchmark)"
+    )
     args = p.parse_args(argv)
     for flag, path in (("--mim", args.mim), ("--mtp", args.mtp)):
         if not path.is_file():
@@ -193,7 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.encoder = args.mtp if variant == "mtp" else args.mim
                 meta = metas["mtp" if variant == "mtp" else "mim"]
                 kind = "scratch" if variant == "scratch" else "pretrained"
-                extra = [*sets.get(path.stem, []), f"run_name={path.stem}/{variant}_seed{seed}"]
+                name = f"{path.stem}/{variant}_seed{seed}"
+                done = args.out / name / "metrics.json"
+                if args.skip_done and done.is_file():  # finished by an earlier, interrupted invocation
+                    print(f"{name}: finished earlier, reusing {done}", flush=True)
+                    rows += collect_run(done)
+                    continue
+                extra = [*sets.get(path.stem, []), f"run_name={name}"]
                 row = ds.run_one(path, kind, seed, args, meta, extra)
                 row["variant"] = variant
                 rows.append(row)
