@@ -101,7 +101,9 @@ class MultiTaskDataModule(DataModule):
         crops_per_image: random crops of every training image per epoch.
         flip_prob: probability of a random flip (horizontal, vertical or diagonal, equally).
         photometric_distortion: random brightness, contrast, saturation and hue (on 8-bit values).
-        train_split: the split each source trains on (``train``; None: the source's default).
+        train_split: the split each source trains on (``train``; None: the source's default;
+            ``"."``: every image of a SAMRS folder, e.g. one ``rsfm samrs`` wrote, which has no
+            split lists).
         batch_size: samples per subset per step and device (MTP: 1 per subset per GPU).
         mean: per-band mean of the [0, 1] images (None: ImageNet's).
         std: per-band std, likewise.

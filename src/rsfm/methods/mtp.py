@@ -27,6 +27,7 @@ release's encoder file), ready for every downstream task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -167,7 +168,9 @@ class MTP(PretrainMethod):
                     share_trunk(head, next(iter(group.values())))
                 group[name] = head
         self.subsets = {n: dict(s) for n, s in subsets.items()}
-        self.size_divisor = max(32, *strides, int(self.backbone.input_multiple))
+        #: padding multiple of the concatenated crops (as the task model's: 32, the coarsest
+        #: stride and the encoder's input multiple, e.g. a ViT's patch)
+        self.size_divisor = math.lcm(int(max([32, *strides])), int(self.backbone.input_multiple))
 
     # -- what is exported ----------------------------------------------------------------------
 
