@@ -44,10 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from rsfm.data.detection.common import DetectionDataModule, TrainTransform, collate_lists, crop_window
-from rsfm.data.io import RasterRule, UnsupportedImageError, read_image
+from rsfm.data.detection.common import DetectionDataModule, DetectionDataset, TrainTransform, collate_lists, crop_window
+from rsfm.data.io import UnsupportedImageError, read_image
 from rsfm.data.skips import READ_ERRORS, skip_reason
 
 __all__ = [
@@ -388,7 +387,7 @@ class InstanceTrainTransform(TrainTransform):
 # ------------------------------------------------------------------------------ dataset
 
 
-class InstanceDataset(Dataset):
+class InstanceDataset(DetectionDataset):
     """Serves :class:`InstanceRecord` s as sample dicts (see the module docstring); unreadable files are skipped.
 
     Args:
@@ -400,21 +399,6 @@ class InstanceDataset(Dataset):
             whole images.
         raster: how image files become bands (:class:`~rsfm.data.io.RasterRule`).
     """
-
-    def __init__(
-        self,
-        records: Sequence[InstanceRecord],
-        classes: Sequence[str],
-        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-        raster: RasterRule = RasterRule(),  # noqa: B008 (frozen)
-    ) -> None:
-        self.records = list(records)
-        self.classes = list(classes)
-        self.transform = transform
-        self.raster = raster
-
-    def __len__(self) -> int:
-        return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Sample ``index`` with :data:`INSTANCE_BATCH_KEYS` (see the module docstring).
