@@ -587,12 +587,15 @@ class DetectionDataModule(DataModule, abc.ABC):
         """Dicts of lists (images differ in size, boxes in count)."""
         return collate_lists
 
+    def make_dataset(self, records: Sequence[Any], transform: Callable[[dict[str, Any]], dict[str, Any]] | None) -> Any:
+        """The dataset serving ``records`` (a :class:`DetectionDataset`; layouts of other targets override it)."""
+        return DetectionDataset(records, self.class_names, transform, self.raster)
+
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets of the splits (once)."""
+        """Build the datasets of the splits (once): the training transform on ``train`` only."""
         if self.datasets:
             return
         splits = self.splits()
-        self.datasets["train"] = DetectionDataset(splits["train"], self.class_names, self.transform, self.raster)
-        if splits.get("val"):
-            self.datasets["val"] = DetectionDataset(splits["val"], self.class_names, None, self.raster)
-        self.datasets["test"] = DetectionDataset(splits["test"], self.class_names, None, self.raster)
+        for key in ("train", "val", "test"):
+            if splits.get(key) or key != "val":
+                self.datasets[key] = self.make_dataset(splits[key], self.transform if key == "train" else None)

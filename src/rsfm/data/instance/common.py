@@ -35,6 +35,7 @@ read never stops a run: the dataset returns ``{'skipped': (path, reason), 'id': 
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ INSTANCE_BATCH_KEYS = ("image", "boxes", "labels", "masks", "difficult", "id")
 
 
 @dataclass
-class InstanceRecord:
+class InstanceRecord(abc.ABC):
     """One image of an instance-segmentation layout; subclasses decode its instances.
 
     Attributes:
@@ -80,6 +81,7 @@ class InstanceRecord:
     id: str
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @abc.abstractmethod
     def read_target(self, height: int, width: int) -> dict[str, np.ndarray]:
         """The image's instances, for an image of ``height × width`` pixels.
 
@@ -92,7 +94,6 @@ class InstanceRecord:
             DataError: naming the file if the annotations do not fit the image.
             OSError: if an annotation file cannot be decoded (the dataset skips the image).
         """
-        raise NotImplementedError
 
 
 # ------------------------------------------------------------------------------ mask helpers
@@ -499,12 +500,6 @@ class InstanceSegmentationDataModule(DetectionDataModule):
         """Dicts of lists (images differ in size, instances in count), skipped items listed."""
         return collate_instances
 
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets of the splits (once)."""
-        if self.datasets:
-            return
-        splits = self.splits()
-        for key in ("train", "val", "test"):
-            if splits.get(key) or key != "val":
-                transform = self.transform if key == "train" else None
-                self.datasets[key] = InstanceDataset(splits[key], self.class_names, transform, self.raster)  # type: ignore[arg-type]
+    def make_dataset(self, records: Sequence[Any], transform: Callable[[dict[str, Any]], dict[str, Any]] | None) -> Any:
+        """An :class:`InstanceDataset` (masks decoded per sample)."""
+        return InstanceDataset(records, self.class_names, transform, self.raster)  # type: ignore[arg-type]

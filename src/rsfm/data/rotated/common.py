@@ -722,18 +722,6 @@ class RotatedDetectionDataModule(DetectionDataModule):
         """Dicts of lists (images differ in size, boxes in count), skipped items listed."""
         return collate_rotated
 
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets of the splits (once)."""
-        if self.datasets:
-            return
-        splits = self.splits()
-        for key in ("train", "val", "test"):
-            if splits.get(key) or key != "val":
-                transform = self.transform if key == "train" else None
-                self.datasets[key] = RotatedDetectionDataset(
-                    splits[key],
-                    self.class_names,
-                    transform,
-                    self.raster,
-                    self.angle_version,  # type: ignore[arg-type]
-                )
+    def make_dataset(self, records: Sequence[Any], transform: Callable[[dict[str, Any]], dict[str, Any]] | None) -> Any:
+        """A :class:`RotatedDetectionDataset` serving boxes in :attr:`angle_version`."""
+        return RotatedDetectionDataset(records, self.class_names, transform, self.raster, self.angle_version)  # type: ignore[arg-type]
