@@ -62,3 +62,23 @@ def test_rsfm_list_prints_every_registry(capsys) -> None:
     for kind, name in (("encoders", "ViT"), ("necks", "SimpleFeaturePyramid"), ("heads", "FasterRCNNHead"),
                        ("methods", "SelectiveMAE"), ("datasets", "LEVIRCDDataModule")):  # fmt: skip
         assert f"{kind}:" in out and name in out
+
+
+def test_the_documented_curation_rule_runs_from_its_recipe(tmp_path: Path, datasets: Path, monkeypatch, capsys) -> None:
+    import pyarrow.parquet as pq
+
+    (tmp_path / "my_rules.py").write_text(next(b for b in code_blocks("python") if "# my_rules.py" in b))
+    recipe = yaml.safe_load(next(b for b in code_blocks("yaml") if "cloud_free.yaml" in b))
+    recipe["inputs"][0]["root"] = str(datasets / "aid")
+    recipe["inputs"][0]["include"] = ["Beach/beach_1*.jpg", "Forest/forest_1*.jpg"]  # a few files, to stay fast
+    recipe["rules"]["custom"][0]["init_args"]["max_share"] = 0.05  # low enough for a bright beach to count
+    (tmp_path / "cloud_free.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["curate", "--config", "cloud_free.yaml"]) == 0, capsys.readouterr().err
+    rows = pq.read_table(tmp_path / "runs" / "corpus" / "cloud_free" / "manifest.parquet").to_pylist()
+    assert {r["input"] for r in rows} == {"aid"} and len(rows) > 10
+    cloudy = [r["source"] for r in rows if r["rule"] == "cloudy"]
+    assert cloudy and all(s.startswith("Beach/") for s in cloudy)
+    assert any(r["rule"] is None for r in rows if r["source"].startswith("Beach/"))
+    assert "| cloudy |" in (tmp_path / "runs" / "corpus" / "cloud_free" / "report.md").read_text()

@@ -10,6 +10,7 @@
     rsfm export   --checkpoint runs/x/checkpoints/last.ckpt --out encoder.safetensors
     rsfm stats    <folder>
     rsfm samrs    --source hit_uav --root <folder> --out <folder> [--sam-checkpoint sam_vit_h.pth]
+    rsfm curate   --config configs/curate/mixed_corpus.yaml [section.key=value ...]
     rsfm list     encoders|necks|heads|methods|datasets
 
 Every command takes ``--print-config`` (print the resolved settings and exit). This module
@@ -89,6 +90,22 @@ def _predict(args: argparse.Namespace, rest: list[str]) -> int:
     inputs = [p.strip() for p in args.input.split(",") if p.strip()]
     out = predict(recipe, args.checkpoint, inputs, args.output, args.head)
     print(f"prediction written to {out}")
+    return 0
+
+
+def _curate(args: argparse.Namespace, rest: list[str]) -> int:
+    recipe = _recipe(args, rest)
+    if recipe is None:
+        return 0
+    from rsfm.curation.pipeline import curate_recipe
+
+    result = curate_recipe(recipe)
+    counts = ", ".join(f"{k} {v}" for k, v in result.excluded.items()) or "none"
+    print(
+        f"curated {result.files} file(s) in {result.seconds:.1f} s ({result.processed} processed now): "
+        f"{result.kept} tile(s) kept; excluded rows: {counts}\ncorpus folder: {result.output} "
+        f"(report: {result.output / 'report.md'})"
+    )
     return 0
 
 
@@ -260,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     recipe_command("pretrain", "pretrain an encoder, export it and evaluate it", _pretrain)
+    recipe_command("curate", "curate image folders into a deduplicated, sharded pretraining corpus", _curate)
     recipe_command("finetune", "fine-tune a downstream task, then test the best checkpoint", _finetune)
     te = recipe_command("test", "evaluate a fine-tuned checkpoint on the recipe's test split", _test)
     te.add_argument("--checkpoint", required=True)

@@ -56,6 +56,28 @@ def test_epoch_sampler_iterator_state() -> None:
     assert head + list(resumed) == list(sampler) and fresh.epoch == 4
 
 
+def test_a_state_saved_after_the_last_batch_resumes_with_the_next_epoch() -> None:
+    """A checkpoint every N steps can fall on an epoch's last batch; the next epoch must still run whole."""
+    sampler = EpochSampler(10, seed=3)
+    it = iter(sampler)
+    assert len(list(it)) == 10
+    saved = it.state_dict()
+    # as Lightning resumes: set the next epoch, then the loader restores the iterator's state
+    resumed = EpochSampler(10, seed=3)
+    resumed.set_epoch(1)
+    again = iter(resumed)
+    again.load_state_dict(saved)
+    assert [e for _, e in again] == [1] * 10
+    # without set_epoch (another trainer), it continues with the epoch after the saved one
+    other = iter(EpochSampler(10, seed=3))
+    other.load_state_dict(saved)
+    assert [i for i, _ in other] == EpochSampler(10, seed=3).indices(1)
+    # a state saved mid-epoch still resumes inside that epoch
+    mid = iter(EpochSampler(10, seed=3))
+    mid.load_state_dict({"epoch": 0, "yielded": 4})
+    assert [i for i, _ in mid] == EpochSampler(10, seed=3).indices(0)[4:]
+
+
 def test_parse_key_and_sample_seed() -> None:
     assert parse_key(3, 5) == (3, 0) and parse_key((3, 2), 5) == (3, 2) and parse_key(-1, 5) == (4, 0)
     assert parse_key(torch.tensor(2), 5) == (2, 0)

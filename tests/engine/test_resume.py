@@ -44,3 +44,33 @@ def test_resume_mid_epoch_is_bit_identical(name: str, tmp_path: Path, datasets: 
         k for k, v in a["state_dict"].items() if v.is_floating_point() and not torch.equal(v, stopped["state_dict"][k])
     ]
     assert moved
+
+
+def test_resume_from_a_checkpoint_on_the_last_batch_of_an_epoch(tmp_path: Path, aid_subset, one_thread) -> None:
+    """Every 2 steps with 2 steps an epoch: the checkpoint a kill leaves is the end of epoch 0."""
+    from engine_helpers import PRETRAIN
+
+    from rsfm.engine.config import load_recipe
+    from rsfm.engine.run import pretrain
+
+    root = aid_subset(["Beach", "Forest"], 8)
+
+    def recipe(out: Path) -> dict:
+        return load_recipe("pretrain", PRETRAIN / "mae_vit_tiny.yaml", [
+            f"data.init_args.root={root}", f"output_dir={out}", "run_name=run", "data.init_args.img_size=32",
+            "data.init_args.batch_size=8", "data.init_args.num_workers=0", "data.init_args.test_fraction=0",
+            "model.init_args.patch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=3",
+            "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=2", "viz.num_images=0",
+            "evaluate.enabled=false",
+        ])  # fmt: skip
+
+    pretrain(recipe(tmp_path / "a"))
+    with pytest.raises(Crash):
+        pretrain(recipe(tmp_path / "b"), callbacks=[CrashAt(3)])
+    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert stopped["global_step"] == 2 and stopped["epoch"] == 0
+    pretrain(recipe(tmp_path / "b"))
+    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 6  # was 4: epoch 1 ran no batch after the resume
+    assert_same_weights(a["state_dict"], b["state_dict"])

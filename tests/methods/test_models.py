@@ -165,7 +165,7 @@ def test_bad_method_options_raise_config_errors() -> None:
     with pytest.raises(ConfigError, match="num_classes"):
         GeRSP(num_classes=0, arch="vit", size="tiny", img_size=32, patch_size=8, queue_size=8)
     with pytest.raises(ConfigError, match="size"):
-        MAE("huge", img_size=64)
+        MAE("gigantic", img_size=64)
     with pytest.raises(ConfigError, match="patch_size"):
         MAE("tiny", img_size=60, patch_size=16)
     with pytest.raises(ConfigError, match="mask_ratio"):

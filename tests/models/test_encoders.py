@@ -184,6 +184,6 @@ def test_task_model_groups_train_necks_and_heads_at_the_full_rate(loveda_batch) 
 
 def test_encoder_options_are_checked() -> None:
     with pytest.raises(ConfigError, match="size"):
-        ViT("huge")
+        ViT("gigantic")
     with pytest.raises(ConfigError, match="multiple of patch_size"):
         ViT("tiny", img_size=60, patch_size=16)

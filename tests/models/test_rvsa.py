@@ -293,7 +293,7 @@ def test_layer_decay_groups_and_sizes() -> None:
 
 def test_options_are_checked() -> None:
     for kwargs, match in (
-        ({"size": "huge"}, "size"),
+        ({"size": "gigantic"}, "size"),
         ({"size": "tiny", "img_size": 60}, "multiple of patch_size"),
         ({"size": "tiny", "img_size": 60, "patch_size": 10}, "divisible by 4"),
         ({"size": "tiny", "rvsa_init": "xavier"}, "rvsa_init"),

@@ -2,7 +2,7 @@
 
 Importing this package registers the built-in datamodules (``rsfm list datasets``). Its
 modules import only the standard library, numpy, PIL and torch at module level, so recipes
-are validated quickly; torchvision, rasterio and torchdata are imported when used.
+are validated quickly; torchvision, rasterio, torchdata, LitData and pyarrow are imported when used.
 """
 
 from rsfm.data import change, detection, instance, rotated, segmentation
@@ -14,6 +14,7 @@ from rsfm.data.paired import PairedDataModule
 from rsfm.data.pretrain import PretrainDataModule
 from rsfm.data.samplers import EpochSampler, KeyedDataset
 from rsfm.data.scene import SceneClassificationDataModule
+from rsfm.data.shards import ShardCorpus, ShardDataset
 from rsfm.data.skips import SkipReport, collate_skipping
 from rsfm.data.splits import seeded_split, split_names, stratified_split
 
@@ -33,6 +34,8 @@ __all__ = [
     "PretrainDataModule",
     "RasterRule",
     "SceneClassificationDataModule",
+    "ShardCorpus",
+    "ShardDataset",
     "SkipReport",
     "UnsupportedImageError",
     "change",

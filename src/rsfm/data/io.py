@@ -15,6 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +28,10 @@ __all__ = [
     "BadImageError",
     "RasterRule",
     "UnsupportedImageError",
+    "decode_image",
+    "raster_band_indexes",
     "read_image",
+    "scale_to_uint8",
 ]
 
 #: File extensions (lower case, with dot) treated as images; matching is case-insensitive.
@@ -188,16 +192,68 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
     return _read_pil(path, rule)
 
 
+def decode_image(data: bytes, name: str, rule: RasterRule = RasterRule()) -> Tensor:  # noqa: B008
+    """Decode an encoded image held in memory exactly as :func:`read_image` decodes the file.
+
+    A JPEG (by ``name``'s extension) goes through libjpeg-turbo, PNG and the other PIL
+    formats through PIL, ``.npy`` (rsfm's lossless container for tiles that are not 3-band,
+    written by :mod:`rsfm.data.shards`) through numpy, so the bytes of a file decode to the
+    pixels :func:`read_image` gives for that file. TIFF bytes are not accepted (shards never
+    hold them).
+
+    Args:
+        data: the encoded image.
+        name: a file name or extension (``'x.jpg'``, ``'.png'``) naming the format; also the
+            name errors give.
+        rule: band selection and 8-bit scaling rule (``.npy`` arrays must already be uint8).
+
+    Returns:
+        ``(C, H, W)`` uint8, as :func:`read_image`.
+
+    Raises:
+        BadImageError: if the bytes are empty, truncated or not an image of that format.
+
+    .. versionadded:: 0.3
+    """
+    import io
+
+    path = Path(name if "." in name else f"x.{name}")
+    suffix = path.suffix.lower() if path.suffix else f".{name.lower().lstrip('.')}"
+    if not data:
+        raise BadImageError(name, "zero_byte", "encoded image is empty (0 bytes)")
+    if suffix == ".npy":
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise BadImageError(name, "truncated", f"cannot read .npy tile ({err})") from err
+        if array.dtype != np.uint8 or array.ndim != 3:
+            raise BadImageError(
+                name, "unreadable", f".npy tile must be (C, H, W) uint8, got {array.dtype} {array.shape}"
+            )
+        return torch.from_numpy(np.ascontiguousarray(array))
+    if suffix in _TIFF_EXTENSIONS:
+        raise BadImageError(name, "unreadable", "decode_image does not take TIFF bytes; read the file with read_image")
+    if suffix in _JPEG_EXTENSIONS:
+        image = _decode_jpeg(data, path, rule)
+        if image is not None:
+            return image
+    return _decode_pil(io.BytesIO(data), path, rule)
+
+
 def _read_jpeg(path: Path, rule: RasterRule) -> Tensor | None:
     """Decode with libjpeg-turbo; None means "let PIL try" (not a JPEG, CMYK, 12-bit...)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise BadImageError(path, "unreadable", f"cannot read file ({err})") from err
+    return _decode_jpeg(data, path, rule)
+
+
+def _decode_jpeg(data: bytes, path: Path, rule: RasterRule) -> Tensor | None:
     from torchvision.io import ImageReadMode, decode_jpeg  # imported here: torchvision is slow to load
 
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-    except OSError as err:
-        raise BadImageError(path, "unreadable", f"cannot read file ({err})") from err
-    try:
-        image = decode_jpeg(data, mode=ImageReadMode.RGB)
+        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as err:
         if "truncated" in str(err) or "incomplete" in str(err):
             raise BadImageError(path, "truncated", "JPEG stream ends early (truncated file)") from err
@@ -213,8 +269,12 @@ def _read_jpeg(path: Path, rule: RasterRule) -> Tensor | None:
 
 
 def _read_pil(path: Path, rule: RasterRule) -> Tensor:
+    return _decode_pil(path, path, rule)
+
+
+def _decode_pil(source: Path | BinaryIO, path: Path, rule: RasterRule) -> Tensor:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             array, has_alpha = _pil_to_array(img)
     except UnidentifiedImageError as err:
@@ -302,6 +362,43 @@ def _read_raster(path: Path, rule: RasterRule) -> Tensor:
     array = np.ma.getdata(data)
     # bands were already selected when reading (only those are read from disk)
     return _to_rgb_uint8(array, path, rule, has_alpha=False, mask=mask, selected=True)
+
+
+def raster_band_indexes(count: int, rule: RasterRule, path: str | os.PathLike[str], has_alpha: bool) -> list[int]:
+    """0-based bands :func:`read_image` reads from a raster with ``count`` bands under ``rule``.
+
+    Args:
+        count: bands in the file, alpha included.
+        rule: the band rule.
+        path: the file (named in errors).
+        has_alpha: whether the last band is alpha.
+
+    Raises:
+        UnsupportedImageError: for a 2-band raster without alpha and no ``rule.bands``, or a
+            ``rule.bands`` index out of range.
+
+    .. versionadded:: 0.3
+    """
+    return _raster_indexes(count, rule, Path(path), has_alpha)
+
+
+def scale_to_uint8(
+    array: npt.NDArray[np.generic], rule: RasterRule, mask: npt.NDArray[np.bool_] | None = None
+) -> npt.NDArray[np.uint8]:
+    """Scale ``(C, H, W)`` pixels of any dtype to uint8 as :func:`read_image` does (see :class:`RasterRule`).
+
+    Args:
+        array: ``(C, H, W)`` pixels.
+        rule: the scaling rule (uint8 passes through; ``'auto'``: per-band percentile stretch
+            of the valid pixels; a number: divide, clip to [0, 1]).
+        mask: ``(C, H, W)`` bool, True where nodata (set to 0).
+
+    Returns:
+        ``(C, H, W)`` uint8.
+
+    .. versionadded:: 0.3
+    """
+    return _scale_to_uint8(array, rule, mask)
 
 
 def _raster_indexes(count: int, rule: RasterRule, path: Path, has_alpha: bool) -> list[int]:

@@ -8,6 +8,8 @@ key) with one labeled natural image, both domains augmented as MoCo v1. The shor
 around, so an epoch is one pass over the longer one.
 
 .. versionadded:: 0.2
+.. versionchanged:: 0.3
+    The RS side may be a sharded corpus (``data.shards``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rsfm.data.folder import ImageFolder, LabeledImageFolder
-from rsfm.data.folder_base import FolderDataModule, combine_skipped, list_classes
+from rsfm.data.folder_base import FolderDataModule, combine_skipped, list_classes, open_source
+from rsfm.data.shards import ShardDataset
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
 
@@ -45,13 +48,18 @@ class TwoViews:
         return torch.stack([self.transform(image), self.transform(image)])
 
 
-def natural_classes(root: str | os.PathLike[str]) -> list[str]:
+def natural_classes(root: str | os.PathLike[str] | None) -> list[str]:
     """Class folders of a natural-image set in ImageNet layout (``root/<class>/<image>``).
 
     Raises:
-        DataError: naming ``data.natural_root``, if ``root`` is missing, has no class folder
-            with images, or has empty class folders.
+        DataError: naming ``data.natural_root``, if ``root`` is None, missing, has no class
+            folder with images, or has empty class folders.
     """
+    if root is None or str(root) == "":
+        raise DataError(
+            "data.natural_root is required: natural images in ImageNet layout <root>/<class>/<image> "
+            "(e.g. ../shared/datasets/cifar10/train)"
+        )
     root = Path(root)
     if not root.is_dir():
         raise DataError(
@@ -83,13 +91,14 @@ class PairedDataset(Dataset[dict[str, Any]]):
     function of ``(seed, epoch, i)``.
 
     Args:
-        rs: unlabeled RS images whose transform returns ``(2, 3, S, S)`` (see :class:`TwoViews`).
+        rs: unlabeled RS images (a folder or a corpus) whose transform returns
+            ``(2, 3, S, S)`` (see :class:`TwoViews`).
         natural: labeled natural images whose transform returns ``(3, S, S)``.
     """
 
     takes_keys = True
 
-    def __init__(self, rs: ImageFolder, natural: LabeledImageFolder) -> None:
+    def __init__(self, rs: ImageFolder | ShardDataset, natural: LabeledImageFolder) -> None:
         """Pair ``rs`` and ``natural``."""
         if len(rs) == 0 or len(natural) == 0:
             raise ValueError(f"both sets need images, got {len(rs)} RS and {len(natural)} natural")
@@ -110,7 +119,8 @@ class PairedDataset(Dataset[dict[str, Any]]):
             ``{'image': (3, S, S) float32 query view, 'image_key': (3, S, S) float32 key view,
             'natural': (3, S, S) float32 (all in [0, 1]), 'natural_label': int, 'index': int}``, or, when either
             file cannot be read, ``{'skipped': (path, reason), 'index': int}`` (the first bad
-            file; the item is dropped by :func:`~rsfm.data.skips.collate_skipping`).
+            file; the item is dropped by :func:`~rsfm.data.skips.collate_skipping`). When the
+            RS side is a corpus, both forms also carry ``'id': int``, the RS tile's global id.
 
         Raises:
             IndexError: if the index is out of range.
@@ -119,11 +129,12 @@ class PairedDataset(Dataset[dict[str, Any]]):
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} paired items")
         rs = self.rs[self._key(i, epoch, len(self.rs))]
+        ids = {"id": rs["id"]} if "id" in rs else {}
         if "skipped" in rs:
-            return {"skipped": rs["skipped"], "index": i}
+            return {"skipped": rs["skipped"], "index": i, **ids}
         nat = self.natural[self._key(i, epoch, len(self.natural))]
         if "skipped" in nat:
-            return {"skipped": nat["skipped"], "index": i}
+            return {"skipped": nat["skipped"], "index": i, **ids}
         views = rs["image"]
         return {
             "image": views[0],
@@ -131,59 +142,70 @@ class PairedDataset(Dataset[dict[str, Any]]):
             "natural": nat["image"],
             "natural_label": nat["label"],
             "index": i,
+            **ids,
         }
 
 
 @DATASETS.register
 class PairedDataModule(FolderDataModule):
-    """RS folder (``root``) paired with a natural-image folder (``natural_root``), for GeRSP.
+    """RS folder (``root``) or corpus (``shards``) paired with a natural-image folder (``natural_root``), for GeRSP.
 
     Batches (:func:`~rsfm.data.skips.collate_skipping`): ``{'image': (B, 3, S, S)``,
     ``'image_key': (B, 3, S, S)``, ``'natural': (B, 3, S, S)`` float32 in [0, 1],
     ``'natural_label': (B,) int64``, ``'index': (B,) int64``, ``'skipped': list[(path,
-    reason)]}``, ``B <= batch_size``. Both domains are normalised with the same ``mean``/``std``
-    in the model.
+    reason)]}``, ``B <= batch_size``, plus ``'id': (B,) int64`` (the RS tiles' global ids)
+    with ``shards``. Both domains are normalised with the same ``mean``/``std`` in the model.
 
     Args:
-        root: RS images, at any depth (sub-folders stratify the held-out split).
+        root: RS images, at any depth (sub-folders stratify the held-out split); None with
+            ``shards``.
         natural_root: natural images, ``<natural_root>/<class>/<image>`` (an ImageNet train
             folder; ``../shared/datasets/cifar10/train`` on a CPU).
         scale: crop area range of the random resized crop.
         batch_size: pairs per batch and device (B RS images → 2B views, B natural images).
+        shards: folder or ``s3://``/``gs://``/``azure://`` URL of a 3-band corpus written by
+            ``rsfm curate`` (see :mod:`rsfm.data.shards`), instead of ``root``.
         **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options.
 
     Raises:
-        DataError: if a folder is missing or holds no image, naming it; if ``bands`` picks
-            other than 3 bands (the augmentation and the natural images are RGB).
+        DataError: if a folder is missing or holds no image, naming it; if both or neither
+            of ``root`` and ``shards`` are given, or the corpus is missing (naming
+            ``data.shards``); if ``bands`` picks, or the corpus has, other than 3 bands (the
+            augmentation and the natural images are RGB).
         ValueError: on an out-of-range setting.
 
     .. versionadded:: 0.2
+    .. versionchanged:: 0.3
+        ``shards``; ``root`` and ``natural_root`` are keywords with defaults (both still needed).
     """
 
     sample_keys = ("image", "image_key", "natural", "natural_label")
+    reads_shards = True
 
     def __init__(
         self,
-        root: str,
-        natural_root: str,
+        root: str | None = None,
+        natural_root: str | None = None,
         scale: list[float] = [0.2, 1.0],  # noqa: B006 (never mutated)
         batch_size: int = 32,
+        shards: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(root, batch_size=batch_size, **kwargs)
+        super().__init__(open_source(root, shards), batch_size=batch_size, **kwargs)
         if self.num_channels != 3:
+            key = "data.bands" if self.corpus is None else f"data.shards ({self.corpus.location})"
             raise DataError(
-                f"data.bands: GeRSP's augmentation (colour jitter, grayscale) and its natural images are RGB; "
+                f"{key}: GeRSP's augmentation (colour jitter, grayscale) and its natural images are RGB; "
                 f"got {self.num_channels} bands, expected 3"
             )
-        self.natural_root = Path(natural_root)
-        self.classes = natural_classes(self.natural_root)
+        self.classes = natural_classes(natural_root)
+        self.natural_root = Path(str(natural_root))
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"data.scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
         self.scale = (float(scale[0]), float(scale[1]))
 
     def setup(self, stage: str | None = None) -> None:
-        """Scan both folders and build the paired training set, once.
+        """Scan both folders (or the RS corpus's manifest) and build the paired training set, once.
 
         Raises:
             DataError: if the natural classes changed since construction.

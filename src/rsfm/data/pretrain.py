@@ -1,6 +1,8 @@
-"""Unlabeled images of a folder, augmented MAE-style, for self-supervised pretraining.
+"""Unlabeled images of a folder or a sharded corpus, augmented MAE-style, for self-supervised pretraining.
 
 .. versionadded:: 0.1
+.. versionchanged:: 0.3
+    ``data.shards``: a corpus written by ``rsfm curate`` instead of a folder.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import torch
 from torch import Tensor
 
 from rsfm.data.folder import ImageFolder
-from rsfm.data.folder_base import FolderDataModule, combine_skipped, round_robin
+from rsfm.data.folder_base import FolderDataModule, combine_skipped, open_source, round_robin
+from rsfm.data.shards import ShardDataset
 from rsfm.utils.registry import DATASETS
 
 __all__ = ["PretrainDataModule"]
@@ -20,11 +23,19 @@ __all__ = ["PretrainDataModule"]
 
 @DATASETS.register
 class PretrainDataModule(FolderDataModule):
-    """Unlabeled images found recursively under a folder (a pretraining corpus).
+    """Unlabeled images found recursively under a folder, or the tiles of a sharded corpus.
 
     Batches (:func:`~rsfm.data.skips.collate_skipping`): ``{'image': (B, C, S, S) float32 in
     [0, 1], 'index': (B,) int64, 'skipped': list[(path, reason)]}`` with ``S = img_size`` and
-    ``B <= batch_size`` (unreadable files are left out and counted).
+    ``B <= batch_size`` (unreadable files are left out and counted). Batches of a corpus
+    (``shards``) also carry ``'id': (B,) int64``, the tiles' global ids (``manifest.parquet``'s
+    ``id``, e.g. to log what a run saw or to prune data).
+
+    With ``shards`` (a corpus written by ``rsfm curate``, see :mod:`rsfm.data.shards`) the
+    tiles are read by :class:`~rsfm.data.shards.ShardDataset`: ``C`` is the corpus's band
+    count, the held-out split is taken by source file with the same rule, and for a corpus
+    curated from a folder with one tile per file, training visits the same images in the same
+    order, with the same augmentation, as training on the folder itself.
 
     The held-out split (``test_fraction`` of each first-level sub-folder, files directly in
     ``root`` counting as one more group; see :class:`~rsfm.data.folder.ImageFolder`) is kept
@@ -34,40 +45,50 @@ class PretrainDataModule(FolderDataModule):
     same ``test_fraction`` and ``split_seed``.
 
     Args:
-        root: folder of images, at any depth.
+        root: folder of images, at any depth (or None with ``shards``).
+        shards: folder or ``s3://``/``gs://``/``azure://`` URL of a corpus written by
+            ``rsfm curate``, instead of ``root``.
         scale: crop area range of the random resized crop (MAE: [0.2, 1.0]).
         hflip: random horizontal flips.
         num_workers: loader processes.
         **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options (``img_size``,
             ``test_fraction``, ``split_seed``, ``batch_size``, ``num_workers``, ``bands``,
-            ``raster_scale``, ``mean``, ``std``, ``seed``, ``pin_memory``).
+            ``raster_scale``, ``mean``, ``std``, ``seed``, ``pin_memory``; with ``shards``,
+            ``bands`` and ``raster_scale`` must stay unset and ``mean``/``std`` are required
+            for a corpus that is not 3-band).
 
     Raises:
-        DataError: if ``root`` is missing or holds no image, naming ``data.root``.
+        DataError: if ``root`` is missing or holds no image, naming ``data.root``; if both or
+            neither of ``root`` and ``shards`` are given; if the corpus or its manifest is
+            missing, or ``bands``/``raster_scale`` are set with it, naming ``data.shards``.
         ValueError: on an out-of-range setting.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.3
+        ``shards``; ``root`` optional.
     """
 
     sample_keys = ("image",)
+    reads_shards = True
 
     def __init__(
         self,
-        root: str,
+        root: str | None = None,
         scale: list[float] = [0.2, 1.0],  # noqa: B006 (never mutated)
         hflip: bool = True,
         num_workers: int = 4,
+        shards: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(root, num_workers=num_workers, **kwargs)
+        super().__init__(open_source(root, shards), num_workers=num_workers, **kwargs)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"data.scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
         self.scale = (float(scale[0]), float(scale[1]))
         self.hflip = bool(hflip)
-        self._viz: ImageFolder | None = None
+        self._viz: ImageFolder | ShardDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        """Scan the folder and build the training (and held-out) datasets, once."""
+        """Scan the folder (or read the corpus's manifest) and build the training (and held-out) datasets, once."""
         if self.datasets:
             return
         from rsfm.data.transforms import eval_transform, pretrain_transform
@@ -86,8 +107,9 @@ class PretrainDataModule(FolderDataModule):
         """Fixed images for reconstruction figures, without randomness.
 
         The images are spread over the groups (first-level sub-folders, i.e. classes on a
-        labeled tree): the first image of every group, then the second of every group, and so
-        on, each in path order; unreadable files are passed over.
+        labeled tree; a corpus's ``group`` column): the first image of every group, then the
+        second of every group, and so on, each in path (shard) order; unreadable files are
+        passed over.
 
         Args:
             n: number of images.
@@ -118,5 +140,5 @@ class PretrainDataModule(FolderDataModule):
 
     @property
     def scan_skipped(self) -> list[tuple[str, str]]:
-        """``(path, reason)`` of the files under root that are not samples (after setup)."""
+        """``(path, reason)`` of the files under root that are not samples (after setup; none for a corpus)."""
         return combine_skipped(self.datasets.get("train"), self.datasets.get("holdout"))

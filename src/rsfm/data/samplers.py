@@ -209,5 +209,12 @@ class _EpochSamplerIterator(Iterator[tuple[int, int]]):
         return {"epoch": self.epoch, "yielded": self.yielded}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.sampler.epoch = int(state_dict["epoch"])
-        self._start(int(state_dict["epoch"]), int(state_dict["yielded"]))
+        epoch, yielded = int(state_dict["epoch"]), int(state_dict["yielded"])
+        if yielded >= len(self.sampler.indices(epoch)):
+            # saved after the last batch of its epoch (a checkpoint every N steps can fall
+            # there): that epoch is over, and the trainer resumes with the next one, whose
+            # epoch it may already have set; starting inside the finished epoch would give
+            # the next epoch no batch at all
+            epoch, yielded = max(self.epoch, epoch + 1), 0
+        self.sampler.epoch = epoch
+        self._start(epoch, yielded)

@@ -95,24 +95,27 @@ def collate_skipping(
             'mask': (0, 0, 0) int64, 'id': []}`` for segmentation.
 
     Returns:
-        The default collate of the readable items (``'index'`` and ``'label'``, when present,
-        as ``(B,)`` int64), e.g. ``{'image': (B, C, H, W) float32, 'index': (B,) int64}``,
-        plus ``'skipped': list[(path, reason)]``; B counts the readable items. When every
-        item was skipped, B = 0: ``empty`` if given, else the folder form ``{'image': (0, C,
-        0, 0) float32 (C = num_channels or 0; the size is unknown), 'index': (0,) int64}``
-        plus an empty ``'label'`` when the items carry labels. Consumers test
-        ``batch['image'].shape[0] == 0``.
+        The default collate of the readable items (``'index'``, ``'label'`` and integer
+        ``'id'`` s, when present, as ``(B,)`` int64), e.g. ``{'image': (B, C, H, W) float32,
+        'index': (B,) int64}``, plus ``'skipped': list[(path, reason)]``; B counts the
+        readable items. When every item was skipped, B = 0: ``empty`` if given, else the
+        folder form ``{'image': (0, C, 0, 0) float32 (C = num_channels or 0; the size is
+        unknown), 'index': (0,) int64}`` plus an empty ``'label'`` when the items carry labels
+        and an empty int64 ``'id'`` when they carry integer ids (tiles of a
+        :class:`~rsfm.data.shards.ShardDataset`). Consumers test ``batch['image'].shape[0] == 0``.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         ``num_channels`` and ``empty``; the all-skipped folder batch no longer claims 3 channels.
+    .. versionchanged:: 0.3
+        Integer ``'id'`` s (global tile ids) as ``(B,)`` int64, also in the all-skipped folder batch.
 
     """
     good, skipped = split_skipped(batch)
     out: dict[str, Any]
     if good:
         out = default_collate(list(good))
-        for key in ("index", "label"):
+        for key in ("index", "label", "id"):
             if isinstance(out.get(key), torch.Tensor):
                 out[key] = out[key].to(torch.int64)
     elif empty is not None:
@@ -124,6 +127,8 @@ def collate_skipping(
         }
         if any("label" in item for item in batch):
             out["label"] = torch.empty((0,), dtype=torch.int64)
+        if any(isinstance(item.get("id"), int) for item in batch):
+            out["id"] = torch.empty((0,), dtype=torch.int64)
     out["skipped"] = skipped
     return out
 

@@ -144,6 +144,11 @@ class NonFiniteGuard(L.Callback):
             if grads:
                 norms = torch._foreach_norm(grads)
                 finite = finite & torch.isfinite(torch.stack([n.float() for n in norms]).sum())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # under FSDP each rank sees only its shard of the gradients: every rank must stop
+            flag = finite.to(torch.int32).reshape(1)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = flag[0].bool()
         if bool(finite):
             return
         what = (

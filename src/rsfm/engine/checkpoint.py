@@ -73,8 +73,14 @@ class AtomicCheckpointIO(CheckpointIO):
         Path(path).unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint without executing code (``torch.load(weights_only=True)``).
+
+    Args:
+        path: a file written by ``torch.save`` (a Lightning ``.ckpt``).
+        map_location: where the tensors go.
+        mmap: map the tensors' storage from the file instead of reading it (a check that a
+            large checkpoint is safe costs little memory).
 
     Raises:
         CheckpointError: if the file is missing, not a torch checkpoint, or holds objects
@@ -88,7 +94,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch's zip format, or legacy pickle
         raise CheckpointError(f"{path} is not a checkpoint (not a file written by torch.save)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and magic.startswith(b"PK"))
     except Exception as err:  # pickle, zip and unpickler errors of every kind
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         if "Weights only load failed" in str(err) or "weights_only" in str(err):

@@ -54,8 +54,10 @@ class TrainerConfig:
         max_time: wall-clock budget ``DD:HH:MM:SS``.
         accelerator: ``auto``, ``cpu``, ``gpu``...
         devices: number of devices, a list of ids, or ``auto``.
-        num_nodes: machines (multi-node DDP).
-        strategy: ``auto``, ``ddp``, ``fsdp``...
+        num_nodes: machines; must equal the job's (SLURM ``--nodes``, torchrun ``--nnodes``).
+        strategy: ``auto``, ``ddp``, ``fsdp`` (rsfm's FSDP, one unit per transformer block:
+            :class:`rsfm.engine.trainer.BlockFSDPStrategy`), ``fsdp_activation_checkpointing``
+            (the same, recomputing activations in the backward pass), or any Lightning strategy.
         precision: None: bf16-mixed on GPU, 32-true on CPU.
         sync_batchnorm: synchronise BatchNorm statistics across devices (SyncBN).
         gradient_clip_val: clip the gradient norm to this value.
@@ -213,12 +215,15 @@ def _parser(command: str) -> Any:
     """The jsonargparse parser of a command's recipe."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    p = ArgumentParser(prog=f"rsfm {command}", exit_on_error=False, default_env=False, allow_abbrev=False)
+    p.add_argument("--config", "-c", action=ActionConfigFile, help="YAML recipe")
+    if command == "curate":
+        return _curate_parser(p)
+
     import rsfm.data  # noqa: F401  (registers the datamodules: short class names resolve)
     from rsfm.data.base import DataModule
     from rsfm.optim import OptimConfig
 
-    p = ArgumentParser(prog=f"rsfm {command}", exit_on_error=False, default_env=False, allow_abbrev=False)
-    p.add_argument("--config", "-c", action=ActionConfigFile, help="YAML recipe")
     p.add_argument("--seed", type=int, default=0, help="run seed")
     p.add_argument("--output_dir", type=str, default="runs", help="parent folder of the run folder")
     p.add_argument("--run_name", type=str, default=command, help="run folder name under output_dir")
@@ -240,6 +245,22 @@ def _parser(command: str) -> Any:
         import rsfm.models  # noqa: F401  (registers encoders, necks and heads)
 
         p.add_class_arguments(TaskModelConfig, "model")
+    return p
+
+
+def _curate_parser(p: Any) -> Any:
+    """Sections of an ``rsfm curate`` recipe (:mod:`rsfm.curation`)."""
+    from rsfm.curation.config import CurateInput, DedupConfig, ExecutorConfig, ShardConfig
+    from rsfm.curation.ingest import Tiling
+    from rsfm.curation.rules import QualityThresholds
+
+    p.add_argument("--inputs", type=list[CurateInput], required=True, help="input folders, in priority order")
+    p.add_argument("--output", type=str, required=True, help="corpus folder (shards, manifest, report)")
+    p.add_class_arguments(Tiling, "tiling")
+    p.add_class_arguments(QualityThresholds, "rules")
+    p.add_class_arguments(DedupConfig, "dedup")
+    p.add_class_arguments(ShardConfig, "shards")
+    p.add_class_arguments(ExecutorConfig, "executor")
     return p
 
 
@@ -286,6 +307,19 @@ def _section_fields(section: str) -> list[str]:
         "evaluate": EvalConfig,
         "model": TaskModelConfig,
     }
+    from rsfm.curation.config import DedupConfig, ExecutorConfig, ShardConfig
+    from rsfm.curation.ingest import Tiling
+    from rsfm.curation.rules import QualityThresholds
+
+    sections.update(
+        {
+            "tiling": Tiling,
+            "rules": QualityThresholds,
+            "dedup": DedupConfig,
+            "shards": ShardConfig,
+            "executor": ExecutorConfig,
+        }
+    )
     if section in sections:
         return [f.name for f in fields(sections[section])]
     if section:
@@ -302,6 +336,14 @@ def _section_fields(section: str) -> list[str]:
         "data",
         "viz",
         "evaluate",
+        # rsfm curate
+        "inputs",
+        "output",
+        "tiling",
+        "rules",
+        "dedup",
+        "shards",
+        "executor",
     ]
 
 

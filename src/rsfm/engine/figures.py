@@ -114,7 +114,10 @@ class ReconstructionFigures(L.Callback):
         self.written: list[Path] = []
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
-        if not trainer.is_global_zero or self.num_images <= 0:
+        # under FSDP the weights are split over the ranks: every rank runs the forward (through
+        # the wrapped module, which gathers each block's weights) and rank 0 draws
+        sharded = _sharded(trainer)
+        if (not trainer.is_global_zero and not sharded) or self.num_images <= 0:
             return
         if self._imgs is None:
             self._imgs = trainer.datamodule.viz_batch(self.num_images)
@@ -123,17 +126,20 @@ class ReconstructionFigures(L.Callback):
         from torchvision.utils import save_image
 
         model = pl_module.model
-        was_training = model.training
-        model.eval()
+        was_training = pl_module.training
+        pl_module.eval()
         try:
             imgs = pl_module.normalise(self._imgs.to(pl_module.device))
             g = torch.Generator(device=pl_module.device).manual_seed(0)
+            forward = trainer.strategy.model if sharded else model
             with torch.no_grad():
-                out = model(imgs, progress=pl_module.progress(), generator=g)
+                out = forward(imgs, progress=pl_module.progress(), generator=g)
+            if not trainer.is_global_zero:
+                return
             info = pl_module.info
             grid = reconstruction_grid(imgs, out, model.patch_size, info.mean, info.std, model.norm_pix_loss)
         finally:
-            model.train(was_training)
+            pl_module.train(was_training)
         path = self.out_dir / f"reconstruction_{tag}.png"
         atomic_write(path, lambda tmp: save_image(grid.cpu(), tmp, nrow=4, padding=2, pad_value=1.0, format="PNG"))
         self.written.append(path)
@@ -147,3 +153,10 @@ class ReconstructionFigures(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Write the final figure."""
         self._write(trainer, pl_module, "final")
+
+
+def _sharded(trainer: L.Trainer) -> bool:
+    """Whether the trainer shards the weights over its ranks (FSDP)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)

@@ -107,8 +107,9 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
     data = build_data(recipe)  # first: a bad data folder fails before anything heavy loads
     ev = recipe.get("evaluate") or {}
     if ev.get("enabled") and not ev.get("root") and getattr(data, "root", None) is None:
+        source = f"reads the sharded corpus {data.shards}" if getattr(data, "shards", None) else "has no image folder"
         raise ConfigError(
-            f"evaluate.enabled: {type(data).__name__} has no image folder to evaluate on; "
+            f"evaluate.enabled: {type(data).__name__} {source}, which has no class labels to evaluate on; "
             "set evaluate.root to a scene-classification folder or evaluate.enabled=false"
         )
     import lightning as L
@@ -160,7 +161,7 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
         return result
     meta = module.export_meta()
     meta.update(
-        data_root=str(getattr(data, "root", "")),
+        data_root=str(getattr(data, "root", None) or ""),
         test_fraction=getattr(data, "test_fraction", None),
         split_seed=getattr(data, "split_seed", None),
         epochs=trainer.current_epoch,
@@ -168,6 +169,8 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
     )
     if getattr(data, "natural_root", None) is not None:
         meta["natural_root"] = str(data.natural_root)
+    if getattr(data, "shards", None):
+        meta["data_shards"] = str(data.shards)
     encoder = export_encoder(module.model.encoder, out / "encoder.safetensors", meta)
     result.update(encoder=str(encoder), checkpoint=str(out / "checkpoints" / "last.ckpt"))
     print(f"encoder exported to {encoder}")

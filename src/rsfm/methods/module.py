@@ -105,6 +105,10 @@ class PretrainTask(TrainingModule):
         cfg = self.optim_config
         return param_groups(self.model, encoder, lr, cfg.weight_decay, cfg.layer_decay if encoder is not None else None)
 
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The method's forward (what a strategy's wrapped module runs, e.g. FSDP's for figures)."""
+        return self.model(*args, **kwargs)
+
     def normalise(self, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` in [0, 1] → normalised with the data's mean and std."""
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -130,6 +134,15 @@ class PretrainTask(TrainingModule):
             world_size=self.trainer.world_size,
         )
         if n == 0:
+            if _sharded(self.trainer):
+                # FSDP gathers and reduces each block's weights in the forward and backward of
+                # every rank: run both on one blank image whose loss counts for nothing
+                size = int(self.info.img_size or 224)
+                blank = torch.zeros((1, self.info.num_channels, size, size), device=self.device)
+                inputs = {**batch, **dict.fromkeys(self.model.image_keys, blank)}
+                for key in self.model.sample_keys:
+                    inputs.setdefault(key, torch.zeros(1, dtype=torch.long, device=self.device))
+                return self.model.training_step(inputs, ctx)["loss"] * 0.0 + self.zero_loss()
             if not self.model.joins_collectives:
                 return self.zero_loss()
             # rows of the shape the other ranks gather, so that the collectives match
@@ -203,3 +216,10 @@ class PretrainTask(TrainingModule):
         meta = self.model.export_meta()
         meta.update(method=self.method_name, mean=list(self.info.mean), std=list(self.info.std))
         return meta
+
+
+def _sharded(trainer: Any) -> bool:
+    """Whether the trainer shards the weights over its ranks (FSDP)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)

@@ -71,7 +71,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: every ``interval``-th block uses global attention (Wang et al. 2023; Wang et al. 2024)
-RVSA_INTERVALS: dict[str, int] = {"tiny": 3, "small": 3, "base": 3, "large": 6}
+RVSA_INTERVALS: dict[str, int] = {"tiny": 3, "small": 3, "base": 3, "large": 6, "huge": 8}
 
 #: ``zero``: predictors start at zero (plain window attention); ``release``: PyTorch's default init
 RVSA_INITS = ("zero", "release")
@@ -698,7 +698,8 @@ def build_vit_rvsa(
         in_chans: input bands.
         drop_path_rate: stochastic depth (0.1 in MTP, 0.3 when fine-tuning in the papers).
         window_size: RVSA window side in tokens.
-        interval: global-attention interval; None: :data:`RVSA_INTERVALS` (3; 6 for large).
+        interval: global-attention interval; None: :data:`RVSA_INTERVALS` (3; 6 for large, 8 for
+            huge: four global blocks).
         out_indices: pyramid blocks; None: :func:`default_rvsa_out_indices`.
         rvsa_init: ``zero`` (rsfm's default) or ``release``.
 

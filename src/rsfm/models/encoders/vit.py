@@ -39,6 +39,8 @@ VIT_SIZES: dict[str, ViTSize] = {
     "small": ViTSize(384, 12, 6, 256, 8),
     "base": ViTSize(768, 12, 12, 512, 16),
     "large": ViTSize(1024, 24, 16, 512, 16),
+    # ViT-H as MAE pretrains it (He et al. 2022: patch 14, decoder 512 wide); with FSDP (trainer.strategy: fsdp)
+    "huge": ViTSize(1280, 32, 16, 512, 16),
 }
 
 
@@ -90,7 +92,7 @@ def build_vit(
     """Build a ViT encoder of a named size with a frozen 2-D sin-cos position embedding.
 
     Args:
-        size: ``tiny`` | ``small`` | ``base`` | ``large`` (see :data:`VIT_SIZES`).
+        size: ``tiny`` | ``small`` | ``base`` | ``large`` | ``huge`` (see :data:`VIT_SIZES`).
         img_size: input side in pixels; must be a multiple of ``patch_size``.
         patch_size: patch side in pixels.
         in_chans: input channels.
