@@ -325,6 +325,12 @@ def test_two_dask_workers_give_the_same_manifest_as_one(datasets, tmp_path) -> N
 def test_clear_errors(tmp_path) -> None:
     with pytest.raises(DataError, match=r"inputs\[0\]\.root: folder not found"):
         curate([CurateInput(root=str(tmp_path / "missing"))], tmp_path / "out", progress=lambda _: None)
+    from rsfm.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="shards.chunk_bytes"):
+        curate([CurateInput(root=str(tmp_path))], tmp_path / "out", shards=ShardConfig(chunk_bytes="lots"))
+    with pytest.raises(ConfigError, match="shards.png_level"):
+        curate([CurateInput(root=str(tmp_path))], tmp_path / "out", shards=ShardConfig(png_level=12))
     with pytest.raises(ValueError, match="tiling.overlap"):
         Tiling(tile_size=256, overlap=256)
     with pytest.raises(ValueError, match="rules.disable"):

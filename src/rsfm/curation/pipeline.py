@@ -1,7 +1,7 @@
 """``rsfm curate``: input folders → measured, filtered, deduplicated tiles → shards, manifest, report.
 
 Stages (SelectiveMAE's OpticalRS-13M was built by exclusion, slicing and perceptual
-deduplication; Wang et al., arXiv 2406.11933, Sec. 3):
+deduplication; Wang et al., arXiv 2406.11933, its dataset section):
 
 1. **List** the inputs' files (sorted; inputs in recipe order).
 2. **Per file** (in parallel; :func:`process_file`): open it, exclude it whole
@@ -437,6 +437,11 @@ def curate(
         raise ConfigError(f"shards.encoding must be 'png' or 'jpg', got {shards.encoding!r}")
     if executor.workers < 1:
         raise ConfigError(f"executor.workers must be >= 1, got {executor.workers}")
+    if not 1 <= shards.quality <= 100:
+        raise ConfigError(f"shards.quality must be in [1, 100], got {shards.quality}")
+    if not 0 <= shards.png_level <= 9:
+        raise ConfigError(f"shards.png_level must be in [0, 9], got {shards.png_level}")
+    _parse_bytes(shards.chunk_bytes)  # before hours of work, not after
     if not inputs:
         raise ConfigError("inputs: give at least one input folder")
     settings = CurationSettings(tiling, rules, shards, dedup)
