@@ -1,6 +1,6 @@
 """GeRSP against its ablations under equal wall-clock budgets, each evaluated on AID's held-out split.
 
-Variants (METHODS.md §3): ``gersp`` (``L_con + α·L_ce``), ``moco_only`` (α = 0: RS contrast
+Variants (Huang et al., TGRS 2024): ``gersp`` (``L_con + α·L_ce``), ``moco_only`` (α = 0: RS contrast
 only) and ``natural_only`` (contrastive term off: natural-image supervision only); optionally
 ``released_teacher`` (the authors' never-updated teacher projector). For each, a short
 calibration run measures the seconds per optimiser step on this machine now; the variant then

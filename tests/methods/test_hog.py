@@ -81,7 +81,7 @@ def test_energy_ranks_textured_patches_above_flat_ones() -> None:
 
 
 def test_official_score_is_zero() -> None:
-    # METHODS.md §2.2: the released score is the mean of a standardised vector, i.e. 0.
+    # the released code's score (see rsfm.methods.hog.hog_score) is the mean of a standardised vector, i.e. 0.
     s = hog_score(_rgb_batch(2, 144), 16, "official")
     assert s.abs().max() < 1e-5
 

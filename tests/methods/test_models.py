@@ -84,6 +84,16 @@ def test_official_score_with_sampling_runs(imgs: torch.Tensor) -> None:
     assert not torch.equal(a, b)  # uniform sampling, not a fixed ranking
 
 
+@pytest.mark.parametrize(("seeds", "targets"), [("topk", "sample"), ("sample", "topk"), ("topk", "topk")])
+def test_official_score_with_a_top_k_selection_is_refused(seeds: str, targets: str) -> None:
+    from rsfm.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hog_score=official .* needs model.seed_selection=sample"):
+        SelectiveMAE(
+            "tiny", img_size=64, patch_size=16, hog_score="official", seed_selection=seeds, target_selection=targets
+        )
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"seed_selection": "best"}, {"hog_score": "x"}, {"rec_ratio": 0.9}, {"psts_boundaries": (0.5, 0.4, 0.7, 0.8)}],

@@ -81,7 +81,8 @@ class SelectiveMAE(MaskedImageModel):
         mask_ratio: ``m``; ``int(N·(1 − m))`` tokens are visible to the encoder (0.85).
         rec_ratio: ``r``; ``int(N·r)`` patches are reconstructed (0.25).
         seed_ratio: share of the visible tokens chosen as seeds (0.5).
-        hog_score: ``energy`` (rsfm default) or ``official`` (released code, uniform); see :mod:`rsfm.methods.hog`.
+        hog_score: ``energy`` (rsfm default) or ``official`` (released code: zero up to rounding,
+            so selection is uniform; only with ``sample`` seeds and targets); see :mod:`rsfm.methods.hog`.
         seed_selection: ``topk`` or ``sample`` (softmax of standardised scores).
         target_selection: ``topk`` (paper) or ``sample`` (released code).
         score_temperature: softmax temperature of the ``sample`` modes.
@@ -96,6 +97,7 @@ class SelectiveMAE(MaskedImageModel):
     Raises:
         ValueError: on inconsistent ratios (see :func:`rsfm.methods.selection.token_budget`)
             or unknown selection modes.
+        ConfigError: for ``hog_score='official'`` with a ``topk`` selection.
     """
 
     def __init__(
@@ -125,6 +127,15 @@ class SelectiveMAE(MaskedImageModel):
                 raise ConfigError(f"model.{name} must be 'topk' or 'sample', got {value!r}")
         if hog_score not in ("energy", "official"):
             raise ConfigError(f"model.hog_score must be 'energy' or 'official', got {hog_score!r}")
+        if hog_score == "official" and "topk" in (seed_selection, target_selection):
+            # the released score is zero up to rounding: top-k would rank rounding noise and pick
+            # the same patches whatever the seed, which is neither the paper nor the release
+            raise ConfigError(
+                "model.hog_score=official (the released score, zero up to rounding) needs "
+                "model.seed_selection=sample and model.target_selection=sample: top-k over it ranks "
+                f"rounding noise, a fixed choice, not the release's uniform one (got seed_selection="
+                f"{seed_selection!r}, target_selection={target_selection!r})"
+            )
         psts_mix(0.0, tuple(psts_boundaries))  # validates the boundaries early
         self.budget = token_budget(self.num_patches, mask_ratio, rec_ratio, seed_ratio if psts else 1.0)
         self.mask_ratio, self.rec_ratio = mask_ratio, rec_ratio
