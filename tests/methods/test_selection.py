@@ -95,3 +95,16 @@ def test_targets_exclude_visible() -> None:
     # top-k: the targets are the richest non-visible patches
     masked = scores.scatter(1, visible, float("-inf"))
     assert torch.equal(t.sort(1).values, masked.topk(12).indices.sort(1).values)
+
+
+def test_psts_adds_the_larger_step_last_as_the_release() -> None:
+    from rsfm.methods.selection import psts_step_sizes
+
+    # ViT-B/16 at 224 px, m = 0.85, seed ratio 0.5: 29 visible, 14 seeds, 15 added in 7 then 8
+    b = token_budget(196, 0.85, 0.25, 0.5)
+    assert psts_step_sizes(b.n_visible - b.n_seed, 2) == [7, 8]
+    assert (
+        psts_step_sizes(10, 3) == [3, 3, 4] and psts_step_sizes(2, 3) == [0, 1, 1] and psts_step_sizes(0, 2) == [0, 0]
+    )
+    with pytest.raises(ValueError):
+        psts_step_sizes(5, 0)

@@ -19,6 +19,7 @@ __all__ = [
     "TokenBudget",
     "psts_mix",
     "psts_select",
+    "psts_step_sizes",
     "select_by_score",
     "select_targets",
     "token_budget",
@@ -165,6 +166,29 @@ def _split_count(k: int, mix: PSTSMix) -> tuple[int, int, int]:
     return n_near, n_far, k - n_near - n_far
 
 
+def psts_step_sizes(n_add: int, num_steps: int) -> list[int]:
+    """Tokens PSTS adds at each of its steps: near-equal, the larger steps last.
+
+    The released SelectiveMAE code adds the ``n_visible − n_seed`` tokens of the default budget
+    in two sub-steps of 7 then 8 (the first takes the floor of half); this is that rule for any
+    number of steps.
+
+    Args:
+        n_add: tokens to add, >= 0.
+        num_steps: steps, >= 1.
+
+    Returns:
+        ``num_steps`` counts summing to ``n_add``, non-decreasing.
+
+    Raises:
+        ValueError: if ``num_steps < 1`` or ``n_add < 0``.
+    """
+    if num_steps < 1 or n_add < 0:
+        raise ValueError(f"psts_steps must be >= 1 and the tokens to add >= 0, got {num_steps}, {n_add}")
+    extra = n_add % num_steps
+    return [n_add // num_steps + (1 if i >= num_steps - extra else 0) for i in range(num_steps)]
+
+
 @torch.no_grad()
 def psts_select(
     embeddings: torch.Tensor,
@@ -178,7 +202,8 @@ def psts_select(
     """Progressive Semantic Token Selection (SelectiveMAE, arXiv 2406.11933, §3.3, Alg. 1).
 
     Starting from the seeds ``S``, adds ``n_visible − n_seed`` tokens in ``num_steps``
-    near-equal steps. In each step every unselected token ``u`` gets
+    near-equal steps, the larger ones last (:func:`psts_step_sizes`: 15 tokens in 2 steps are
+    7 then 8, the released code's order). In each step every unselected token ``u`` gets
     ``sim(u) = max_{s∈S} cos(e_u, e_s)``; by the stage of :func:`psts_mix` the step takes
     the most similar ("near"), the least similar ("far") and/or uniformly random tokens;
     the chosen tokens join ``S`` before the next step.
@@ -211,7 +236,7 @@ def psts_select(
     # sim(u) = max over the selected set; kept as a running maximum as the set grows.
     sim = torch.einsum("bnd,bkd->bnk", e, gather_tokens(e, seed_ids)).amax(dim=2)
     added: list[torch.Tensor] = []
-    per_step = [n_add // num_steps + (1 if i < n_add % num_steps else 0) for i in range(num_steps)]
+    per_step = psts_step_sizes(n_add, num_steps)
     for k in per_step:
         if k == 0:
             continue
