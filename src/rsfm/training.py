@@ -23,7 +23,7 @@ from torch import Tensor
 
 from rsfm.optim import OptimConfig, build_optimizer, peak_lr, run_length, schedule
 
-__all__ = ["TrainingModule", "step_seed"]
+__all__ = ["TrainingModule", "is_sharded", "step_seed"]
 
 
 def step_seed(*parts: int) -> int:
@@ -149,3 +149,10 @@ class TrainingModule(L.LightningModule):
         A rank whose batch holds nothing still has to join DDP's gradient all-reduce.
         """
         return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device))
+
+
+def is_sharded(trainer: Any) -> bool:
+    """Whether ``trainer`` shards the weights over its ranks (FSDP): every rank must then run each forward."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)

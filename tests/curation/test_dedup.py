@@ -50,6 +50,7 @@ def test_ivf_search_finds_the_copies_and_is_deterministic(hashes) -> None:
     ivf = hamming_pairs(ph, dh, 8, 10, exact_limit=0, nprobe=4)
     pairs = {(i, j) for i, row in enumerate(exact) for j in row}
     found = {(i, j) for i, row in enumerate(ivf) for j in row}
+    assert len(pairs) >= 2 * 40  # the 40 copies, both ways
     assert found <= pairs and len(found) >= 0.9 * len(pairs)
     assert ivf == hamming_pairs(ph, dh, 8, 10, exact_limit=0, nprobe=4)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -46,8 +45,6 @@ from rsfm.data.io import BadImageError, RasterRule
 from rsfm.utils.errors import ConfigError, DataError
 
 __all__ = ["CurateResult", "CurationSettings", "curate", "list_inputs", "process_file"]
-
-log = logging.getLogger(__name__)
 
 #: version of the per-file results in ``work/`` (a change invalidates old ones)
 _WORK_VERSION = 1
@@ -374,6 +371,9 @@ def _rows_of(record: dict[str, Any], source: SourceFile) -> list[dict[str, Any]]
     }
     if record.get("rule"):
         return [dict(base, level="file", rule=record["rule"], detail=record.get("detail"))]
+    stretch = record.get("stretch")
+    base["stretch_low"] = [lo for lo, _ in stretch] if stretch else None
+    base["stretch_high"] = [hi for _, hi in stretch] if stretch else None
     out = []
     for row in record["rows"]:
         r = dict(base, level="tile", **{k: v for k, v in row.items() if k != "measures"})
@@ -793,7 +793,6 @@ def _write_outputs(
     from rsfm.utils.files import atomic_write
 
     kept = [r for r in rows if r["rule"] is None]
-    stretch_of: dict[tuple[str, str], Any] = {}
     for r in rows:
         r["status"] = "kept" if r["rule"] is None else "excluded"
         rule = input_rules.get(r["input"])
@@ -801,14 +800,6 @@ def _write_outputs(
         r["raster_scale"] = str(rule.scale) if rule is not None else None
         r["shard_index"] = None
         r["nbytes"] = r["data"][1] if r.get("data") and r["rule"] is None else None
-        if r["level"] == "tile":
-            key = (r["_key"], r["source"])
-            if key not in stretch_of:
-                rec = pickle.loads((work / f"{r['_key']}.pkl").read_bytes())
-                stretch_of[key] = rec.get("stretch")
-            stretch = stretch_of[key]
-            r["stretch_low"] = [lo for lo, _ in stretch] if stretch else None
-            r["stretch_high"] = [hi for _, hi in stretch] if stretch else None
     for i, r in enumerate(kept):
         r["shard_index"] = i
 

@@ -23,7 +23,6 @@ visits the same images in the same order as the folder itself.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -51,8 +50,6 @@ __all__ = [
     "is_url",
     "write_shards",
 ]
-
-log = logging.getLogger(__name__)
 
 #: sub-folder of a corpus holding the LitData chunks
 SHARDS = "shards"
@@ -204,8 +201,8 @@ class ShardCorpus:
         path = f"{location.rstrip('/')}/{MANIFEST}"
         try:
             names = pq.read_schema(path).names
-            wanted = ["id", "source", "group", "status", "shard_index", "channels"]
-            table = pq.read_table(path, columns=wanted + [c for c in ("input", "file_size") if c in names])
+            optional = [c for c in ("input", "file_size") if c in names]
+            table = pq.read_table(path, columns=list(MANIFEST_COLUMNS) + optional)
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"data.shards: cannot read {path}: {err}") from None
         col = {name: table.column(name).to_pylist() for name in table.column_names}

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from rsfm.data.skips import SkipReport
+from rsfm.training import is_sharded
 from rsfm.utils.errors import TrainingDiverged
 
 __all__ = ["NonFiniteGuard", "SkipReportCallback", "StoreRecipe", "gather_report"]
@@ -144,8 +145,9 @@ class NonFiniteGuard(L.Callback):
             if grads:
                 norms = torch._foreach_norm(grads)
                 finite = finite & torch.isfinite(torch.stack([n.float() for n in norms]).sum())
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_sharded(trainer):
             # under FSDP each rank sees only its shard of the gradients: every rank must stop
+            # (under DDP the gradients are already the same on every rank after their all-reduce)
             flag = finite.to(torch.int32).reshape(1)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
             finite = flag[0].bool()

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from rsfm.methods.masking import patchify, unpatchify
+from rsfm.training import is_sharded
 from rsfm.utils.files import atomic_write
 
 __all__ = ["ReconstructionFigures", "reconstruction_grid"]
@@ -116,7 +117,7 @@ class ReconstructionFigures(L.Callback):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
         # under FSDP the weights are split over the ranks: every rank runs the forward (through
         # the wrapped module, which gathers each block's weights) and rank 0 draws
-        sharded = _sharded(trainer)
+        sharded = is_sharded(trainer)
         if (not trainer.is_global_zero and not sharded) or self.num_images <= 0:
             return
         if self._imgs is None:
@@ -153,10 +154,3 @@ class ReconstructionFigures(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Write the final figure."""
         self._write(trainer, pl_module, "final")
-
-
-def _sharded(trainer: L.Trainer) -> bool:
-    """Whether the trainer shards the weights over its ranks (FSDP)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(trainer.strategy, FSDPStrategy)

@@ -21,7 +21,7 @@ from torch import Tensor
 from rsfm.data.base import DataInfo
 from rsfm.methods.base import PretrainMethod, StepContext
 from rsfm.optim import param_groups
-from rsfm.training import TrainingModule
+from rsfm.training import TrainingModule, is_sharded
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import METHODS
 
@@ -134,7 +134,7 @@ class PretrainTask(TrainingModule):
             world_size=self.trainer.world_size,
         )
         if n == 0:
-            if _sharded(self.trainer):
+            if is_sharded(self.trainer):
                 # FSDP gathers and reduces each block's weights in the forward and backward of
                 # every rank: run both on one blank image whose loss counts for nothing
                 size = int(self.info.img_size or 224)
@@ -216,10 +216,3 @@ class PretrainTask(TrainingModule):
         meta = self.model.export_meta()
         meta.update(method=self.method_name, mean=list(self.info.mean), std=list(self.info.std))
         return meta
-
-
-def _sharded(trainer: Any) -> bool:
-    """Whether the trainer shards the weights over its ranks (FSDP)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)
