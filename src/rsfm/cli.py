@@ -8,6 +8,7 @@
     rsfm predict  --config <recipe> --checkpoint <ckpt> --input scene.tif --output mask.tif
     rsfm evaluate --encoder runs/x/encoder.safetensors --data ../shared/datasets/aid
     rsfm export   --checkpoint runs/x/checkpoints/last.ckpt --out encoder.safetensors
+    rsfm convert  --source mae --input mae_pretrain_vit_base.pth --output mae_vit_base.safetensors
     rsfm stats    <folder>
     rsfm samrs    --source hit_uav --root <folder> --out <folder> [--sam-checkpoint sam_vit_h.pth]
     rsfm curate   --config configs/curate/mixed_corpus.yaml [section.key=value ...]
@@ -162,6 +163,39 @@ def _export(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    from rsfm.utils.errors import ConfigError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{option}: expected comma-separated numbers such as 0.485,0.456,0.406, got {text!r}"
+        ) from None
+
+
+def _convert(args: argparse.Namespace, rest: list[str]) -> int:
+    _no_rest("convert", rest)
+    if args.print_config:
+        return _print_options(args)
+    from rsfm.models.convert import convert_checkpoint
+
+    report = convert_checkpoint(
+        args.input,
+        args.output,
+        source=args.source,
+        img_size=args.img_size,
+        in_chans=args.in_chans,
+        mean=_floats(args.mean, "--mean"),
+        std=_floats(args.std, "--std"),
+        licence=args.licence,
+    )
+    print(report.summary())
+    return 0
+
+
 def _stats(args: argparse.Namespace, rest: list[str]) -> int:
     _no_rest("stats", rest)
     if args.print_config:
@@ -310,6 +344,28 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_export)
 
+    # the sources of rsfm.models.convert.SOURCES, spelled out so that `rsfm --help` imports no torch
+    sources = ("mae", "selectivemae", "mtp", "gersp", "timm", "torchgeo")
+    cv = sub.add_parser(
+        "convert",
+        help="convert a released checkpoint (MAE, SelectiveMAE, MTP, GeRSP, timm, torchgeo) to an rsfm export",
+        description="Map a foreign checkpoint's keys onto rsfm's encoder, resample its position embedding to "
+        "--img-size, and write an rsfm export (safetensors); prints the keys used, dropped and missing.",
+    )
+    cv.add_argument("--source", default="auto", choices=["auto", *sources], help="who released it (auto: by its keys)")
+    cv.add_argument("--input", required=True, help="the checkpoint (.pth, .pt, .bin, .safetensors)")
+    cv.add_argument("--output", required=True, help="the rsfm export to write (.safetensors)")
+    cv.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: the checkpoint's)")
+    cv.add_argument("--in-chans", type=int, default=None, help="bands (default: the checkpoint's; RGB adapts)")
+    cv.add_argument(
+        "--mean", default=None, help="per-band mean for inputs in [0, 1], comma list (default: the source's)"
+    )
+    cv.add_argument("--std", default=None, help="per-band std, comma list (default: the source's)")
+    cv.add_argument(
+        "--licence", default=None, help="licence of the weights (default: what the source's repository says)"
+    )
+    cv.set_defaults(func=_convert)
+
     st = sub.add_parser("stats", help="per-channel mean/std of a folder of images (for data.mean/std)")
     st.add_argument("folder")
     st.add_argument("--max-images", type=int, default=None)
@@ -355,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ls.set_defaults(func=_list)
 
-    for sp in (ev, ex, st, mg, sm, ls):
+    for sp in (ev, ex, cv, st, mg, sm, ls):
         sp.add_argument(
             "--print-config", "--print_config", action="store_true", help="print the resolved options and exit"
         )

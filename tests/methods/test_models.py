@@ -103,14 +103,19 @@ def test_selective_mae_rejects_bad_options(kwargs: dict) -> None:
         SelectiveMAE("tiny", img_size=64, patch_size=16, **kwargs)
 
 
-def test_weight_decay_groups() -> None:
-    m = SelectiveMAE("tiny", img_size=64, patch_size=16)
+@pytest.mark.parametrize("method", [SelectiveMAE, MAE])
+@pytest.mark.parametrize("token_weight_decay", [True, False])
+def test_weight_decay_groups(method: type, token_weight_decay: bool) -> None:
+    m = method("tiny", img_size=64, patch_size=16, token_weight_decay=token_weight_decay)
     cfg = OptimConfig(name="adamw", blr=1.5e-4, betas=[0.9, 0.95])
     opt = build_optimizer(param_groups(m, None, 1e-3, cfg.weight_decay), cfg)
     names = {id(p): n for n, p in m.named_parameters()}
     no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert {"encoder.cls_token", "mask_token", "encoder.norm.weight", "encoder.blocks.0.attn.qkv.bias"} <= no_decay
+    assert {"encoder.norm.weight", "encoder.blocks.0.attn.qkv.bias"} <= no_decay
+    # the releases decay the (1, 1, D) tokens: their optimiser groups exempt only 1-D tensors
+    tokens = {"encoder.cls_token", "mask_token"}
+    assert tokens <= (decay if token_weight_decay else no_decay)
     assert "encoder.blocks.0.attn.qkv.weight" in decay and "decoder_pred.weight" in decay
     assert "encoder.pos_embed" not in decay  # frozen
     assert all(betas == (0.9, 0.95) for betas in (g["betas"] for g in opt.param_groups))

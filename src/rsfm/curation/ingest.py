@@ -15,7 +15,6 @@ its source exactly.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
@@ -120,15 +119,6 @@ class SourceFile:
     source: str
     group: str
     size: int = -1
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes (streamed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class OpenedSource:

@@ -39,10 +39,11 @@ import numpy as np
 
 from rsfm.curation.config import CurateInput, DedupConfig, ExecutorConfig, ShardConfig
 from rsfm.curation.dedup import embedding_pairs, greedy_keep, hamming_pairs, perceptual_hashes, pixel_sha256
-from rsfm.curation.ingest import OpenedSource, SourceFile, Tiling, file_sha256, iter_tiles
+from rsfm.curation.ingest import OpenedSource, SourceFile, Tiling, iter_tiles
 from rsfm.curation.rules import QualityThresholds, check_quality, measure_tile
 from rsfm.data.io import BadImageError, RasterRule
 from rsfm.utils.errors import ConfigError, DataError
+from rsfm.utils.files import file_sha256
 
 __all__ = ["CurateResult", "CurationSettings", "curate", "list_inputs", "process_file"]
 

@@ -196,6 +196,10 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
             finetune_max_time=ev["finetune_max_time"],
             seed=recipe["seed"],
         )
+    from rsfm.models.model_card import write_model_card
+
+    # the card export_encoder wrote, now with the recipe and the held-out scores
+    write_model_card(encoder, meta, metrics=result["metrics"], recipe=recipe)
     return result
 
 
@@ -240,7 +244,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     )
     if data_args.get("natural_root"):
         meta["natural_root"] = str(data_args["natural_root"])
-    return export_encoder(module.model.encoder, out, meta)
+    path = export_encoder(module.model.encoder, out, meta)
+    from rsfm.models.model_card import write_model_card
+
+    write_model_card(path, meta, recipe=recipe)  # the card export_encoder wrote, with the recipe
+    return path
 
 
 # --------------------------------------------------------------------------- downstream

@@ -104,15 +104,26 @@ class MaskedImageModel(PretrainMethod):
         patch_size: patch side ``p`` in pixels.
         in_chans: input channels ``C`` (None: the data's bands).
         norm_pix_loss: regress per-patch normalised pixels (MAE §A.1).
+        token_weight_decay: apply weight decay to the class and mask tokens (True, as MAE's and
+            SelectiveMAE's released pretraining code do: they exempt only 1-D tensors, and the
+            tokens are ``(1, 1, D)``); False exempts them, as timm's ``no_weight_decay`` does.
+            Norms, biases and the fixed position embeddings never decay.
 
     Raises:
         ConfigError: on an unknown size or an image size that is not a multiple of the patch.
     """
 
     def __init__(
-        self, size: str, img_size: int | None, patch_size: int, in_chans: int | None, norm_pix_loss: bool
+        self,
+        size: str,
+        img_size: int | None,
+        patch_size: int,
+        in_chans: int | None,
+        norm_pix_loss: bool,
+        token_weight_decay: bool = True,
     ) -> None:
         super().__init__()
+        self.token_weight_decay = bool(token_weight_decay)
         img_size, in_chans = int(img_size or 224), int(in_chans or 3)
         if size not in VIT_SIZES:
             raise ConfigError(f"model.size: unknown ViT size {size!r}; expected one of {sorted(VIT_SIZES)}")
@@ -185,8 +196,15 @@ class MaskedImageModel(PretrainMethod):
         return normalize_patch_targets(t) if self.norm_pix_loss else t
 
     def no_weight_decay(self) -> set[str]:
-        """Full parameter names exempt from weight decay besides norms and biases."""
-        return {"encoder.cls_token", "encoder.pos_embed", "mask_token"}
+        """Full parameter names exempt from weight decay besides norms and biases.
+
+        The (fixed) position embedding always; the class and mask tokens unless
+        ``token_weight_decay``.
+        """
+        names = {"encoder.pos_embed"}
+        if not self.token_weight_decay:
+            names |= {"encoder.cls_token", "mask_token"}
+        return names
 
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
         """``self(batch["image"], ctx.progress, ctx.generator)``: the loss and the chosen tokens."""

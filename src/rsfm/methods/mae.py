@@ -32,6 +32,8 @@ class MAE(MaskedImageModel):
         decoder_embed_dim: decoder width (None: the size's default).
         decoder_num_heads: decoder heads (None: the size's default).
         norm_pix_loss: per-patch normalised pixel targets.
+        token_weight_decay: weight decay on the class and mask tokens (True, as the release;
+            see :class:`~rsfm.methods.base.MaskedImageModel`).
     """
 
     def __init__(
@@ -45,10 +47,11 @@ class MAE(MaskedImageModel):
         decoder_embed_dim: int | None = None,
         decoder_num_heads: int | None = None,
         norm_pix_loss: bool = True,
+        token_weight_decay: bool = True,
     ) -> None:
         from timm.models.vision_transformer import Block
 
-        super().__init__(size, img_size, patch_size, in_chans, norm_pix_loss)
+        super().__init__(size, img_size, patch_size, in_chans, norm_pix_loss, token_weight_decay)
         if not 0.0 <= mask_ratio < 1.0:
             raise ConfigError(f"model.mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio

@@ -25,6 +25,7 @@ from rsfm.utils.files import atomic_write
 
 __all__ = [
     "adapt_input_channels",
+    "encoder_from_state",
     "export_encoder",
     "is_resnet",
     "load_encoder",
@@ -83,7 +84,11 @@ def export_encoder(encoder: nn.Module, path: str | os.PathLike[str], meta: dict[
             f"refusing to export {path}: {len(bad)} weight tensors hold NaN or infinite values (e.g. {bad[:3]}); "
             "the run diverged — resume from an earlier checkpoint with a lower learning rate"
         )
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"rsfm": json.dumps(meta)}))
+    out = atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"rsfm": json.dumps(meta)}))
+    from rsfm.models.model_card import write_model_card  # the card beside the file: encoder.md
+
+    write_model_card(out, meta)
+    return out
 
 
 def non_finite_tensors(state: dict[str, Any]) -> list[str]:
@@ -173,11 +178,20 @@ def load_encoder(
     drop_path_rate: float = 0.0,
     dynamic_img_size: bool = False,
     in_chans: int | None = None,
+    source: str | None = None,
+    img_size: int | None = None,
 ) -> nn.Module:
-    """Rebuild an exported encoder and load its weights.
+    """Rebuild an exported encoder and load its weights; a foreign checkpoint is converted first.
 
     Args:
-        path: a file written by :func:`export_encoder`.
+        path: a file written by :func:`export_encoder`, or a checkpoint released by one of
+            the sources of :mod:`rsfm.models.convert` (MAE's ``mae_pretrain_vit_base.pth``,
+            MTP's, GeRSP's, timm or torchgeo weights …), converted in memory.
+        source: the foreign checkpoint's source (a key of
+            :data:`rsfm.models.convert.SOURCES`); None: an rsfm export, or, for any other
+            file, the source recognised by its keys (``"auto"`` forces that).
+        img_size: for a foreign checkpoint, the input side its position embedding is
+            resampled to (None: the checkpoint's); ignored for an rsfm export.
         num_classes: size of a new, randomly initialised classifier head (0: none).
         global_pool: ``token`` or ``avg`` pooling of a ViT's ``forward_head``; None: the
             export's ``global_pool`` (``token`` when absent).
@@ -195,17 +209,69 @@ def load_encoder(
         features use, keeps its init); or for ``arch: resnet50`` (any timm ResNet) a timm
         ``ResNet`` whose pooled features are global-average-pooled (2048-d for ResNet-50;
         ``global_pool`` and ``dynamic_img_size`` do not apply: a CNN takes any input size);
-        its ``rsfm_meta`` attribute holds the metadata.
+        its ``rsfm_meta`` attribute holds the metadata and, for a converted checkpoint, its
+        ``conversion_report`` attribute the :class:`rsfm.models.convert.ConversionReport`.
 
     Raises:
         CheckpointError: see :func:`read_encoder_meta`; also for an unsupported ``arch``,
-            weights that do not fit it, or bands that cannot be adapted.
+            weights that do not fit it, or bands that cannot be adapted; for a foreign
+            checkpoint, see :func:`rsfm.models.convert.convert_state_dict` (an ambiguous or
+            unknown source, a missing encoder key …).
         ValueError: if ``num_classes > 0`` for a ``vit_rvsa`` export (it has no classifier).
+    """
+    report = None
+    if source is None and _is_rsfm_export(path):
+        meta, state = read_encoder_meta(path), None
+    else:
+        from rsfm.models.convert import convert_file
+
+        state, meta, report = convert_file(path, source, img_size=img_size)
+    model = encoder_from_state(
+        path,
+        meta,
+        state,
+        num_classes=num_classes,
+        global_pool=global_pool,
+        drop_path_rate=drop_path_rate,
+        dynamic_img_size=dynamic_img_size,
+        in_chans=in_chans,
+    )
+    if report is not None:
+        model.conversion_report = report
+    return model
+
+
+def _is_rsfm_export(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a safetensors file with rsfm metadata (a missing file counts as one)."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        return True  # read_encoder_meta reports it
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "rsfm" in (f.metadata() or {})
+    except Exception:  # not safetensors: a torch checkpoint, or no checkpoint at all
+        return False
+
+
+def encoder_from_state(
+    path: str | os.PathLike[str],
+    meta: dict[str, Any],
+    state: dict[str, torch.Tensor] | None = None,
+    num_classes: int = 0,
+    global_pool: str | None = None,
+    drop_path_rate: float = 0.0,
+    dynamic_img_size: bool = False,
+    in_chans: int | None = None,
+) -> nn.Module:
+    """Rebuild the encoder ``meta`` describes and load ``state`` (None: the export at ``path``).
+
+    The part of :func:`load_encoder` after the metadata is read; ``path`` names the weights
+    in errors. Arguments, result and errors as :func:`load_encoder`'s.
     """
     import timm
     from safetensors.torch import load_file
 
-    meta = read_encoder_meta(path)
     arch = meta.get("arch")
     if arch not in ("vit", "vit_rvsa") and not (
         isinstance(arch, str) and is_resnet(arch) and arch in timm.list_models("resnet*")
@@ -249,7 +315,8 @@ def load_encoder(
         model = timm.create_model(
             arch, pretrained=False, num_classes=num_classes, in_chans=chans, drop_path_rate=drop_path_rate
         )
-    state = load_file(str(path))
+    if state is None:
+        state = load_file(str(path))
     if chans != int(meta["in_chans"]):
         key = first_layer_key(str(arch))
         if int(meta["in_chans"]) != 3:

@@ -10,6 +10,7 @@ a ``.<name>.<random>.tmp`` file in the target's folder, never outside it;
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,7 +21,15 @@ from typing import Any
 
 from rsfm.utils.errors import OutputError
 
-__all__ = ["TMP_SUFFIX", "atomic_write", "read_json", "remove_stale_temporaries", "to_jsonable", "write_json"]
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_write",
+    "file_sha256",
+    "read_json",
+    "remove_stale_temporaries",
+    "to_jsonable",
+    "write_json",
+]
 
 #: suffix of the temporary files of :func:`atomic_write`
 TMP_SUFFIX = ".tmp"
@@ -175,3 +184,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from None
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks.
+
+    Raises:
+        OSError: if the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

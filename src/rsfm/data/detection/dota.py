@@ -154,8 +154,9 @@ class DOTADataModule(DetectionDataModule):
 
     Args:
         root: dataset folder.
-        **kwargs: :class:`~rsfm.data.detection.common.DetectionDataModule` options
-            (``train_split`` defaults to ``"."``; ``classes`` to DOTA v1.0's 15).
+
+    The other options are those of :class:`~rsfm.data.detection.common.DetectionDataModule`
+    (``train_split`` defaults to ``"."``; ``classes`` to DOTA v1.0's 15).
     """
 
     default_train_split = "."

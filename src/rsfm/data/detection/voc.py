@@ -133,8 +133,9 @@ class VOCDataModule(DetectionDataModule):
 
     Args:
         root: folder holding ``JPEGImages``, ``Annotations`` and ``ImageSets/Main``.
-        **kwargs: :class:`~rsfm.data.detection.common.DetectionDataModule` options
-            (``train_split`` defaults to ``"train"``; ``classes`` to the sorted names found).
+
+    The other options are those of :class:`~rsfm.data.detection.common.DetectionDataModule`
+    (``train_split`` defaults to ``"train"``; ``classes`` to the sorted names found).
     """
 
     def load_split(self, name: str, classes: list[str] | None) -> tuple[list[DetectionRecord], list[str]]:

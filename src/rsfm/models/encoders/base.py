@@ -49,17 +49,21 @@ class Encoder(nn.Module):
         """Set :attr:`model` and :attr:`meta` from an rsfm encoder export of ``family``.
 
         Args:
-            weights: path of the export (``.safetensors``).
+            weights: path of the export (``.safetensors``), or of a checkpoint released by a
+                source of :mod:`rsfm.models.convert`, optionally as ``<source>:<path>``
+                (converted once and cached, :func:`rsfm.models.convert.as_export`).
             family: ``vit`` or ``resnet``: the architectures this class builds.
             other: the encoder class that builds the other family (named in the error).
             **kwargs: passed to :func:`rsfm.models.export.load_encoder`.
 
         Raises:
             ConfigError: if the export holds another architecture.
-            CheckpointError: if it cannot be read.
+            CheckpointError: if it cannot be read or converted.
         """
+        from rsfm.models.convert import as_export
         from rsfm.models.export import is_resnet, load_encoder, read_encoder_meta
 
+        given, weights = weights, str(as_export(weights))
         arch = str(read_encoder_meta(weights).get("arch", ""))
         if not (is_resnet(arch) if family == "resnet" else arch == family):
             cls = {"vit": "ViT", "vit_rvsa": "ViTRVSA"}.get(arch, "ResNet" if is_resnet(arch) else other)
@@ -68,7 +72,7 @@ class Encoder(nn.Module):
                 f"model.encoder.weights: {weights} holds a {arch or 'unknown'} encoder; use class_path: {cls}{hint}"
             )
         self.model = load_encoder(weights, **kwargs)
-        self.meta = dict(self.model.rsfm_meta, weights=str(weights))
+        self.meta = dict(self.model.rsfm_meta, weights=str(given))
 
     def _finish(self) -> None:
         """Apply ``frozen`` once :attr:`model` exists (subclasses call it at the end of ``__init__``)."""

@@ -23,7 +23,8 @@ class ResNet(Encoder):
         in_chans: input bands; None: the data's (filled in by the task). A 3-band export is
             adapted to other band counts.
         drop_path_rate: stochastic depth.
-        weights: an rsfm encoder export of a ResNet (e.g. GeRSP's); None: random.
+        weights: an rsfm encoder export of a ResNet (e.g. GeRSP's), or a released checkpoint, optionally as
+            ``<source>:<path>`` (:func:`rsfm.models.convert.as_export`); None: random.
         frozen: freeze the weights (BatchNorm statistics too).
         out_indices: stages of :meth:`forward_intermediates` (timm's indices: 1 = layer1 …
             4 = layer4); None: all four.

@@ -827,7 +827,8 @@ class ViTRVSA(Encoder):
         interval: every ``interval``-th block is global; None: 3 (6 for large).
         rvsa_init: ``zero`` (predictors start at 0: plain window attention) or ``release``
             (PyTorch's default init, as the authors' code).
-        weights: an rsfm encoder export (``.safetensors``); None: random.
+        weights: an rsfm encoder export (``.safetensors``), or a released checkpoint (MTP's, MAE's …), optionally
+            as ``<source>:<path>``, converted once (:func:`rsfm.models.convert.as_export`); None: random.
         frozen: freeze the encoder.
         out_indices: the four blocks feeding the pyramid; None: (3, 5, 7, 11) for depth 12,
             (7, 11, 15, 23) for depth 24.
@@ -912,8 +913,10 @@ class ViTRVSA(Encoder):
     ) -> None:
         from safetensors.torch import load_file
 
+        from rsfm.models.convert import as_export
         from rsfm.models.export import adapt_input_channels, is_resnet, load_encoder, read_encoder_meta
 
+        given, weights = weights, str(as_export(weights))  # a released checkpoint is converted once
         meta = read_encoder_meta(weights)
         arch = str(meta.get("arch", ""))
         fixed = type(self).fixed_size
@@ -926,7 +929,7 @@ class ViTRVSA(Encoder):
             self.model = load_encoder(weights, drop_path_rate=drop_path_rate, in_chans=in_chans)  # type: ignore[assignment]
             if self._out_indices is not None:
                 self.model.out_indices = _check_out_indices(self._out_indices, len(self.model.blocks))
-            self.meta = dict(self.model.rsfm_meta, weights=weights)
+            self.meta = dict(self.model.rsfm_meta, weights=given)
             return
         if arch != "vit":
             other = "ResNet" if is_resnet(arch) else "the encoder class of that architecture"
@@ -963,7 +966,7 @@ class ViTRVSA(Encoder):
             "interval": self.model.interval,
             "method": str(meta.get("method", "unknown")),
             "init_from": "vit",
-            "weights": weights,
+            "weights": given,
         }
 
     # -- interface -------------------------------------------------------------------------

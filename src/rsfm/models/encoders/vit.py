@@ -173,7 +173,9 @@ class ViT(Encoder):
         drop_path_rate: stochastic depth (fine-tuning).
         global_pool: ``token`` (class token) or ``avg`` for :meth:`forward_pooled`; None: the
             export's (``token`` without ``weights``).
-        weights: an rsfm encoder export (``.safetensors``) to start from; None: random.
+        weights: an rsfm encoder export (``.safetensors``) to start from, or a released checkpoint
+            (MAE's, SelectiveMAE's, timm …), optionally as ``<source>:<path>``, converted once
+            (:func:`rsfm.models.convert.as_export`); None: random.
         frozen: freeze the encoder.
         out_indices: blocks of :meth:`forward_intermediates`; None: four evenly spaced
             (3, 5, 7, 11 for depth 12, as ViTDet/RVSA/MTP).
