@@ -187,7 +187,7 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"({args.budget_mae_epochs:g} MAE epochs); held-out split of {args.data}; OA in percent, mean ± 95 % "
         "t-interval over seeds"
     )
-    head = ["variant", "GFLOP/step", "epochs", "PFLOP", "seeds", "img/s"] + [f"{p} OA" for p in protocols]
+    head = ["variant", "GFLOP/step", "epochs", "TFLOP", "seeds", "img/s"] + [f"{p} OA" for p in protocols]
     head += [f"{p} − MAE" for p in protocols]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -206,7 +206,7 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
             variant,
             f"{info['flops_per_step'] / 1e9:.1f}",
             str(info["epochs"]),
-            f"{total / 1e15:.2f}",
+            f"{total / 1e12:.1f}",
             str(len(seeds)),
             f"{statistics.median(rate):.1f}",
         ]
@@ -221,6 +221,12 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
                 m, h = mean_ci(paired)
                 row.append(f"{m:+.2f} ± {h:.2f}")
         print("| " + " | ".join(row) + " |")
+    for mode in ("topk", "sample"):
+        released, ours = runs.get(f"smae_{mode}_released", {}), runs.get(f"smae_{mode}_rsfm", {})
+        seeds = sorted(set(released) & set(ours), key=int)
+        for p in protocols if seeds else []:
+            m, h = mean_ci([released[s]["OA"][p] - ours[s]["OA"][p] for s in seeds])
+            print(f"decoder, {mode} selection, {p} OA: released − rsfm = {m:+.2f} ± {h:.2f} ({len(seeds)} seeds)")
     print("\nper seed:")
     for variant, by_seed in runs.items():
         cells = [

@@ -48,10 +48,12 @@ def test_block_types_are_the_vit_blocks() -> None:
     from timm.models.vision_transformer import Block
 
     from rsfm.methods.mae import MAE
-    from rsfm.methods.selective_mae import CrossAttentionBlock, SelectiveMAE
+    from rsfm.methods.selective_mae import CrossAttentionBlock, ReleasedCrossAttentionBlock, SelectiveMAE
 
     assert block_types(MAE("tiny", img_size=32, patch_size=8, decoder_depth=1)) == {Block}
-    assert block_types(SelectiveMAE("tiny", img_size=32, patch_size=8, decoder_depth=1)) == {Block, CrossAttentionBlock}
+    for decoder, block in (("rsfm", CrossAttentionBlock), ("released", ReleasedCrossAttentionBlock)):
+        method = SelectiveMAE("tiny", img_size=32, patch_size=8, decoder_depth=1, decoder=decoder)
+        assert block_types(method) == {Block, block}
     assert block_types(Mlp(8, 16)) == set()
 
 

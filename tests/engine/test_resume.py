@@ -74,3 +74,35 @@ def test_resume_from_a_checkpoint_on_the_last_batch_of_an_epoch(tmp_path: Path, 
     b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 6  # was 4: epoch 1 ran no batch after the resume
     assert_same_weights(a["state_dict"], b["state_dict"])
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_only_with_its_behaviour(tmp_path: Path, aid_subset, one_thread):
+    """rsfm 0.3 decays the class and mask tokens (as the releases); a 0.2 run did not: its checkpoint
+    (no ``token_weight_decay`` in its recipe) must not resume silently under the new default."""
+    from engine_helpers import PRETRAIN
+
+    from rsfm.engine.config import load_recipe
+    from rsfm.engine.run import pretrain
+    from rsfm.utils.errors import ConfigError
+
+    root = aid_subset(["Beach", "Forest"], 8)
+
+    def recipe(*extra: str) -> dict:
+        return load_recipe("pretrain", PRETRAIN / "mae_vit_tiny.yaml", [
+            f"data.init_args.root={root}", f"output_dir={tmp_path}", "run_name=run", "data.init_args.img_size=32",
+            "data.init_args.batch_size=8", "data.init_args.num_workers=0", "data.init_args.test_fraction=0",
+            "model.init_args.patch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=1", "viz.num_images=0",
+            "evaluate.enabled=false", *extra,
+        ])  # fmt: skip
+
+    with pytest.raises(Crash):
+        pretrain(recipe("model.init_args.token_weight_decay=false"), callbacks=[CrashAt(2)])
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = checkpoint(path)
+    del state["hyper_parameters"]["model"]["init_args"]["token_weight_decay"]  # as rsfm 0.2 wrote it
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match="resume it with model.token_weight_decay=False"):
+        pretrain(recipe())
+    out = pretrain(recipe("model.init_args.token_weight_decay=false"))
+    assert checkpoint(Path(out["checkpoint"]))["global_step"] == 4

@@ -50,8 +50,9 @@ def test_mae_forward(imgs: torch.Tensor) -> None:
     assert m.encoder.blocks[0].attn.qkv.weight.grad is not None
 
 
-def test_selective_mae_forward_and_budgets(imgs: torch.Tensor) -> None:
-    m = SelectiveMAE("tiny", img_size=112, patch_size=8)  # 196 tokens, as the paper's grid
+@pytest.mark.parametrize("decoder", ["released", "rsfm"])
+def test_selective_mae_forward_and_budgets(imgs: torch.Tensor, decoder: str) -> None:
+    m = SelectiveMAE("tiny", img_size=112, patch_size=8, decoder=decoder)  # 196 tokens, as the paper's grid
     x = torch.nn.functional.interpolate(imgs, size=112)
     out = m(x, progress=0.1, generator=torch.Generator().manual_seed(0))
     assert out["ids_seed"].shape == (4, 14) and out["ids_added"].shape == (4, 15)
@@ -61,7 +62,8 @@ def test_selective_mae_forward_and_budgets(imgs: torch.Tensor) -> None:
         assert len(set(v.tolist())) == 29 and not set(v.tolist()) & set(t.tolist())
     assert m.lr_scale == pytest.approx(0.25 / 0.85)
     out["loss"].backward()
-    assert m.decoder_blocks[0].kv.weight.grad is not None
+    kv = m.decoder_blocks[0].cross_attn.kv if decoder == "released" else m.decoder_blocks[0].kv
+    assert kv.weight.grad is not None
     assert m.encoder.patch_embed.proj.weight.grad is not None
 
 

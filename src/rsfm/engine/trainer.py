@@ -49,7 +49,8 @@ def block_types(model: nn.Module) -> set[type[nn.Module]]:
     A block is a member of an ``nn.Sequential`` or ``nn.ModuleList`` held under the name
     ``blocks`` or ``*_blocks``: timm's ``VisionTransformer.blocks`` (encoders, ViT + RVSA), the
     MAE decoder's ``decoder_blocks`` (timm ``Block``) and SelectiveMAE's ``decoder_blocks``
-    (:class:`~rsfm.methods.selective_mae.CrossAttentionBlock`).
+    (:class:`~rsfm.methods.selective_mae.CrossAttentionBlock` or
+    :class:`~rsfm.methods.selective_mae.ReleasedCrossAttentionBlock`).
 
     Args:
         model: any module (a LightningModule, a method, an encoder).

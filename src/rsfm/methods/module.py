@@ -25,7 +25,11 @@ from rsfm.training import TrainingModule, is_sharded
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import METHODS
 
-__all__ = ["PretrainTask", "build_method"]
+__all__ = ["LEGACY_DEFAULTS", "PretrainTask", "build_method"]
+
+#: Method options added in rsfm 0.3, with the behaviour of the versions before them: a checkpoint
+#: written before an option existed resumes only with that value (:meth:`PretrainTask.on_load_checkpoint`).
+LEGACY_DEFAULTS: dict[str, Any] = {"token_weight_decay": False, "decoder": "rsfm"}
 
 
 def build_method(spec: dict[str, Any], info: DataInfo) -> PretrainMethod:
@@ -164,6 +168,28 @@ class PretrainTask(TrainingModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self.log("train/progress", ctx.progress, batch_size=n)
         return loss
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint of an earlier rsfm whose defaults differ from this recipe's.
+
+        Options added later keep the earlier behaviour only when set to it
+        (:data:`LEGACY_DEFAULTS`); resuming under the new default would change the model or the
+        optimiser's groups mid-run (and fail on the optimiser state), so the error names the
+        settings that resume the run as it was.
+
+        Raises:
+            ConfigError: naming the ``model.*`` settings to add.
+        """
+        before = ((checkpoint.get("hyper_parameters") or {}).get("model") or {}).get("init_args") or {}
+        now = (self.hparams.model or {}).get("init_args") or {}
+        if not before:
+            return
+        fix = [f"model.{k}={v}" for k, v in LEGACY_DEFAULTS.items() if k in now and k not in before and now[k] != v]
+        if fix:
+            raise ConfigError(
+                "this checkpoint was written by an earlier rsfm, which trained without options this recipe "
+                f"sets otherwise; resume it with {' '.join(fix)} (the behaviour it was trained with)"
+            )
 
     def on_fit_start(self) -> None:
         """Let the method refuse a run it cannot train (MTP: one crop per subset on one device)."""
