@@ -31,7 +31,10 @@ def run_ddp(name: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
 
 
-@pytest.mark.parametrize("name", list(CASES))
+# one task in the default run (CI's 20-minute budget); every task with -m slow
+@pytest.mark.parametrize(
+    "name", [n if n == "segmentation_dubai" else pytest.param(n, marks=pytest.mark.slow) for n in CASES]
+)
 def test_ddp_two_cpu_processes(name: str, tmp_path: Path, datasets: Path) -> None:
     proc = run_ddp(name, tmp_path, *CASES[name])
     out = proc.stdout + proc.stderr

@@ -92,7 +92,7 @@ def test_short_real_run_lowers_the_held_out_loss(tmp_path: Path, datasets: Path,
     assert held_out_loss() < before * 0.9
 
 
-@pytest.mark.parametrize("which", ["selective_mae", "gersp"])
+@pytest.mark.parametrize("which", ["selective_mae", pytest.param("gersp", marks=pytest.mark.slow)])
 def test_resume_mid_epoch_gives_identical_weights(which: str, tmp_path: Path, datasets: Path, one_thread) -> None:
     common = ["checkpoint.every_n_train_steps=2", "trainer.limit_train_batches=5", "trainer.max_epochs=2"]
     recipe, make = (MIM, mim_args) if which == "selective_mae" else (GERSP, gersp_args)
@@ -200,6 +200,7 @@ def test_ddp_rank_with_only_unreadable_files_keeps_step(tmp_path: Path, datasets
     assert checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2
 
 
+@pytest.mark.slow  # 55 s; the queue's DDP behaviour is also tested at the method level (tests/methods/test_gersp.py)
 def test_gersp_ddp_fills_the_queue_from_both_ranks_and_survives_an_empty_rank(tmp_path: Path, datasets: Path) -> None:
     proc = _ddp(
         [

@@ -19,7 +19,14 @@ TASKS = [
 ]
 
 
-@pytest.mark.parametrize("name", TASKS)
+SLOW_TASKS = ("detection_nepu", "rotated_detection_dota")
+
+
+# the slowest two (detectors) with -m slow only (CI's 20-minute budget)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TASKS else n for n in TASKS],
+)
 def test_resume_mid_epoch_is_bit_identical(name: str, tmp_path: Path, datasets: Path, aid_subset, one_thread) -> None:
     extra = [
         "checkpoint.every_n_train_steps=2",
