@@ -2,6 +2,24 @@
 
 __version__ = "0.3.0"
 
+#: top-level names, imported on first use so that ``import rsfm`` stays light (no torch)
+_LAZY = {
+    "load_encoder": "rsfm.models.export",
+    "export_encoder": "rsfm.models.export",
+    "convert_checkpoint": "rsfm.models.convert",
+}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):  # noqa: ANN202 (PEP 562)
+    """``rsfm.load_encoder``, ``rsfm.export_encoder`` and ``rsfm.convert_checkpoint``, imported when first used."""
+    import importlib
+
+    if name in _LAZY:
+        # by name, as below: the root package is no layer (see _register_with_toolkits)
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rsfm' has no attribute {name!r}")
+
 
 def _register_with_toolkits() -> None:
     """Give timm the ``rsfm_*`` model names and TerraTorch the ``rsfm_*`` backbones, lazily.

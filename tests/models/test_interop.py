@@ -162,6 +162,8 @@ def test_import_rsfm_is_light_and_registers_when_timm_comes() -> None:
         "import timm\n"
         "assert 'rsfm_vit_base_patch16' in timm.list_models('rsfm_*')\n"
         "assert 'torchgeo' not in sys.modules and 'terratorch' not in sys.modules\n"
+        "from rsfm.models.export import load_encoder\n"
+        "assert rsfm.load_encoder is load_encoder\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
