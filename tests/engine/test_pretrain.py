@@ -12,7 +12,16 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from engine_helpers import PRETRAIN, REPO, Crash, CrashAt, aid_pretrain_args, assert_same_weights, checkpoint
+from engine_helpers import (
+    PRETRAIN,
+    REPO,
+    Crash,
+    CrashAt,
+    aid_pretrain_args,
+    assert_same_weights,
+    checkpoint,
+    finetune_recipe,
+)
 from safetensors.torch import load_file
 
 from rsfm.cli import main
@@ -114,6 +123,29 @@ def test_resume_mid_epoch_gives_identical_weights(which: str, tmp_path: Path, da
     )
 
 
+@pytest.mark.slow
+def test_compiled_pretraining_trains_checkpoints_and_resumes(tmp_path: Path, datasets: Path) -> None:
+    """``trainer.compile=true`` through the CLI's engine: inductor kernels, Lightning, checkpoints."""
+    args = mim_args(tmp_path, datasets, "trainer.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=3")
+    result = pretrain(load_recipe("pretrain", MIM, args))
+    ckpt = checkpoint(Path(result["checkpoint"]))
+    assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["model"]["class_path"].endswith("SelectiveMAE")
+    assert not any(k.startswith("model._compiled") for k in ckpt["state_dict"])
+    assert load_encoder(result["encoder"]).forward_features(torch.zeros(1, 3, 64, 64)).shape == (1, 65, 192)
+    # a second epoch resumes the compiled run from its checkpoint
+    args = mim_args(tmp_path, datasets, "trainer.compile=true", "trainer.max_epochs=2", "trainer.limit_train_batches=3")
+    assert checkpoint(Path(pretrain(load_recipe("pretrain", MIM, args))["checkpoint"]))["global_step"] == 6
+
+
+def test_compile_is_refused_where_there_is_no_compiled_step(tmp_path: Path, datasets: Path) -> None:
+    with pytest.raises(ConfigError, match=r"trainer.compile: GeRSP has no compiled step"):
+        pretrain(load_recipe("pretrain", GERSP, gersp_args(tmp_path / "g", datasets, "trainer.compile=true")))
+    from rsfm.engine.run import train_task
+
+    with pytest.raises(ConfigError, match=r"trainer.compile applies to pretraining"):
+        train_task(finetune_recipe("classification_aid", tmp_path / "f", "trainer.compile=true"))
+
+
 def test_export_loads_as_a_timm_encoder(tmp_path: Path, datasets: Path) -> None:
     result = pretrain(
         load_recipe(
@@ -189,6 +221,9 @@ def _one_good_one_truncated(root: Path, datasets: Path) -> None:
     (root / "Forest" / "truncated.jpg").write_bytes(data[:3000])
 
 
+# CI budget: -m slow; the default run keeps the empty rank's join at the method level
+# (tests/methods/test_gersp.py::test_ddp_queue_receives_keys_of_both_ranks_and_an_empty_rank_joins)
+@pytest.mark.slow
 def test_ddp_rank_with_only_unreadable_files_keeps_step(tmp_path: Path, datasets: Path) -> None:
     """Two ranks, batch 1, one good and one truncated image: every step one rank's batch is empty."""
     _one_good_one_truncated(tmp_path / "images", datasets)

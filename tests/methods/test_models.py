@@ -129,6 +129,32 @@ def test_weight_decay_groups(method: type, token_weight_decay: bool) -> None:
     assert sorted(ids) == sorted(id(p) for p in m.parameters() if p.requires_grad)
 
 
+def test_adamw_is_fused_where_it_can_be_and_steps_as_the_default() -> None:
+    torch.manual_seed(0)
+    m = MAE("tiny", img_size=32, patch_size=16, decoder_depth=1)
+    twin = MAE("tiny", img_size=32, patch_size=16, decoder_depth=1)
+    twin.load_state_dict(m.state_dict())
+    opts = []
+    for model, fused in ((m, None), (twin, False)):
+        cfg = OptimConfig(name="adamw", lr=1e-3, betas=[0.9, 0.95], fused=fused)
+        opts.append(build_optimizer(param_groups(model, None, 1e-3, cfg.weight_decay), cfg))
+    assert opts[0].defaults["fused"] is True and not opts[1].defaults["fused"]
+    # the same gradients (of unit scale: Adam normalises near-zero ones to ±lr, so rounding
+    # noise would dominate them) give the same update, to rounding
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for a, b in zip(m.parameters(), twin.parameters(), strict=True):
+            if a.requires_grad:
+                a.grad = torch.randn(a.shape, generator=g)
+                b.grad = a.grad.clone()
+        for opt in opts:
+            opt.step()
+    for (name, a), b in zip(m.state_dict().items(), twin.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert sum(not torch.equal(v, before[k]) for k, v in m.state_dict().items()) > 10
+
+
 # -- the PretrainMethod API -----------------------------------------------------------------
 
 

@@ -68,6 +68,10 @@ class TrainerConfig:
         limit_test_batches: likewise for testing.
         check_val_every_n_epoch: validation period in epochs.
         enable_progress_bar: show progress bars.
+        compile: pretraining only (MAE, SelectiveMAE): run each step's forward and loss compiled
+            by ``torch.compile`` as one graph (:meth:`rsfm.methods.base.MaskedImageModel.compile_step`);
+            ``true``, or a ``torch.compile`` mode (``reduce-overhead``: CUDA graphs,
+            ``max-autotune``). The first steps are slower while it compiles.
     """
 
     max_epochs: int | None = 10
@@ -87,6 +91,7 @@ class TrainerConfig:
     limit_test_batches: int | float | None = None
     check_val_every_n_epoch: int | None = 1
     enable_progress_bar: bool = True
+    compile: bool | str = False
 
 
 @dataclass

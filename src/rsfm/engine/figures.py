@@ -134,7 +134,8 @@ class ReconstructionFigures(L.Callback):
             g = torch.Generator(device=pl_module.device).manual_seed(0)
             forward = trainer.strategy.model if sharded else model
             with torch.no_grad():
-                out = forward(imgs, progress=pl_module.progress(), generator=g)
+                # eagerly: a compiled step (trainer.compile) would compile again for this batch
+                out = forward(imgs, progress=pl_module.progress(), generator=g, eager=True)
             if not trainer.is_global_zero:
                 return
             info = pl_module.info

@@ -130,6 +130,9 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
         batch_size=data.batch_size,
         seed=recipe["seed"],
     )
+    compile_mode = recipe["trainer"].get("compile", False)
+    if compile_mode:
+        module.model.compile_step(mode=None if compile_mode is True else str(compile_mode))
     _make_run_dir(out)
     ckpt, step = _resume(recipe, out)
     callbacks = list(callbacks or [])
@@ -299,6 +302,11 @@ def train_task(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> tu
         ``(trainer, module, lightning datamodule, run folder)`` after ``fit``.
     """
     out = run_dir(recipe)
+    if recipe["trainer"].get("compile"):
+        raise ConfigError(
+            "trainer.compile applies to pretraining (rsfm pretrain: MAE, SelectiveMAE); "
+            "fine-tuning runs eagerly: set trainer.compile=false"
+        )
     module, data = _downstream(recipe, seed=True)
 
     from rsfm.engine.data import LightningData

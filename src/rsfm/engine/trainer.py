@@ -375,6 +375,7 @@ def build_trainer(
             rejects (an accelerator this machine lacks, a bad device count...).
     """
     t = dict(trainer)
+    t.pop("compile", None)  # applied to the module by the run (rsfm.engine.run), not a Lightning option
     if t.get("sync_batchnorm") and (t.get("accelerator") == "cpu" or not torch.cuda.is_available()):
         raise ConfigError(
             "trainer.sync_batchnorm needs GPUs (PyTorch's SyncBatchNorm has no CPU kernels); "

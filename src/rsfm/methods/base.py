@@ -70,6 +70,21 @@ class PretrainMethod(nn.Module):
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (an EMA teacher's update)."""
 
+    def compile_step(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """Run the step's forward and loss compiled by ``torch.compile`` (``trainer.compile``).
+
+        Args:
+            mode: ``torch.compile`` mode (None: the default; ``reduce-overhead`` adds CUDA graphs).
+            backend: ``torch.compile`` backend.
+
+        Raises:
+            ConfigError: for a method without a compiled step (this default).
+        """
+        raise ConfigError(
+            f"trainer.compile: {type(self).__name__} has no compiled step (MAE and SelectiveMAE have); "
+            "set trainer.compile=false"
+        )
+
     def export_meta(self) -> dict[str, Any]:
         """Metadata to rebuild :attr:`encoder` (see :func:`rsfm.models.export.export_encoder`)."""
         raise NotImplementedError
@@ -205,6 +220,70 @@ class MaskedImageModel(PretrainMethod):
         if not self.token_weight_decay:
             names |= {"encoder.cls_token", "mask_token"}
         return names
+
+    def draw(
+        self, batch_size: int, device: torch.device, progress: float, generator: torch.Generator | None
+    ) -> dict[str, Tensor | None]:
+        """The step's random draws and schedule, as tensors for :meth:`step_from_draws`.
+
+        Everything that needs the generator or the training progress happens here, eagerly,
+        so that :meth:`step_from_draws` is a pure tensor program ``torch.compile`` captures
+        as one graph for the whole run (no generator, no Python branch on the progress).
+        """
+        raise NotImplementedError
+
+    def step_from_draws(self, imgs: Tensor, **draws: Tensor | None) -> dict[str, Tensor]:
+        """The method's forward and loss given the draws of :meth:`draw` (what is compiled)."""
+        raise NotImplementedError
+
+    def forward(
+        self, imgs: Tensor, progress: float = 0.0, generator: torch.Generator | None = None, eager: bool = False
+    ) -> dict[str, Tensor]:
+        """One step: :meth:`draw`, then :meth:`step_from_draws` (compiled after :meth:`compile_step`).
+
+        Args:
+            imgs: ``(B, C, H, W)`` float32, normalised.
+            progress: training progress ``t`` in [0, 1].
+            generator: RNG of the step's random choices, on ``imgs``' device.
+            eager: run uncompiled even after :meth:`compile_step` (a reconstruction figure: its
+                batch size and ``no_grad`` would otherwise compile a second graph).
+
+        Returns:
+            The method's outputs: ``loss``, ``pred`` and the chosen token indices.
+        """
+        draws = self.draw(imgs.shape[0], imgs.device, progress, generator)
+        step = (None if eager else self.__dict__.get("_compiled_step")) or self.step_from_draws
+        return step(imgs, **draws)
+
+    def compile_step(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """Compile :meth:`step_from_draws` (forward and loss) with ``torch.compile(fullgraph=True)``.
+
+        ``fullgraph`` makes a graph break an error rather than a silent slowdown. Shapes are
+        static per run (batch, budgets), so one graph serves every step; a last batch of
+        another size compiles once more.
+
+        Args:
+            mode: ``torch.compile`` mode (None: the default; ``reduce-overhead`` adds CUDA graphs,
+                ``max-autotune`` tunes kernels).
+            backend: ``torch.compile`` backend (``inductor`` generates kernels; ``aot_eager``
+                only captures the graph, to check it quickly).
+        """
+        # kept out of the module's attributes: neither a parameter nor state to save
+        self.__dict__["_compiled_step"] = torch.compile(
+            self.step_from_draws, fullgraph=True, mode=mode, backend=backend
+        )
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step runs compiled (:meth:`compile_step`)."""
+        return "_compiled_step" in self.__dict__
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a compiled function does not pickle or deep-copy; the copy runs eagerly
+        state = super().__getstate__()
+        state = dict(state)
+        state.pop("_compiled_step", None)
+        return state
 
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
         """``self(batch["image"], ctx.progress, ctx.generator)``: the loss and the chosen tokens."""

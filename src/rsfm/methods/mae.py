@@ -79,15 +79,18 @@ class MAE(MaskedImageModel):
         x = self.decoder_norm(self.decoder_blocks(x))
         return self.decoder_pred(x[:, 1:])
 
-    def forward(
-        self, imgs: torch.Tensor, progress: float = 0.0, generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """One MAE step.
+    def draw(
+        self, batch_size: int, device: torch.device, progress: float, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor | None]:
+        """The mask's uniform noise, ``(B, N)`` float32 (He et al. 2022, §3 "Masking"); ``progress`` is unused."""
+        return {"noise": torch.rand(batch_size, self.num_patches, generator=generator, device=device)}
+
+    def step_from_draws(self, imgs: torch.Tensor, **draws: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One MAE step given the mask's noise (see :meth:`forward`).
 
         Args:
             imgs: ``(B, C, H, W)`` float32, normalised.
-            progress: training progress in [0, 1] (unused; same call as SelectiveMAE).
-            generator: RNG for the mask, on ``imgs``' device.
+            **draws: ``noise`` ``(B, N)`` float32 from :meth:`draw`.
 
         Returns:
             Dict with ``loss`` (scalar, MSE over masked patches), ``pred``
@@ -95,7 +98,7 @@ class MAE(MaskedImageModel):
             ``ids_target`` ``(B, N − K)`` int64 (the masked patches).
         """
         ids_keep, ids_masked = random_token_mask(
-            imgs.shape[0], self.num_patches, self.mask_ratio, generator=generator, device=imgs.device
+            imgs.shape[0], self.num_patches, self.mask_ratio, device=imgs.device, noise=draws["noise"]
         )
         latent = self.encode_visible(imgs, ids_keep)
         pred_all = self.forward_decoder(latent, ids_keep)

@@ -66,6 +66,7 @@ def random_token_mask(
     mask_ratio: float,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw MAE's per-sample uniform random mask (He et al. 2022, §3 "Masking").
 
@@ -77,6 +78,8 @@ def random_token_mask(
         mask_ratio: fraction ``m`` of masked tokens, ``0 ≤ m < 1``.
         generator: optional RNG for reproducibility (must live on ``device``).
         device: device of the returned indices.
+        noise: ``(B, N)`` float32 uniform draws made beforehand (a compiled step's input);
+            None: drawn from ``generator``.
 
     Returns:
         ``ids_keep`` ``(B, n_keep)`` int64 (kept token indices, in random order) and
@@ -88,7 +91,8 @@ def random_token_mask(
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     n_keep = int(num_tokens * (1 - mask_ratio))
-    noise = torch.rand(batch_size, num_tokens, generator=generator, device=device)
+    if noise is None:
+        noise = torch.rand(batch_size, num_tokens, generator=generator, device=device)
     order = torch.argsort(noise, dim=1)
     return order[:, :n_keep], order[:, n_keep:]
 

@@ -17,6 +17,7 @@ from rsfm.methods.masking import gather_tokens
 __all__ = [
     "PSTSMix",
     "TokenBudget",
+    "psts_counts",
     "psts_mix",
     "psts_select",
     "psts_step_sizes",
@@ -78,6 +79,7 @@ def select_by_score(
     temperature: float = 1.0,
     exclude: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Choose ``k`` tokens per image by score.
 
@@ -89,7 +91,9 @@ def select_by_score(
             the Gumbel-top-k trick; a constant score gives uniform sampling).
         temperature: softmax temperature for ``sample``.
         exclude: optional ``(B, N)`` bool, True for tokens that may not be chosen.
-        generator: RNG for ``sample``, on the scores' device.
+        generator: RNG for ``sample``, on the scores' device (when ``noise`` is None).
+        noise: ``(B, N)`` float32 uniform draws in [0, 1) for ``sample``, drawn beforehand
+            (what a compiled step receives: no generator inside the graph).
 
     Returns:
         ``(B, k)`` int64 indices, distinct per row, never excluded ones.
@@ -101,7 +105,8 @@ def select_by_score(
     if mode == "sample":
         std = key.std(dim=1, keepdim=True)
         z = (key - key.mean(dim=1, keepdim=True)) / torch.where(std > 1e-6, std, torch.ones_like(std))
-        u = torch.rand(key.shape, generator=generator, device=key.device).clamp_(1e-12, 1.0 - 1e-7)
+        u = torch.rand(key.shape, generator=generator, device=key.device) if noise is None else noise
+        u = u.clamp(1e-12, 1.0 - 1e-7)
         key = z / temperature - torch.log(-torch.log(u))
     elif mode != "topk":
         raise ValueError(f"unknown selection mode {mode!r}; expected 'topk' or 'sample'")
@@ -189,6 +194,37 @@ def psts_step_sizes(n_add: int, num_steps: int) -> list[int]:
     return [n_add // num_steps + (1 if i >= num_steps - extra else 0) for i in range(num_steps)]
 
 
+def psts_counts(
+    n_add: int,
+    progress: float,
+    boundaries: tuple[float, float, float, float] = (0.35, 0.375, 0.725, 0.75),
+    num_steps: int = 2,
+) -> list[tuple[int, int, int]]:
+    """Near, far and random token counts of each PSTS step at training progress ``t``.
+
+    Each step's size is from :func:`psts_step_sizes`, split by the shares of :func:`psts_mix`
+    (rounded: near first, then far, random takes the rest).
+
+    Args:
+        n_add: tokens PSTS adds, ``n_visible − n_seed``.
+        progress: training progress ``t`` in [0, 1].
+        boundaries: stage boundaries, see :func:`psts_mix`.
+        num_steps: selection steps.
+
+    Returns:
+        ``num_steps`` triples ``(n_near, n_far, n_random)``, each summing to its step's size.
+    """
+    mix = psts_mix(progress, boundaries)
+    return [_split_count(k, mix) for k in psts_step_sizes(n_add, num_steps)]
+
+
+def _descending_ranks(key: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` → the rank of every entry when its row is sorted in descending order (0: largest)."""
+    order = key.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.arange(key.shape[1], device=key.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, ranks)
+
+
 @torch.no_grad()
 def psts_select(
     embeddings: torch.Tensor,
@@ -198,6 +234,9 @@ def psts_select(
     boundaries: tuple[float, float, float, float] = (0.35, 0.375, 0.725, 0.75),
     num_steps: int = 2,
     generator: torch.Generator | None = None,
+    *,
+    counts: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Progressive Semantic Token Selection (SelectiveMAE, arXiv 2406.11933, §3.3, Alg. 1).
 
@@ -205,21 +244,31 @@ def psts_select(
     near-equal steps, the larger ones last (:func:`psts_step_sizes`: 15 tokens in 2 steps are
     7 then 8, the released code's order). In each step every unselected token ``u`` gets
     ``sim(u) = max_{s∈S} cos(e_u, e_s)``; by the stage of :func:`psts_mix` the step takes
-    the most similar ("near"), the least similar ("far") and/or uniformly random tokens;
-    the chosen tokens join ``S`` before the next step.
+    the most similar ("near"), then the least similar ("far") of the rest, then uniformly
+    random ones of the rest; the chosen tokens join ``S`` before the next step.
+
+    The whole batch is handled at once with shapes that do not depend on the stage: the
+    shares enter as a tensor of counts compared with ranks (no Python branch on the stage and
+    no device-to-host copy), and the random keys come drawn beforehand, so the function
+    compiles to one graph (``torch.compile(fullgraph=True)``) that serves every stage.
 
     Args:
         embeddings: ``(B, N, D)`` patch embeddings plus position embeddings (no gradient).
         seed_ids: ``(B, n_seed)`` int64 seed indices.
         n_visible: total visible tokens wanted, ``≥ n_seed``.
-        progress: training progress ``t`` in [0, 1].
+        progress: training progress ``t`` in [0, 1] (ignored when ``counts`` is given).
         boundaries: stage boundaries, see :func:`psts_mix`.
         num_steps: selection steps (2 in the paper).
-        generator: RNG for the random share, on the embeddings' device.
+        generator: RNG for the random share, on the embeddings' device (when ``noise`` is None).
+        counts: ``(num_steps, 3)`` int64 near/far/random counts per step
+            (:func:`psts_counts`), on the embeddings' device; None: from ``progress``.
+        noise: ``(num_steps, B, N)`` float32 uniform keys of the random share; None: drawn
+            from ``generator``.
 
     Returns:
-        ``(B, n_visible − n_seed)`` int64 indices of the added tokens, in the order chosen,
-        disjoint from the seeds.
+        ``(B, n_visible − n_seed)`` int64 indices of the added tokens, in the order chosen
+        (each step's near tokens by decreasing similarity, then its far ones by increasing
+        similarity, then its random ones), disjoint from the seeds.
 
     Raises:
         ValueError: if ``n_visible`` is smaller than the number of seeds or exceeds ``N``.
@@ -229,32 +278,43 @@ def psts_select(
     n_add = n_visible - n_seed
     if n_add < 0 or n_visible > n:
         raise ValueError(f"n_visible={n_visible} must be in [n_seed={n_seed}, N={n}]")
-    mix = psts_mix(progress, boundaries)
+    if n_add == 0:
+        return torch.empty(b, 0, dtype=torch.long, device=embeddings.device)
+    per_step = psts_step_sizes(n_add, num_steps)
+    if counts is None:
+        counts = torch.tensor(psts_counts(n_add, progress, boundaries, num_steps), device=embeddings.device)
+    if noise is None:
+        noise = torch.rand(num_steps, b, n, generator=generator, device=embeddings.device)
     e = F.normalize(embeddings.float(), dim=-1)
     selected = torch.zeros(b, n, dtype=torch.bool, device=e.device)
     selected.scatter_(1, seed_ids, True)
     # sim(u) = max over the selected set; kept as a running maximum as the set grows.
     sim = torch.einsum("bnd,bkd->bnk", e, gather_tokens(e, seed_ids)).amax(dim=2)
     added: list[torch.Tensor] = []
-    per_step = psts_step_sizes(n_add, num_steps)
-    for k in per_step:
+    for step, k in enumerate(per_step):
         if k == 0:
             continue
-        n_near, n_far, n_rand = _split_count(k, mix)
-        step_ids = []
-        for count, key in ((n_near, sim), (n_far, -sim), (n_rand, None)):
-            if count == 0:
-                continue
-            if key is None:
-                key = torch.rand(b, n, generator=generator, device=e.device)
-            ids = key.masked_fill(selected, float("-inf")).topk(count, dim=1).indices
-            selected.scatter_(1, ids, True)
-            step_ids.append(ids)
-        ids = torch.cat(step_ids, dim=1)
+        n_near, n_far, n_rand = counts[step, 0], counts[step, 1], counts[step, 2]
+        # Each share takes the best-ranked tokens of its key among those not yet chosen;
+        # chosen ones rank last (-inf), and the budget leaves enough unchosen ones.
+        r_near = _descending_ranks(sim.masked_fill(selected, float("-inf")))
+        take_near = r_near < n_near
+        taken = selected | take_near
+        r_far = _descending_ranks((-sim).masked_fill(taken, float("-inf")))
+        take_far = r_far < n_far
+        taken = taken | take_far
+        r_rand = _descending_ranks(noise[step].float().masked_fill(taken, float("-inf")))
+        take_rand = r_rand < n_rand
+        selected = taken | take_rand
+        # exactly k tokens are taken; order them near, far, random, each by its rank
+        order = torch.where(
+            take_near,
+            3 * n - r_near,
+            torch.where(take_far, 2 * n - r_far, torch.where(take_rand, n - r_rand, -1)),
+        )
+        ids = order.topk(k, dim=1).indices
         added.append(ids)
         sim = torch.maximum(sim, torch.einsum("bnd,bkd->bnk", e, gather_tokens(e, ids)).amax(dim=2))
-    if not added:
-        return torch.empty(b, 0, dtype=torch.long, device=e.device)
     return torch.cat(added, dim=1)
 
 
@@ -265,6 +325,7 @@ def select_targets(
     mode: str = "topk",
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Partial reconstruction targets among the non-visible patches (SelectiveMAE §3.2).
 
@@ -274,11 +335,12 @@ def select_targets(
         n_target: ``int(N·rec_ratio)``.
         mode: ``topk`` (paper) or ``sample`` (released code), see :func:`select_by_score`.
         temperature: softmax temperature for ``sample``.
-        generator: RNG for ``sample``.
+        generator: RNG for ``sample`` (when ``noise`` is None).
+        noise: ``(B, N)`` uniform draws for ``sample``, drawn beforehand.
 
     Returns:
         ``(B, n_target)`` int64 indices, disjoint from ``visible_ids``.
     """
     exclude = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     exclude.scatter_(1, visible_ids, True)
-    return select_by_score(scores, n_target, mode, temperature, exclude=exclude, generator=generator)
+    return select_by_score(scores, n_target, mode, temperature, exclude=exclude, generator=generator, noise=noise)

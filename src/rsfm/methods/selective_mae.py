@@ -17,7 +17,14 @@ from torch import nn
 from rsfm.methods.base import MaskedImageModel, StepContext
 from rsfm.methods.hog import hog_score
 from rsfm.methods.masking import gather_tokens
-from rsfm.methods.selection import psts_mix, psts_select, select_by_score, select_targets, token_budget
+from rsfm.methods.selection import (
+    psts_counts,
+    psts_mix,
+    psts_select,
+    select_by_score,
+    select_targets,
+    token_budget,
+)
 from rsfm.utils.errors import CheckpointError, ConfigError
 from rsfm.utils.registry import METHODS
 
@@ -224,26 +231,73 @@ class SelectiveMAE(MaskedImageModel):
         self.decoder_blocks = nn.ModuleList(blocks)
         self._init_weights()
 
+    def draw(
+        self, batch_size: int, device: torch.device, progress: float, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor | None]:
+        """The step's draws and PSTS schedule, made eagerly (see :meth:`step_from_draws`).
+
+        Args:
+            batch_size: ``B``.
+            device: the images' device.
+            progress: training progress ``t`` in [0, 1]; sets the PSTS counts.
+            generator: RNG on ``device``.
+
+        Returns:
+            ``seed_noise`` and ``target_noise`` ``(B, N)`` float32 uniform draws of the
+            ``sample`` modes (None for ``topk``), ``psts_noise`` ``(psts_steps, B, N)`` float32
+            keys of PSTS's random share and ``psts_counts`` ``(psts_steps, 3)`` int64
+            near/far/random counts per PSTS step (:func:`rsfm.methods.selection.psts_counts`);
+            both None without PSTS. Drawn in that order from ``generator``.
+        """
+        n, bgt = self.num_patches, self.budget
+
+        def uniform(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator, device=device)
+
+        draws: dict[str, torch.Tensor | None] = {
+            "seed_noise": uniform(batch_size, n) if self.seed_selection == "sample" else None,
+            "psts_noise": None,
+            "psts_counts": None,
+        }
+        if self.psts:
+            draws["psts_noise"] = uniform(self.psts_steps, batch_size, n)
+            counts = psts_counts(bgt.n_visible - bgt.n_seed, progress, self.psts_boundaries, self.psts_steps)
+            draws["psts_counts"] = torch.tensor(counts, dtype=torch.long).to(device, non_blocking=True)
+        draws["target_noise"] = uniform(batch_size, n) if self.target_selection == "sample" else None
+        return draws
+
     def select_tokens(
-        self, imgs: torch.Tensor, embeddings: torch.Tensor, progress: float, generator: torch.Generator | None
+        self,
+        imgs: torch.Tensor,
+        embeddings: torch.Tensor,
+        progress: float = 0.0,
+        generator: torch.Generator | None = None,
+        **draws: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         """Choose seeds, PSTS-added tokens and reconstruction targets (no gradient).
+
+        The whole batch at once, without a device-to-host copy: HOG energy, top-k or
+        Gumbel-top-k sampling, PSTS similarities and its near/far/random choice are batched
+        tensor operations of static shapes.
 
         Args:
             imgs: ``(B, C, H, W)`` float32.
             embeddings: ``(B, N, D)`` patch + position embeddings.
-            progress: training progress in [0, 1].
-            generator: RNG for the random parts.
+            progress: training progress in [0, 1] (when ``draws`` is empty).
+            generator: RNG for the random parts (when ``draws`` is empty).
+            **draws: the output of :meth:`draw` (then ``progress`` and ``generator`` are unused).
 
         Returns:
             ``ids_seed`` ``(B, n_seed)``, ``ids_added`` ``(B, n_visible − n_seed)``,
             ``ids_visible`` (seeds then added), ``ids_target`` ``(B, n_target)``; int64.
         """
+        if not draws:
+            draws = self.draw(imgs.shape[0], imgs.device, progress, generator)
         bgt = self.budget
         with torch.no_grad():
             scores = hog_score(imgs, self.patch_size, self.hog_score)
             ids_seed = select_by_score(
-                scores, bgt.n_seed, self.seed_selection, self.score_temperature, generator=generator
+                scores, bgt.n_seed, self.seed_selection, self.score_temperature, noise=draws["seed_noise"]
             )
             if self.psts:
                 ids_added = psts_select(
@@ -253,13 +307,19 @@ class SelectiveMAE(MaskedImageModel):
                     progress,
                     self.psts_boundaries,
                     self.psts_steps,
-                    generator,
+                    counts=draws["psts_counts"],
+                    noise=draws["psts_noise"],
                 )
             else:
                 ids_added = ids_seed[:, :0]
             ids_visible = torch.cat([ids_seed, ids_added], dim=1)
             ids_target = select_targets(
-                scores, ids_visible, bgt.n_target, self.target_selection, self.score_temperature, generator
+                scores,
+                ids_visible,
+                bgt.n_target,
+                self.target_selection,
+                self.score_temperature,
+                noise=draws["target_noise"],
             )
         return {"ids_seed": ids_seed, "ids_added": ids_added, "ids_visible": ids_visible, "ids_target": ids_target}
 
@@ -289,22 +349,19 @@ class SelectiveMAE(MaskedImageModel):
             x = blk(x, mem)
         return self.decoder_pred(self.decoder_norm(x))
 
-    def forward(
-        self, imgs: torch.Tensor, progress: float = 0.0, generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """One SelectiveMAE step.
+    def step_from_draws(self, imgs: torch.Tensor, **draws: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One SelectiveMAE step given the draws of :meth:`draw` (what ``trainer.compile`` compiles).
 
         Args:
             imgs: ``(B, C, H, W)`` float32, normalised.
-            progress: training progress ``t`` in [0, 1]; sets the PSTS stage.
-            generator: RNG for sampling modes and PSTS's random share, on ``imgs``' device.
+            **draws: the output of :meth:`draw`.
 
         Returns:
             Dict with ``loss`` (MSE over the ``n_target`` targets), ``pred``
             ``(B, n_target, p²·C)``, and the index tensors of :meth:`select_tokens`.
         """
         x = self.embed_patches(imgs)
-        sel = self.select_tokens(imgs, x, progress, generator)
+        sel = self.select_tokens(imgs, x, **draws)
         latent = self.encode(gather_tokens(x, sel["ids_visible"]))
         pred = self.forward_decoder(latent, sel["ids_visible"], sel["ids_target"])
         target = self.targets(imgs, sel["ids_target"])
