@@ -153,6 +153,10 @@ def test_adamw_is_fused_where_it_can_be_and_steps_as_the_default() -> None:
     for (name, a), b in zip(m.state_dict().items(), twin.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert sum(not torch.equal(v, before[k]) for k, v in m.state_dict().items()) > 10
+    # a state saved by the foreach optimiser resumes into a fused one, which stays fused
+    opts[0].load_state_dict(opts[1].state_dict())
+    assert all(g["fused"] is True for g in opts[0].param_groups)
+    opts[0].step()
 
 
 # -- the PretrainMethod API -----------------------------------------------------------------
