@@ -112,15 +112,17 @@ def build(
     return task, build_optimizer(task.optimizer_groups(OPTIM["lr"]), OptimConfig(**OPTIM))
 
 
-def train_steps(task: PretrainTask, opt: torch.optim.Optimizer, x: torch.Tensor, steps: int, amp: bool) -> float:
-    """Seconds for ``steps`` full training steps (normalise, method step, backward, AdamW)."""
+def train_steps(
+    task: PretrainTask, opt: torch.optim.Optimizer, x: torch.Tensor, steps: int, amp: bool, first: int = 0
+) -> float:
+    """Seconds for ``steps`` training steps (normalise, method step, backward, AdamW); step i seeded first + i."""
     dev = x.device.type
     method: PretrainMethod = task.model
     if dev == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for i in range(steps):
-        ctx = StepContext(progress=0.5, generator=torch.Generator(device=x.device).manual_seed(i))
+        ctx = StepContext(progress=0.5, generator=torch.Generator(device=x.device).manual_seed(first + i))
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
             loss = method.training_step({"image": task.normalise(x)}, ctx)["loss"]
         loss.backward()
@@ -138,10 +140,11 @@ class Variant:
         name: the row's label.
         method: ``mae`` or ``selective_mae`` (which ratio it enters).
         step: one training step (forward, loss, backward, optimiser) on the batch, given its index.
-        flops: counts the model FLOPs of one step (forward and backward) on the batch.
+        flops: model FLOPs of one step (forward and backward) on the batch.
+        model: the authors' model (for the selection timing), None for rsfm's.
     """
 
-    def __init__(self, name: str, method: str, step: Any, flops: Any, model: Any = None) -> None:
+    def __init__(self, name: str, method: str, step: Any, flops: int, model: Any = None) -> None:
         self.name, self.method, self.step, self.flops, self.model = name, method, step, flops, model
 
     def run(self, steps: int, device: str) -> float:
@@ -165,18 +168,10 @@ def rsfm_variant(method: str, args: argparse.Namespace, x: torch.Tensor, compile
         task.model.compile_step()
 
     def step(i: int) -> None:
-        ctx = StepContext(progress=0.5, generator=torch.Generator(device=x.device).manual_seed(i))
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = task.model.training_step({"image": task.normalise(x)}, ctx)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def flops() -> int:
-        return count
+        train_steps(task, opt, x, 1, amp, first=i)
 
     label = f"rsfm {'compiled' if compiled else 'eager'}"
-    return Variant(f"{method} ({label})", method, step, flops)
+    return Variant(f"{method} ({label})", method, step, count)
 
 
 #: the authors' model files, imported from the folder the user gives (never shipped with rsfm)
@@ -296,15 +291,12 @@ def official_variant(method: str, folder: Path, args: argparse.Namespace, x: tor
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def flops() -> int:
-        from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
-            loss_of((x - mean) / std).backward()
-        model.zero_grad(set_to_none=True)
-        return int(counter.get_total_flops())
-
-    return Variant(f"{method} (authors')", method, step, flops, model)
+    with FlopCounterMode(display=False) as counter:
+        loss_of((x - mean) / std).backward()
+    model.zero_grad(set_to_none=True)
+    return Variant(f"{method} (authors')", method, step, int(counter.get_total_flops()), model)
 
 
 def step_flops(task: PretrainTask, x: torch.Tensor, amp: bool) -> int:
@@ -391,7 +383,7 @@ def selection_ms(args: argparse.Namespace, x: torch.Tensor, official: Path | Non
     def rsfm_select(fn: Any) -> Any:
         def call(i: int) -> Any:
             g = torch.Generator(device=x.device).manual_seed(i)
-            return fn(imgs, emb, **model.draw(imgs.shape[0], imgs.device, 0.5, g))
+            return fn(imgs, emb, model.draw(imgs.shape[0], imgs.device, 0.5, g))
 
         return call
 
@@ -432,7 +424,7 @@ def measure(args: argparse.Namespace, batch_size: int) -> dict[str, Any]:
         folder = args.official_mae if m == "mae" else args.official_smae
         if folder:
             variants.append(official_variant(m, Path(folder), args, x))
-    flops = {v.name: v.flops() / batch_size for v in variants}
+    flops = {v.name: v.flops / batch_size for v in variants}
     for v in variants:  # warm-up (compilation, allocator, kernels, optimiser state)
         t = v.run(args.warmup, device)
         print(f"  warm-up {v.name}: {t:.1f} s", flush=True)

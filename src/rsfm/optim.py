@@ -202,15 +202,14 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.opt
     fused = cfg.fused
     if fused is None:
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
-    opt = torch.optim.AdamW(
-        groups, lr=groups[0]["lr"], betas=(float(cfg.betas[0]), float(cfg.betas[1])), fused=fused or None
-    )
+    fused = fused or None  # False and None both mean PyTorch's default
+    opt = torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=(float(cfg.betas[0]), float(cfg.betas[1])), fused=fused)
 
     def keep_implementation(optimizer: torch.optim.Optimizer) -> None:
         # A resumed state carries the implementation of the run that saved it; the optimiser
         # keeps this run's, which its gradient-scaler handshake was set up for at construction.
         for group in optimizer.param_groups:
-            group["fused"] = fused or None
+            group["fused"] = fused
 
     opt.register_load_state_dict_post_hook(keep_implementation)
     return opt

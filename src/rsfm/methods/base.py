@@ -13,6 +13,7 @@ optimiser step. To add a method, subclass :class:`PretrainMethod`, register it w
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,7 +46,7 @@ class StepContext:
     world_size: int = 1
 
 
-class PretrainMethod(nn.Module):
+class PretrainMethod(nn.Module, metaclass=abc.ABCMeta):
     """Base of the pretraining methods.
 
     Subclasses set :attr:`encoder` (the network that is exported, timm key names) and
@@ -63,9 +64,9 @@ class PretrainMethod(nn.Module):
     joins_collectives: ClassVar[bool] = False
     encoder: nn.Module
 
+    @abc.abstractmethod
     def training_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Tensor]:
         """Losses of one batch: ``loss`` (what is minimised) plus scalars to log."""
-        raise NotImplementedError
 
     def after_optimizer_step(self) -> None:
         """Called after every optimiser step (an EMA teacher's update)."""
@@ -85,9 +86,9 @@ class PretrainMethod(nn.Module):
             "set trainer.compile=false"
         )
 
+    @abc.abstractmethod
     def export_meta(self) -> dict[str, Any]:
         """Metadata to rebuild :attr:`encoder` (see :func:`rsfm.models.export.export_encoder`)."""
-        raise NotImplementedError
 
 
 def init_mim_weights(module: nn.Module) -> None:
@@ -221,6 +222,7 @@ class MaskedImageModel(PretrainMethod):
             names |= {"encoder.cls_token", "mask_token"}
         return names
 
+    @abc.abstractmethod
     def draw(
         self, batch_size: int, device: torch.device, progress: float, generator: torch.Generator | None
     ) -> dict[str, Tensor | None]:
@@ -230,11 +232,10 @@ class MaskedImageModel(PretrainMethod):
         so that :meth:`step_from_draws` is a pure tensor program ``torch.compile`` captures
         as one graph for the whole run (no generator, no Python branch on the progress).
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def step_from_draws(self, imgs: Tensor, **draws: Tensor | None) -> dict[str, Tensor]:
         """The method's forward and loss given the draws of :meth:`draw` (what is compiled)."""
-        raise NotImplementedError
 
     def forward(
         self, imgs: Tensor, progress: float = 0.0, generator: torch.Generator | None = None, eager: bool = False

@@ -30,21 +30,26 @@ _KERNELS = {
 }
 
 
-def _make_gradient_weight(kernel: str, channels: int, device: torch.device) -> torch.Tensor:
+def _cached_outside_compile(build):  # noqa: ANN001, ANN202
+    """Cache ``build``'s constant tensors per arguments, except while ``torch.compile`` traces.
+
+    Building them every step from Python lists would copy host-to-device synchronously and
+    stall an asynchronous GPU pipeline; a compiled step builds them in its graph instead (a
+    constant there), since the compiler does not trace through caches.
+    """
+    cached = functools.cache(build)
+
+    @functools.wraps(build)
+    def get(*args):  # noqa: ANN002, ANN202
+        return build(*args) if torch.compiler.is_compiling() else cached(*args)
+
+    return get
+
+
+@_cached_outside_compile
+def _gradient_weight(kernel: str, channels: int, device: torch.device) -> torch.Tensor:
     kx = torch.tensor(_KERNELS[kernel], dtype=torch.float32)
     return torch.stack([kx, kx.t()]).unsqueeze(1).repeat(channels, 1, 1, 1).to(device)  # (2C, 1, 3, 3)
-
-
-# Cached per device: building it from a Python list every step would copy host-to-device
-# synchronously and stall an asynchronous GPU pipeline. A compiled step builds it in its graph
-# instead (a constant there), since the compiler does not trace through caches.
-_cached_gradient_weight = functools.cache(_make_gradient_weight)
-
-
-def _gradient_weight(kernel: str, channels: int, device: torch.device) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return _make_gradient_weight(kernel, channels, device)
-    return _cached_gradient_weight(kernel, channels, device)
 
 
 def image_gradients(imgs: torch.Tensor, kernel: str = "sobel") -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,18 +92,10 @@ def gaussian_window(size: int, sigma: float, device: torch.device | None = None)
     return torch.outer(w, w)
 
 
-def _make_tiled_window(window: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+@_cached_outside_compile
+def _tiled_window(window: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     # The Gaussian of one patch (σ = window/2) tiled over the image.
     return gaussian_window(window, window / 2.0, device=device).repeat(h // window, w // window)
-
-
-_cached_tiled_window = functools.cache(_make_tiled_window)  # built once per size and device
-
-
-def _tiled_window(window: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return _make_tiled_window(window, h, w, device)
-    return _cached_tiled_window(window, h, w, device)
 
 
 def _weighted_magnitude(

@@ -267,12 +267,7 @@ class SelectiveMAE(MaskedImageModel):
         return draws
 
     def select_tokens(
-        self,
-        imgs: torch.Tensor,
-        embeddings: torch.Tensor,
-        progress: float = 0.0,
-        generator: torch.Generator | None = None,
-        **draws: torch.Tensor | None,
+        self, imgs: torch.Tensor, embeddings: torch.Tensor, draws: dict[str, torch.Tensor | None]
     ) -> dict[str, torch.Tensor]:
         """Choose seeds, PSTS-added tokens and reconstruction targets (no gradient).
 
@@ -283,16 +278,12 @@ class SelectiveMAE(MaskedImageModel):
         Args:
             imgs: ``(B, C, H, W)`` float32.
             embeddings: ``(B, N, D)`` patch + position embeddings.
-            progress: training progress in [0, 1] (when ``draws`` is empty).
-            generator: RNG for the random parts (when ``draws`` is empty).
-            **draws: the output of :meth:`draw` (then ``progress`` and ``generator`` are unused).
+            draws: the step's draws and PSTS counts (:meth:`draw`).
 
         Returns:
             ``ids_seed`` ``(B, n_seed)``, ``ids_added`` ``(B, n_visible − n_seed)``,
             ``ids_visible`` (seeds then added), ``ids_target`` ``(B, n_target)``; int64.
         """
-        if not draws:
-            draws = self.draw(imgs.shape[0], imgs.device, progress, generator)
         bgt = self.budget
         with torch.no_grad():
             scores = hog_score(imgs, self.patch_size, self.hog_score)
@@ -304,9 +295,8 @@ class SelectiveMAE(MaskedImageModel):
                     embeddings.detach(),
                     ids_seed,
                     bgt.n_visible,
-                    progress,
-                    self.psts_boundaries,
-                    self.psts_steps,
+                    progress=0.0,  # unused: the counts of this step's progress are given
+                    num_steps=self.psts_steps,
                     counts=draws["psts_counts"],
                     noise=draws["psts_noise"],
                 )
@@ -361,7 +351,7 @@ class SelectiveMAE(MaskedImageModel):
             ``(B, n_target, p²·C)``, and the index tensors of :meth:`select_tokens`.
         """
         x = self.embed_patches(imgs)
-        sel = self.select_tokens(imgs, x, **draws)
+        sel = self.select_tokens(imgs, x, draws)
         latent = self.encode(gather_tokens(x, sel["ids_visible"]))
         pred = self.forward_decoder(latent, sel["ids_visible"], sel["ids_target"])
         target = self.targets(imgs, sel["ids_target"])

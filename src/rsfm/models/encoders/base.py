@@ -15,6 +15,7 @@ Encoders are registered (``rsfm list encoders``) and named in recipes as
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from rsfm.utils.errors import ConfigError
 __all__ = ["Encoder"]
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, metaclass=abc.ABCMeta):
     """Base of rsfm's encoders: a timm backbone plus the calls necks and heads use.
 
     Args:
@@ -89,14 +90,14 @@ class Encoder(nn.Module):
     # -- interface (subclasses) -------------------------------------------------------------
 
     @property
+    @abc.abstractmethod
     def out_indices(self) -> list[int]:
         """The blocks or stages of :meth:`forward_intermediates`."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def out_channels(self) -> list[int]:
         """Channels of each map of :meth:`forward_intermediates`."""
-        raise NotImplementedError
 
     @property
     def strides(self) -> list[int]:
