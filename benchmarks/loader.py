@@ -8,11 +8,15 @@ both alike; each figure is the median over rounds of images/s after the first ba
 start-up is reported apart). Beside them: the training images/s of the model the recipe
 trains (MAE and SelectiveMAE, same encoder, batch and input size, images already in memory;
 see ``benchmarks/throughput.py``), so a recipe's ``num_workers`` can be read off: the
-smallest count whose loader outpaces the model.
+smallest count whose loader outpaces the model. Each loader runs with ``data.decode:
+workers`` (decode and augment in the workers) and ``data.decode: device`` (JPEGs decoded,
+every image cropped and resized, on ``--device`` when the batch reaches it; on a CPU that
+work lands in the training process).
 
     python benchmarks/loader.py                                   # ViT-Tiny/8 at 112 px, batch 128 (the CPU recipes)
     python benchmarks/loader.py --workers 0 1 2 4 --images 3000
     python benchmarks/loader.py --images 300 --batches 3 --rounds 1 --workers 0 1   # smoke
+    python benchmarks/loader.py --decode workers device --device cuda               # data.decode on a GPU
 """
 
 from __future__ import annotations
@@ -46,21 +50,40 @@ def subset(root: Path, n: int, out: Path) -> Path:
     return out
 
 
-def loader_rate(source: dict[str, str], workers: int, args: argparse.Namespace) -> tuple[float, float]:
-    """(images/s after the first batch, seconds to the first batch) of one training loader."""
+def loader_rate(source: dict[str, str], workers: int, decode: str, args: argparse.Namespace) -> tuple[float, float]:
+    """(images/s after the first batch, seconds to the first batch) of one training loader.
+
+    With ``decode='device'`` each batch is finished on ``args.device`` as the engine finishes it
+    (:meth:`~rsfm.data.pretrain.PretrainDataModule.on_device`: JPEG decoding, crop, resize,
+    flip), and the device is synchronised before the clock is read.
+    """
     data = PretrainDataModule(
-        **source, img_size=args.img_size, batch_size=args.batch_size, num_workers=workers, test_fraction=0.2, seed=0
+        **source,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        num_workers=workers,
+        test_fraction=0.2,
+        seed=0,
+        decode=decode,
     )
     data.setup("fit")
+    device = torch.device(args.device)
+
+    def finished(batch: dict) -> int:
+        batch = data.on_device(batch, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return int(batch["image"].shape[0])
+
     t0 = time.perf_counter()
     it = iter(data.train_dataloader())
-    next(it)
+    finished(next(it))
     first = time.perf_counter() - t0
     t1 = time.perf_counter()
     n = 0
     for _ in range(args.batches):
         try:
-            n += next(it)["image"].shape[0]
+            n += finished(next(it))
         except StopIteration:
             break
     rate = n / (time.perf_counter() - t1)
@@ -81,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="tiny")
     p.add_argument("--patch-size", type=int, default=8)
     p.add_argument("--model-steps", type=int, default=3)
+    p.add_argument(
+        "--decode",
+        nargs="+",
+        choices=["workers", "device"],
+        default=["workers", "device"],
+        help="where training images are decoded and augmented (data.decode)",
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device of --decode device (and of the model rows' note; the model rows run on the CPU)",
+    )
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,14 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"curated {result.kept} images into shards in {time.perf_counter() - t:.1f} s")
         sources = {"folder": {"root": str(folder)}, "shards": {"shards": str(corpus)}}
-        rates: dict[tuple[str, int], list[float]] = {}
-        firsts: dict[tuple[str, int], list[float]] = {}
+        variants = [(name, decode) for decode in args.decode for name in sources]
+        rates: dict[tuple[str, str, int], list[float]] = {}
+        firsts: dict[tuple[str, str, int], list[float]] = {}
         for _ in range(args.rounds):
             for workers in args.workers:
-                for name, source in sources.items():
-                    rate, first = loader_rate(source, workers, args)
-                    rates.setdefault((name, workers), []).append(rate)
-                    firsts.setdefault((name, workers), []).append(first)
+                for name, decode in variants:
+                    rate, first = loader_rate(sources[name], workers, decode, args)
+                    rates.setdefault((name, decode, workers), []).append(rate)
+                    firsts.setdefault((name, decode, workers), []).append(first)
 
         model = {}
         x = load_batch(args.data, args.batch_size, args.img_size)
@@ -118,14 +154,22 @@ def main(argv: list[str] | None = None) -> int:
         f"\n## Loader vs model (CPU, {torch.get_num_threads()} threads; {args.images} AID images, "
         f"{args.img_size} px, batch {args.batch_size}; ViT-{args.size}/{args.patch_size})\n"
     )
-    print("| workers | folder img/s | shards img/s | shards / folder | first batch s (folder / shards) |")
-    print("|---:|---:|---:|---:|---|")
+    labels = [name if decode == "workers" else f"{name}, decoded on {args.device}" for name, decode in variants]
+    ratios = [
+        ("shards / folder" + (f" ({d})" if len(args.decode) > 1 else ""), ("shards", d), ("folder", d))
+        for d in args.decode
+    ]
+    if len(args.decode) == 2:
+        ratios += [(f"{args.device} / workers ({n})", (n, "device"), (n, "workers")) for n in sources]
+    header = ["workers", *(f"{label} img/s" for label in labels), *(r[0] for r in ratios)]
+    header.append("first batch s (" + " / ".join(labels) + ")")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---:|" * (len(header) - 1) + "---|")
     for workers in args.workers:
-        f = statistics.median(rates[("folder", workers)])
-        s = statistics.median(rates[("shards", workers)])
-        ff = statistics.median(firsts[("folder", workers)])
-        fs = statistics.median(firsts[("shards", workers)])
-        print(f"| {workers} | {f:.0f} | {s:.0f} | {s / f:.2f} | {ff:.2f} / {fs:.2f} |")
+        med = {v: statistics.median(rates[(*v, workers)]) for v in variants}
+        first = " / ".join(f"{statistics.median(firsts[(*v, workers)]):.2f}" for v in variants)
+        cells = [str(workers), *(f"{med[v]:.0f}" for v in variants), *(f"{med[a] / med[b]:.2f}" for _, a, b in ratios)]
+        print("| " + " | ".join([*cells, first]) + " |")
     print("\n| model | training img/s |")
     print("|---|---:|")
     for method, rate in model.items():

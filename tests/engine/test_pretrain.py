@@ -165,7 +165,9 @@ def test_export_loads_as_a_timm_encoder(tmp_path: Path, datasets: Path) -> None:
     assert read_encoder_meta(again) == meta
 
 
-def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: Path) -> None:
+# data.decode=device: JPEGs reach the training step undecoded; one only the decoder there finds broken counts too
+@pytest.mark.parametrize("decode", ["workers", "device"])
+def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: Path, decode: str) -> None:
     import rasterio
     from PIL import Image
 
@@ -177,6 +179,8 @@ def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: P
     src = sorted((datasets / "aid" / "Port").glob("*.jpg"))[10]
     data = src.read_bytes()
     (root / "Port" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    scan = data.index(b"\xff\xda")  # header and end marker intact, entropy-coded data garbled
+    (root / "Port" / "garbled.jpg").write_bytes(data[: scan + 2] + b"\x00\x01" * 64 + data[-2:])
     (root / "Port" / "empty.jpg").write_bytes(b"")
     (root / "Port" / "notes.jpg").write_text("not an image")
     (root / "Port" / "readme.txt").write_text("not an image either")
@@ -191,10 +195,11 @@ def test_bad_files_are_skipped_and_counted_not_fatal(tmp_path: Path, datasets: P
         f"data.init_args.root={root}",
         "data.init_args.test_fraction=0",
         "data.init_args.batch_size=4",
+        f"data.init_args.decode={decode}",
     )
     args = [a for a in args if not a.startswith("trainer.limit_train_batches")]
     result = pretrain(load_recipe("pretrain", MIM, args))
-    assert result["skipped"] == {"truncated": 1, "zero_byte": 1, "not_an_image": 2}
+    assert result["skipped"] == {"truncated": 1, "zero_byte": 1, "not_an_image": 2, "unreadable": 1}
     assert Path(result["encoder"]).is_file()
     assert (Path(result["run_dir"]) / "logs" / "skipped_files.json").is_file()
 

@@ -226,7 +226,14 @@ class DataModule:
         """The collate function of this datamodule's loaders (None: torch's default)."""
         return None
 
-    def loader(self, dataset: Any, train: bool, batch_size: int | None = None, repeats: int = 1) -> Any:
+    def loader(
+        self,
+        dataset: Any,
+        train: bool,
+        batch_size: int | None = None,
+        repeats: int = 1,
+        collate: Callable[[list[Any]], Any] | None = None,
+    ) -> Any:
         """A resumable, rank-sharded loader over ``dataset``.
 
         Training loaders shuffle with a new order per epoch, wrap the dataset in a
@@ -242,6 +249,7 @@ class DataModule:
             batch_size: samples per batch; default :attr:`batch_size` or
                 :attr:`eval_batch_size`.
             repeats: passes over ``dataset`` per training epoch.
+            collate: collate function of this loader (None: :meth:`collate`).
 
         Returns:
             A :class:`~torchdata.stateful_dataloader.StatefulDataLoader`.
@@ -263,11 +271,29 @@ class DataModule:
             batch_size=size,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.collate(),
+            collate_fn=collate or self.collate(),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             drop_last=train and len(sampler) >= size,
             persistent_workers=self.num_workers > 0,
         )
+
+    def on_device(self, batch: Any, device: Any) -> Any:
+        """Finish a batch on the training device, before the rest of it is moved there.
+
+        Called by the engine (Lightning's ``transfer_batch_to_device``) with the batch still in
+        host memory. The default returns it unchanged; :class:`~rsfm.data.pretrain.PretrainDataModule`
+        decodes and augments its images here with ``data.decode: device``.
+
+        Args:
+            batch: a batch of this datamodule's loaders, in host memory.
+            device: the ``torch.device`` the batch goes to.
+
+        Returns:
+            the batch, parts of it possibly already on ``device``.
+
+        .. versionadded:: 0.3
+        """
+        return batch
 
     def _split(self, name: str) -> Any:
         if name not in self.datasets:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .io import IMAGE_EXTENSIONS, BadImageError, RasterRule, read_image
+from .device_decode import DeferredAugment, deferred_item, is_jpeg
+from .io import IMAGE_EXTENSIONS, BadImageError, RasterRule, decode_image, read_image
 from .samplers import parse_key, sample_seed
 from .splits import check_fraction, stratified_split
 
@@ -271,7 +272,10 @@ class ImageFolder(Dataset[dict[str, Any]]):
 
         Returns:
             ``{'image': (3, H, W) float32, 'index': int}``; without a transform ``image`` is
-            the file's pixels in [0, 1]. If the file cannot be read (any
+            the file's pixels in [0, 1]. With a :class:`~rsfm.data.device_decode.DeferredAugment`
+            transform (``data.decode: device``), ``{'raw', 'params', 'name', 'index'}``
+            instead: a JPEG's undecoded bytes or another file's decoded pixels, and the drawn
+            crop and flips (see :mod:`rsfm.data.device_decode`). If the file cannot be read (any
             :class:`~rsfm.data.io.BadImageError`), ``{'skipped': (path, reason), 'index':
             int}`` instead: this method does not raise on bad files.
 
@@ -281,14 +285,26 @@ class ImageFolder(Dataset[dict[str, Any]]):
         """
         index, epoch = parse_key(key, len(self.samples))
         path = self.samples[index]
+        data: bytes | None = None
+        if isinstance(self.transform, DeferredAugment) and self.raster.bands is None and is_jpeg(path):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                return {"skipped": (str(path), "unreadable"), "index": index}
+            deferred = deferred_item(self.transform, data, str(path), self.seed, epoch, index)
+            if deferred is not None:
+                return {**deferred, "index": index}
         try:
-            image = read_image(path, self.raster)
+            image = read_image(path, self.raster) if data is None else decode_image(data, str(path), self.raster)
         except BadImageError as err:
             return {"skipped": (str(path), err.reason), "index": index}
         except Exception as err:  # a decoder bug must not stop a long run
             log.warning("unexpected error reading %s: %r", path, err)
             return {"skipped": (str(path), "unreadable"), "index": index}
-        return {"image": self._apply_transform(image, index, epoch), "index": index}
+        out = self._apply_transform(image, index, epoch)
+        if isinstance(out, dict):  # device-side augmentation: the image travels decoded, uncropped
+            return {**out, "name": str(path), "index": index}
+        return {"image": out, "index": index}
 
     def _apply_transform(self, image: Tensor, index: int, epoch: int) -> Tensor:
         if self.transform is None:

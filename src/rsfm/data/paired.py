@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from rsfm.data.folder import ImageFolder, LabeledImageFolder
 from rsfm.data.folder_base import FolderDataModule, combine_skipped, list_classes, open_source
 from rsfm.data.shards import ShardDataset
+from rsfm.data.transforms import check_scale
 from rsfm.utils.errors import DataError
 from rsfm.utils.registry import DATASETS
 
@@ -200,9 +201,7 @@ class PairedDataModule(FolderDataModule):
             )
         self.classes = natural_classes(natural_root)
         self.natural_root = Path(str(natural_root))
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"data.scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
-        self.scale = (float(scale[0]), float(scale[1]))
+        self.scale = check_scale(scale)
 
     def setup(self, stage: str | None = None) -> None:
         """Scan both folders (or the RS corpus's manifest) and build the paired training set, once.

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rsfm.data.device_decode import DECODE_MODES, DeferredAugment, collate_deferred, decode_and_augment
 from rsfm.data.folder import ImageFolder
 from rsfm.data.folder_base import FolderDataModule, combine_skipped, open_source, round_robin
 from rsfm.data.shards import ShardDataset
+from rsfm.data.transforms import check_scale
 from rsfm.utils.registry import DATASETS
 
 __all__ = ["PretrainDataModule"]
@@ -51,6 +53,12 @@ class PretrainDataModule(FolderDataModule):
         scale: crop area range of the random resized crop (MAE: [0.2, 1.0]).
         hflip: random horizontal flips.
         num_workers: loader processes.
+        decode: where training images are decoded and augmented: ``'workers'`` (the loader
+            processes) or ``'device'`` (the workers read the bytes and draw the crop; JPEGs
+            are decoded, and every image cropped, resized and flipped, on the training
+            device, see :mod:`rsfm.data.device_decode`). The same crops and flips either way;
+            on a CPU device the same pixels. The held-out split is always decoded by the
+            workers.
         **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options (``img_size``,
             ``test_fraction``, ``split_seed``, ``batch_size``, ``num_workers``, ``bands``,
             ``raster_scale``, ``mean``, ``std``, ``seed``, ``pin_memory``; with ``shards``,
@@ -61,11 +69,12 @@ class PretrainDataModule(FolderDataModule):
         DataError: if ``root`` is missing or holds no image, naming ``data.root``; if both or
             neither of ``root`` and ``shards`` are given; if the corpus or its manifest is
             missing, or ``bands``/``raster_scale`` are set with it, naming ``data.shards``.
-        ValueError: on an out-of-range setting.
+        ValueError: on an out-of-range setting, or a ``decode`` other than ``'workers'`` or
+            ``'device'`` (naming ``data.decode``).
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.3
-        ``shards``; ``root`` optional.
+        ``shards``; ``root`` optional; ``decode``.
     """
 
     sample_keys = ("image",)
@@ -78,12 +87,14 @@ class PretrainDataModule(FolderDataModule):
         hflip: bool = True,
         num_workers: int = 4,
         shards: str | None = None,
+        decode: str = "workers",
         **kwargs: Any,
     ) -> None:
+        if decode not in DECODE_MODES:
+            raise ValueError(f"data.decode must be one of {list(DECODE_MODES)}, got {decode!r}")
         super().__init__(open_source(root, shards), num_workers=num_workers, **kwargs)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"data.scale must be [min, max] with 0 < min <= max <= 1, got {scale}")
-        self.scale = (float(scale[0]), float(scale[1]))
+        self.decode = decode
+        self.scale = check_scale(scale)
         self.hflip = bool(hflip)
         self._viz: ImageFolder | ShardDataset | None = None
 
@@ -93,11 +104,34 @@ class PretrainDataModule(FolderDataModule):
             return
         from rsfm.data.transforms import eval_transform, pretrain_transform
 
-        self.datasets["train"] = self.folder(
-            ImageFolder, False, pretrain_transform(self.img_size, self.scale, self.hflip)
-        )
+        if self.decode == "device":
+            train_transform: Any = DeferredAugment(self.img_size, self.scale, self.hflip)
+        else:
+            train_transform = pretrain_transform(self.img_size, self.scale, self.hflip)
+        self.datasets["train"] = self.folder(ImageFolder, False, train_transform)
         if self.test_fraction > 0:
             self.datasets["holdout"] = self.folder(ImageFolder, True, eval_transform(self.img_size))
+
+    def train_dataloader(self) -> Any:
+        """Shuffled, augmented training batches (undecoded JPEGs and crop parameters with ``decode='device'``)."""
+        collate = collate_deferred if self.decode == "device" else None
+        return self.loader(self._split("train"), train=True, collate=collate)
+
+    def on_device(self, batch: Any, device: Any) -> Any:
+        """With ``decode='device'``: decode, crop, resize and flip a training batch on ``device``.
+
+        Args:
+            batch: a training batch in host memory (a :func:`~rsfm.data.device_decode.collate_deferred`
+                batch with ``decode='device'``; any other batch is returned unchanged).
+            device: the training device.
+
+        Returns:
+            the batch with ``'image'``: ``(B, C, img_size, img_size)`` float32 in [0, 1] on
+            ``device`` (see :func:`~rsfm.data.device_decode.decode_and_augment`).
+        """
+        if isinstance(batch, dict) and "raw" in batch:
+            return decode_and_augment(batch, device, self.img_size, self.num_channels)
+        return batch
 
     def val_dataloader(self) -> Any:
         """No validation during pretraining."""

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from rsfm.data.device_decode import DeferredAugment, deferred_item
 from rsfm.data.io import BadImageError, RasterRule, decode_image
 from rsfm.data.samplers import parse_key, sample_seed
 from rsfm.data.splits import check_fraction, stratified_split
@@ -367,6 +368,10 @@ class ShardDataset(Dataset[dict[str, Any]]):
                 f"the manifest says {expected} (shards and manifest.parquet come from different runs)"
             )
         name = f"{self.corpus.sources[self.positions[index]]}#{sample_id}.{ext}"
+        if isinstance(self.transform, DeferredAugment):
+            deferred = deferred_item(self.transform, data, name, self.seed, epoch, index)
+            if deferred is not None:
+                return {**deferred, "index": index, "id": sample_id}
         try:
             image = decode_image(data, name, RasterRule())
         except BadImageError as err:
@@ -377,6 +382,8 @@ class ShardDataset(Dataset[dict[str, Any]]):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(self.seed, epoch, index))
                 out = self.transform(image)
+        if isinstance(out, dict):  # device-side augmentation: the tile travels decoded, uncropped
+            return {**out, "name": name, "index": index, "id": sample_id}
         return {"image": out, "index": index, "id": sample_id}
 
     def __repr__(self) -> str:

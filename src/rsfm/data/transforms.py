@@ -17,7 +17,18 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["eval_transform", "finetune_transform", "moco_v1_transform", "pretrain_transform"]
+__all__ = ["check_scale", "eval_transform", "finetune_transform", "moco_v1_transform", "pretrain_transform"]
+
+
+def check_scale(scale: Any) -> tuple[float, float]:
+    """``data.scale``, the crop-area range of a random resized crop, as ``(min, max)``.
+
+    Raises:
+        ValueError: naming ``data.scale`` unless it is two numbers with 0 < min <= max <= 1.
+    """
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"data.scale must be [min, max] with 0 < min <= max <= 1, got {list(scale)}")
+    return float(scale[0]), float(scale[1])
 
 
 def _to_float() -> Any:
@@ -31,8 +42,7 @@ def _crop_flip(img_size: int, scale: tuple[float, float], hflip: bool, vflip: bo
     """Random resized crop, optional flips, scale to [0, 1]: the body of the training transforms."""
     from torchvision.transforms import v2
 
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"data.scale must satisfy 0 < min <= max <= 1, got {list(scale)}")
+    scale = check_scale(scale)
     steps: list[Any] = [
         v2.RandomResizedCrop(img_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
     ]
@@ -133,8 +143,7 @@ def moco_v1_transform(img_size: int, scale: tuple[float, float] = (0.2, 1.0)) ->
     """
     from torchvision.transforms import v2
 
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"data.scale must satisfy 0 < min <= max <= 1, got {list(scale)}")
+    scale = check_scale(scale)
     return v2.Compose(
         [
             v2.RandomResizedCrop(img_size, scale=scale, antialias=True),

@@ -58,6 +58,14 @@ class LightningData(L.LightningDataModule):
         """The test loader."""
         return self.data.predict_dataloader()
 
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Let the datamodule finish the batch on the device, then move the rest there.
+
+        See :meth:`~rsfm.data.base.DataModule.on_device` (``data.decode: device`` decodes images there).
+        """
+        batch = self.data.on_device(batch, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def __getattr__(self, name: str) -> Any:
         data = self.__dict__.get("data")
         if data is None or name.startswith("__"):
