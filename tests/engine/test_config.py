@@ -141,6 +141,14 @@ def test_optim_lr_means_one_thing() -> None:
         OptimConfig()
 
 
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_activation_checkpointing"])
+def test_compile_with_fsdp_is_refused_before_anything_runs(strategy: str) -> None:
+    recipe = PRETRAIN / "selective_mae_vit_tiny.yaml"
+    with pytest.raises(ConfigError, match=rf"trainer.compile: not with trainer.strategy={strategy}.*strategy=ddp"):
+        load_recipe("pretrain", recipe, ["trainer.compile=true", f"trainer.strategy={strategy}"])
+    assert load_recipe("pretrain", recipe, ["trainer.compile=true", "trainer.strategy=ddp"])["trainer"]["compile"]
+
+
 def test_format_parse_error_joins_nested_messages() -> None:
     nested = (
         'Parser key "model":\n  Does not validate against any of the Union subtypes\n  Subtypes: [...]\n  Errors:\n'

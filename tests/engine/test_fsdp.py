@@ -169,3 +169,18 @@ def test_fsdp_resume_is_bit_identical(resumed: tuple[Path, str], images: Path, t
     assert_same_weights(a["state_dict"], b["state_dict"])
     for i, state in a["optimizer_states"][0]["state"].items():
         assert_same_weights(state, b["optimizer_states"][0]["state"][i])
+
+
+# two processes compiling their steps: about 2.5 minutes
+@pytest.mark.slow
+def test_compiled_steps_train_under_ddp(images: Path, tmp_path: Path) -> None:
+    """``trainer.compile`` under DDP (FSDP refuses it: ``tests/engine/test_config.py``)."""
+    proc = pretrain_fsdp(tmp_path, images, 0, "trainer.strategy=ddp", "trainer.compile=true")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "Starting with 2 processes" in log and "FSDP" not in log
+    last = checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 6
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert not any("_compiled" in k for k in last["state_dict"])
+    assert (tmp_path / "run" / "encoder.safetensors").is_file()

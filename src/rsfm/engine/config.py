@@ -71,7 +71,8 @@ class TrainerConfig:
         compile: pretraining only (MAE, SelectiveMAE): run each step's forward and loss compiled
             by ``torch.compile`` as one graph (:meth:`rsfm.methods.base.MaskedImageModel.compile_step`);
             ``true``, or a ``torch.compile`` mode (``reduce-overhead``: CUDA graphs,
-            ``max-autotune``). The first steps are slower while it compiles.
+            ``max-autotune``). The first steps are slower while it compiles. Not with an FSDP
+            ``strategy`` (refused); with ``ddp`` each rank compiles its step.
     """
 
     max_epochs: int | None = 10
@@ -512,14 +513,14 @@ def load_recipe(command: str, path: str | Path | None, overrides: list[str] | No
 
 
 def check_sections(recipe: dict[str, Any]) -> None:
-    """Check the values of the plain sections (``optim``, ``evaluate``) before anything runs.
+    """Check the values of the plain sections (``optim``, ``trainer``, ``evaluate``) before anything runs.
 
     The parser checks keys and types; this checks what only the section knows (an unknown
-    optimiser, ``lr`` and ``blr`` together, an unknown protocol, a missing folder), so that a
-    bad recipe fails in seconds, before a run folder exists.
+    optimiser, ``lr`` and ``blr`` together, ``trainer.compile`` with FSDP, an unknown protocol,
+    a missing folder), so that a bad recipe fails in seconds, before a run folder exists.
 
     Raises:
-        ConfigError: naming ``optim.<key>`` or ``evaluate.<key>``.
+        ConfigError: naming ``optim.<key>``, ``trainer.compile`` or ``evaluate.<key>``.
         DataError: if ``evaluate.root`` is set but not a folder.
     """
     from rsfm.data.base import check_folder
@@ -527,6 +528,15 @@ def check_sections(recipe: dict[str, Any]) -> None:
 
     if recipe.get("optim") is not None:
         OptimConfig(**recipe["optim"])
+    trainer = recipe.get("trainer") or {}
+    if trainer.get("compile") and str(trainer.get("strategy")).startswith("fsdp"):
+        # FSDP gathers each block's weights in hooks around the block's forward: inside one fullgraph
+        # graph they cannot run (torch.compile stops on FSDP's stream handling)
+        raise ConfigError(
+            f"trainer.compile: not with trainer.strategy={trainer['strategy']} (FSDP's per-block weight gathering "
+            "cannot run inside the one compiled graph of a step); use trainer.strategy=ddp with trainer.compile, "
+            "or trainer.compile=false with FSDP"
+        )
     ev = recipe.get("evaluate")
     if ev and ev.get("enabled"):
         unknown = [p for p in ev.get("protocols") or [] if p not in EVAL_PROTOCOLS]
