@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="device of --decode device (and of the model rows' note; the model rows run on the CPU)",
+        help="where --decode device decodes and augments (the model rows always train on the CPU)",
     )
     args = p.parse_args(argv)
 
