@@ -22,11 +22,12 @@ SETTINGS = {"img_size": 48, "batch_size": 8, "seed": 7, "pin_memory": False, "te
 
 @pytest.fixture(scope="module")
 def tree(aid_subset) -> Path:
-    """30 AID JPEGs of three classes, plus one file of each kind the device path must hand back to the workers.
+    """30 AID JPEGs of three classes, plus the files the device path must tell apart.
 
-    ``Beach``: a PNG, a greyscale JPEG, a CMYK JPEG, a truncated JPEG (its first half), a JPEG
-    with bytes after its end-of-image marker, and a JPEG whose entropy data is overwritten
-    (header and end marker intact, so it is deferred to the device and fails there).
+    ``Beach``: handed back to the workers, a PNG, a CMYK JPEG, a truncated JPEG (its first
+    half) and a JPEG with bytes after its end-of-image marker; deferred to the device, a
+    greyscale JPEG and a JPEG whose entropy data is overwritten (header and end marker intact,
+    so only the decoder finds it broken).
     """
     root = aid_subset(("Beach", "Forest", "Port"), 10, copy=True)
     source = sorted((root / "Beach").glob("*.jpg"))[0]
@@ -97,13 +98,14 @@ def test_later_epochs_and_hflip_follow_the_seed(tree: Path) -> None:
     for dm in (workers, device):
         dm.setup("fit")
     w_ds, d_ds = workers.datasets["train"], device.datasets["train"]
-    flips = 0
+    flips, crops = 0, {0: [], 1: []}
     for index in range(len(d_ds)):
         for epoch in (0, 1):
             item = d_ds[(index, epoch)]
             if "skipped" in item:
                 continue
             flips += int(item["params"][4])
+            crops[epoch].append(item["params"][:4].tolist())
             batch = decode_and_augment(collate_deferred([item]), "cpu", SETTINGS["img_size"])
             expected = w_ds[(index, epoch)]
             if "skipped" in expected:  # garbled.jpg: only the device finds out
@@ -111,6 +113,7 @@ def test_later_epochs_and_hflip_follow_the_seed(tree: Path) -> None:
                 continue
             assert torch.equal(batch["image"][0], expected["image"])
     assert flips > 0
+    assert len(crops[0]) == len(crops[1]) > 20 and crops[0] != crops[1]
 
 
 def test_all_skipped_batch_is_empty_with_the_image_shape() -> None:
