@@ -284,13 +284,19 @@ def test_a_custom_rule_is_applied_counted_and_named(datasets, tmp_path) -> None:
     assert "| sandy |" in (out / "report.md").read_text()
 
 
-def test_two_dask_workers_give_the_same_manifest_as_one(datasets, tmp_path) -> None:
+def _mixed_source(datasets: Path, tmp_path: Path) -> Path:
+    """Six AID JPEGs, a GeoTIFF scene and a dark PNG (excluded) in one folder tree."""
     src = tmp_path / "src"
     (src / "Forest").mkdir(parents=True)
     for f in sorted((datasets / "aid" / "Forest").glob("*.jpg"))[:6]:
         shutil.copy(f, src / "Forest")
     shutil.copy(datasets / "scenes" / "RGB.byte.tif", src)
     Image.new("RGB", (100, 100), (7, 7, 7)).save(src / "Forest" / "dark.png")
+    return src
+
+
+def test_two_dask_workers_give_the_same_manifest_as_one(datasets, tmp_path) -> None:
+    src = _mixed_source(datasets, tmp_path)
     one = curate([CurateInput(root=str(src))], tmp_path / "one", tiling=TILING, progress=lambda _: None)
     two = curate(
         [CurateInput(root=str(src))],
@@ -305,7 +311,14 @@ def test_two_dask_workers_give_the_same_manifest_as_one(datasets, tmp_path) -> N
     )
     for chunk in (tmp_path / "one" / "shards").glob("*.bin"):
         assert (tmp_path / "two" / "shards" / chunk.name).read_bytes() == chunk.read_bytes()
-    # a running scheduler, as on a cluster (executor.scheduler): the same output again
+
+
+# a second process pool: with -m slow only (CI's 20-minute budget)
+@pytest.mark.slow
+def test_a_running_scheduler_gives_the_same_manifest(datasets, tmp_path) -> None:
+    """``executor.scheduler`` (a running Dask cluster, as on a cluster): the one-process output again."""
+    src = _mixed_source(datasets, tmp_path)
+    one = curate([CurateInput(root=str(src))], tmp_path / "one", tiling=TILING, progress=lambda _: None)
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
