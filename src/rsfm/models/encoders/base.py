@@ -100,9 +100,9 @@ class Encoder(nn.Module, metaclass=abc.ABCMeta):
         """Channels of each map of :meth:`forward_intermediates`."""
 
     @property
+    @abc.abstractmethod
     def strides(self) -> list[int]:
         """Stride of each map of :meth:`forward_intermediates`, pixels."""
-        raise NotImplementedError
 
     @property
     def input_multiple(self) -> int:
