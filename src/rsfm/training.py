@@ -14,6 +14,7 @@ printed when a run diverges: lower the rate and rerun).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from typing import Any
 
@@ -32,7 +33,7 @@ def step_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-class TrainingModule(L.LightningModule):
+class TrainingModule(L.LightningModule, metaclass=abc.ABCMeta):
     """Base of rsfm's LightningModules.
 
     Subclasses call ``super().__init__()``, save hyper-parameters including ``optim`` (a plain
@@ -106,9 +107,9 @@ class TrainingModule(L.LightningModule):
         """Factor of ``blr`` scaling (a method's; 1 by default)."""
         return 1.0
 
+    @abc.abstractmethod
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
         """Parameter groups with their ``lr`` and ``weight_decay`` (subclasses)."""
-        raise NotImplementedError
 
     def configure_optimizers(self) -> dict[str, Any]:
         """The optimiser of ``optim`` and its per-step warmup + cosine schedule."""

@@ -14,6 +14,9 @@ class Module(TrainingModule):
         super().__init__()
         self.save_hyperparameters()
 
+    def optimizer_groups(self, lr: float) -> list:
+        return [{"params": [], "lr": lr}]
+
 
 def _draw(module: Module, step: int, batch_idx: int, accumulate: int, rank: int = 0, shared: bool = False) -> float:
     module._trainer = SimpleNamespace(global_step=step, accumulate_grad_batches=accumulate, global_rank=rank)

@@ -380,3 +380,28 @@ def test_change_head_rejects_bad_options():
     ):
         with pytest.raises(ConfigError, match=match):
             ChangeHead(**kwargs)
+
+
+def test_a_head_without_its_loss_or_metrics_cannot_be_made():
+    """The head, metric and neck interfaces are abstract: a subclass missing a method fails when made, naming it."""
+    from rsfm.models.heads.base import Head, HeadMetrics
+    from rsfm.models.necks import Neck
+
+    class NoLoss(Head):
+        def forward(self, features, batch=None):
+            return features
+
+        def make_metrics(self):
+            return DetectionMetricSet([])
+
+    class NoCompute(HeadMetrics):
+        def update(self, preds, batch):
+            pass
+
+    class NoForward(Neck):
+        def build(self, in_channels, strides):
+            pass
+
+    for cls, missing in ((NoLoss, "loss"), (NoCompute, "compute"), (NoForward, "forward")):
+        with pytest.raises(TypeError, match=missing):
+            cls()

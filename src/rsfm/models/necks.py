@@ -14,6 +14,7 @@ and built by the task once the encoder's channels and strides are known (:meth:`
 
 from __future__ import annotations
 
+import abc
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -25,7 +26,7 @@ from rsfm.utils.registry import NECKS
 __all__ = ["FPN", "Neck", "SimpleFeaturePyramid"]
 
 
-class Neck(nn.Module):
+class Neck(nn.Module, metaclass=abc.ABCMeta):
     """Base of the necks: options in ``__init__``, layers in :meth:`build`.
 
     After :meth:`build`, :attr:`out_channels` and :attr:`strides` describe the maps that
@@ -37,13 +38,13 @@ class Neck(nn.Module):
         self.out_channels: list[int] = []
         self.strides: list[int] = []
 
+    @abc.abstractmethod
     def build(self, in_channels: Sequence[int], strides: Sequence[int]) -> None:
         """Create the layers for maps of ``in_channels`` at ``strides`` (pixels)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def forward(self, maps: list[Tensor]) -> list[Tensor]:
         """Maps of the encoder → maps for the heads, finest first."""
-        raise NotImplementedError
 
 
 @NECKS.register

@@ -25,6 +25,7 @@ optionally :meth:`Head.predict` (inference on whole images) and :meth:`Head.rend
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -68,7 +69,7 @@ class Features:
         return x[..., :h, :w]
 
 
-class HeadMetrics(nn.Module):
+class HeadMetrics(nn.Module, metaclass=abc.ABCMeta):
     """Interface of the metrics a head makes: accumulate over batches (and ranks), then score.
 
     ``update(preds, batch)`` adds a batch (``preds`` from :meth:`Head.predict`);
@@ -84,13 +85,13 @@ class HeadMetrics(nn.Module):
     #: the scalar names ``compute()`` returns, e.g. ``("mIoU", "OA", "mF1")``
     names: tuple[str, ...] = ()
 
+    @abc.abstractmethod
     def update(self, preds: Any, batch: Mapping[str, Any]) -> None:
         """Add one batch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def compute(self) -> dict[str, float]:
         """Scalars to log (percent)."""
-        raise NotImplementedError
 
     def report(self) -> dict[str, Any]:
         """JSON-ready scores, per class where it applies (percent)."""
@@ -103,7 +104,7 @@ class HeadMetrics(nn.Module):
                 m.reset()
 
 
-class Head(nn.Module):
+class Head(nn.Module, metaclass=abc.ABCMeta):
     """Base of the task heads.
 
     Args:
@@ -160,13 +161,13 @@ class Head(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def forward(self, features: Features, batch: Mapping[str, Any] | None = None) -> Any:
         """Raw outputs (logits) of a batch's features."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, features: Features, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Named, unweighted loss terms of one training batch (the task weights their sum)."""
-        raise NotImplementedError
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -178,9 +179,9 @@ class Head(nn.Module):
         """
         return self(model.features(batch, self), batch)
 
+    @abc.abstractmethod
     def make_metrics(self) -> HeadMetrics:
         """A fresh :class:`HeadMetrics` for this head."""
-        raise NotImplementedError
 
     def want_visual(self, batch: Mapping[str, Any], index: int, preds: Any) -> bool:
         """Whether to keep sample ``index`` of a test batch for the PNGs (default: yes)."""

@@ -16,6 +16,7 @@ the model always sees inputs of the training size. Metrics (percent): ``mIoU``, 
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -167,9 +168,9 @@ class SegmentationHead(Head):
             raise ConfigError(f"model.heads: stride must be in (0, {self.window}] (the crop size), got {step}")
         self.step = step
 
+    @abc.abstractmethod
     def logits(self, features: Features, key: str = "image") -> Tensor:
         """``(B, K, h, w)`` logits at the head's own resolution (subclasses)."""
-        raise NotImplementedError
 
     def forward(self, features: Features, batch: Mapping[str, Any] | None = None) -> Tensor:
         """``(B, K, H, W)`` float logits at the input resolution (bilinear upsampling)."""
