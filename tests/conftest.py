@@ -1,6 +1,25 @@
+import os
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, share the machine's cores between the test processes.
+
+    Each of the ``-n`` workers runs torch (and the subprocesses its tests start, through
+    ``OMP_NUM_THREADS``) on ``cores // workers`` threads: on CI's 2 cores, one each, instead of
+    two workers of two threads contending for two cores.
+    """
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return
+    import torch
+
+    threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    torch.set_num_threads(threads)
+
 
 #: Real data shared by the project (never copied into the repo): ../shared/datasets.
 DATASETS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets").resolve()
