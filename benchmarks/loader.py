@@ -11,12 +11,14 @@ see ``benchmarks/throughput.py``), so a recipe's ``num_workers`` can be read off
 smallest count whose loader outpaces the model. Each loader runs with ``data.decode:
 workers`` (decode and augment in the workers) and ``data.decode: device`` (JPEGs decoded,
 every image cropped and resized, on ``--device`` when the batch reaches it; on a CPU that
-work lands in the training process).
+work lands in the training process). The model rows train on ``--device`` too (bf16 autocast on
+a GPU, as ``rsfm pretrain`` trains there).
 
     python benchmarks/loader.py                                   # ViT-Tiny/8 at 112 px, batch 128 (the CPU recipes)
     python benchmarks/loader.py --workers 0 1 2 4 --images 3000
     python benchmarks/loader.py --images 300 --batches 3 --rounds 1 --workers 0 1   # smoke
     python benchmarks/loader.py --decode workers device --device cuda               # data.decode on a GPU
+    python benchmarks/loader.py --sources folder    # without shards (no curation dependencies needed)
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rsfm.curation.config import CurateInput, DedupConfig  # noqa: E402
-from rsfm.curation.pipeline import curate  # noqa: E402
 from rsfm.data.pretrain import PretrainDataModule  # noqa: E402
 from throughput import build, load_batch, train_steps  # noqa: E402
 
@@ -114,14 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="where --decode device decodes and augments (the model rows always train on the CPU)",
+        help="where --decode device decodes and augments, and where the model rows train",
+    )
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        choices=["folder", "shards"],
+        default=["folder", "shards"],
+        help="the folder of images and/or the sharded corpus curated from it",
     )
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = subset(args.data, args.images, Path(tmp) / "images")
         corpus = args.corpus
-        if corpus is None:
+        if corpus is None and "shards" in args.sources:
+            from rsfm.curation.config import CurateInput, DedupConfig
+            from rsfm.curation.pipeline import curate
+
             corpus = Path(tmp) / "corpus"
             t = time.perf_counter()
             # no deduplication: the corpus holds exactly the folder's images, so both loaders read the same set
@@ -132,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress=lambda _: None,
             )
             print(f"curated {result.kept} images into shards in {time.perf_counter() - t:.1f} s")
-        sources = {"folder": {"root": str(folder)}, "shards": {"shards": str(corpus)}}
+        every = {"folder": {"root": str(folder)}, "shards": {"shards": str(corpus)}}
+        sources = {name: every[name] for name in args.sources}
         variants = [(name, decode) for decode in args.decode for name in sources]
         rates: dict[tuple[str, str, int], list[float]] = {}
         firsts: dict[tuple[str, str, int], list[float]] = {}
@@ -144,21 +155,26 @@ def main(argv: list[str] | None = None) -> int:
                     firsts.setdefault((name, decode, workers), []).append(first)
 
         model = {}
-        x = load_batch(args.data, args.batch_size, args.img_size)
+        x = load_batch(args.data, args.batch_size, args.img_size).to(args.device)
+        amp = torch.device(args.device).type == "cuda"
         for method in ("mae", "selective_mae"):
-            task, opt = build(method, args.size, args.img_size, args.patch_size, args.batch_size, "cpu")
-            train_steps(task, opt, x, 1, False)  # warm-up
-            model[method] = args.batch_size * args.model_steps / train_steps(task, opt, x, args.model_steps, False)
+            task, opt = build(method, args.size, args.img_size, args.patch_size, args.batch_size, args.device)
+            train_steps(task, opt, x, 1, amp)  # warm-up
+            model[method] = args.batch_size * args.model_steps / train_steps(task, opt, x, args.model_steps, amp)
+            del task, opt
 
+    where = f"CPU, {torch.get_num_threads()} threads" if args.device == "cpu" else f"model on {args.device}, bf16"
     print(
-        f"\n## Loader vs model (CPU, {torch.get_num_threads()} threads; {args.images} AID images, "
+        f"\n## Loader vs model ({where}; {args.images} AID images, "
         f"{args.img_size} px, batch {args.batch_size}; ViT-{args.size}/{args.patch_size})\n"
     )
     labels = [name if decode == "workers" else f"{name}, decoded on {args.device}" for name, decode in variants]
-    ratios = [
-        ("shards / folder" + (f" ({d})" if len(args.decode) > 1 else ""), ("shards", d), ("folder", d))
-        for d in args.decode
-    ]
+    ratios = []
+    if len(sources) == 2:
+        ratios += [
+            ("shards / folder" + (f" ({d})" if len(args.decode) > 1 else ""), ("shards", d), ("folder", d))
+            for d in args.decode
+        ]
     if len(args.decode) == 2:
         ratios += [(f"{args.device} / workers ({n})", (n, "device"), (n, "workers")) for n in sources]
     header = ["workers", *(f"{label} img/s" for label in labels), *(r[0] for r in ratios)]

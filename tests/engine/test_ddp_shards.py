@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from engine_helpers import PRETRAIN, REPO, aid_pretrain_args, checkpoint
 
 from rsfm.data.shards import ShardCorpus
@@ -43,9 +42,8 @@ pretrain(load_recipe("pretrain", recipe, overrides), callbacks=[RecordIds(out)])
 """
 
 
-# two real processes (gloo): about 30 s, with -m slow only (CI's 20-minute budget); the ranks' shares of a
-# corpus are checked in-process by tests/data/test_shards.py::test_ranks_share_the_training_tiles
-@pytest.mark.slow
+# two real processes (gloo), about 30 s; the ranks' shares of a corpus are also checked in-process by
+# tests/data/test_shards.py::test_ranks_share_the_training_tiles
 def test_ddp_on_shards_sees_every_training_tile_once_per_epoch(tmp_path: Path, datasets: Path, aid_subset) -> None:
     # 60 tiles, 12 held out: 48 training tiles = 2 ranks x 6 batches x 4, so nothing is dropped
     corpus = folder_corpus(aid_subset(("Beach", "Forest", "Port"), 20), tmp_path / "corpus")

@@ -19,11 +19,10 @@ TASKS = [
 ]
 
 
-SLOW_TASKS = ("detection_nepu", "rotated_detection_dota", "change_detection_levir")
+SLOW_TASKS = ("detection_nepu", "rotated_detection_dota")
 
 
-# the slowest two (detectors) and change detection (the same resume path as segmentation) with -m slow only
-# (CI's 20-minute budget)
+# the slowest two (detectors) with -m slow only (CI's 20-minute budget)
 @pytest.mark.parametrize(
     "name",
     [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TASKS else n for n in TASKS],

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The measurements and checks that need a CUDA GPU, as one command that fits a short loan of a
+# GPU machine (one call of at most 10 minutes). That machine is expected to hold PyTorch,
+# torchvision, timm, Lightning and torchmetrics, but neither rsfm's other dependencies nor
+# ../shared/datasets, so the checks below use only what those packages cover, and the images
+# travel with the working tree:
+#
+#   benchmarks/gpu_checks.sh prepare        # here: copies AID JPEGs (and, if present, the authors'
+#                                           # model code) into .gpu/, which git ignores (~20 MB)
+#   benchmarks/gpu_checks.sh run OUT [STEP...]   # there: runs the steps (default: all), logs into OUT
+#
+# The steps, each under its own time limit, going on when one fails (its exit status is logged).
+# All of them take up to about 11 minutes, more than one call allows: run them in two calls,
+# `run $OUT device decode throughput` (up to ~8 min), then `run $OUT loader rotated_ops`.
+#   1. the device, torch and the packages found;
+#   2. JPEG decoding on the GPU (data.decode: device, nvJPEG) against the workers' decoding
+#      (tests/data/test_device_decode.py but its LitData corpus test, the CUDA test included);
+#   3. benchmarks/throughput.py at batch 128, 256 and 512: MAE and SelectiveMAE, eager and
+#      compiled (trainer.compile), bf16, TFLOP/s and MFU, the token selection alone, and the
+#      authors' models when prepare found them (OFFICIAL_MAE, OFFICIAL_SMAE);
+#   4. benchmarks/loader.py from a folder, decoded in the workers vs on the GPU, per worker count,
+#      beside the model's training images/s on the GPU;
+#   5. benchmarks/rotated_ops.py --device cuda.
+# Environment: PYTHON (default python3), OFFICIAL_MAE and OFFICIAL_SMAE (for prepare: folders of
+# the authors' MAE and SelectiveMAE repositories).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the same commands
+STAGE=.gpu
+
+prepare() {
+    local aid=../shared/datasets/aid
+    [ -d "$aid" ] || { echo "prepare: $aid not found" >&2; exit 1; }
+    rm -rf "$STAGE" && mkdir -p "$STAGE/aid"
+    # every 5th image of each AID class: 1,400 JPEGs of 30 classes
+    for class in "$aid"/*/; do
+        name=$(basename "$class")
+        mkdir -p "$STAGE/aid/$name"
+        ls "$class" | grep -i '\.jpg$' | sort | awk 'NR % 5 == 1' | while read -r f; do
+            cp "$class/$f" "$STAGE/aid/$name/"
+        done
+    done
+    for pair in "mae:${OFFICIAL_MAE:-}" "smae:${OFFICIAL_SMAE:-}"; do
+        local dest=${pair%%:*} src=${pair#*:}
+        [ -n "$src" ] || continue
+        [ -d "$src" ] || { echo "prepare: $src not found" >&2; exit 1; }
+        mkdir -p "$STAGE/official/$dest"
+        cp "$src"/*.py "$STAGE/official/$dest/"
+        [ -d "$src/util" ] && cp -r "$src/util" "$STAGE/official/$dest/"
+    done
+    # not on that machine, so their wheels travel: torchdata (rsfm's resumable loader, pure Python)
+    # and shapely (rotated_ops' reference; built for that machine's CPython 3.12 on x86-64)
+    local pkg version
+    for pkg in torchdata shapely; do
+        version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$pkg'))") || exit 1
+        .venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d "$STAGE/wheels" \
+            --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+            --platform manylinux2014_x86_64 "$pkg==$version" || exit 1
+    done
+    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+    echo "prepared $(find "$STAGE/aid" -name '*.jpg' | wc -l) JPEGs, $(du -sh "$STAGE" | cut -f1) in $STAGE/"
+    echo "on the GPU machine, carrying $STAGE: benchmarks/gpu_checks.sh run \$OUT device decode throughput, then run \$OUT loader rotated_ops"
+}
+
+step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log to OUT/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT_DIR/summary.txt"
+}
+
+run() {
+    OUT_DIR=${1:?usage: benchmarks/gpu_checks.sh run OUT [STEP...]}
+    shift
+    local steps=("$@")
+    [ ${#steps[@]} -gt 0 ] || steps=(device decode throughput loader rotated_ops)
+    for s in "${steps[@]}"; do
+        case $s in
+            device | decode | throughput | loader | rotated_ops) ;;
+            *) echo "run: unknown step '$s' (device, decode, throughput, loader, rotated_ops)" >&2; exit 2 ;;
+        esac
+    done
+    mkdir -p "$OUT_DIR"
+    : > "$OUT_DIR/summary.txt"
+    [ -d "$STAGE/aid" ] || { echo "run: $STAGE/aid not found: run 'benchmarks/gpu_checks.sh prepare' first and carry $STAGE" >&2; exit 1; }
+    local wheel
+    for wheel in "$STAGE"/wheels/*.whl; do  # one by one: a wheel built for another Python is skipped, named
+        "$PYTHON" -m pip install -q --no-index --no-deps --target /tmp/rsfm_site "$wheel" \
+            || echo "run: $wheel does not install here" >&2
+    done
+    export PYTHONPATH="$PWD/src:/tmp/rsfm_site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    # the tests and benchmarks read ../shared/datasets/aid
+    if [ ! -e ../shared/datasets/aid ]; then
+        mkdir -p ../shared/datasets && ln -s "$PWD/$STAGE/aid" ../shared/datasets/aid \
+            || echo "run: could not link ../shared/datasets/aid: the decode tests will be skipped" >&2
+    fi
+    local official=()
+    [ -d "$STAGE/official/mae" ] && official+=(--official-mae "$STAGE/official/mae")
+    [ -d "$STAGE/official/smae" ] && official+=(--official-smae "$STAGE/official/smae")
+
+    want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
+
+    want device && step device 30 bash -c "nvidia-smi -L; $PYTHON -c 'import torch, torchvision, timm, lightning, torchmetrics as m; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0)); print(\"torchvision\", torchvision.__version__, \"timm\", timm.__version__, \"lightning\", lightning.__version__, \"torchmetrics\", m.__version__)'"
+    # (its corpus test needs litdata, which is not on that machine: the folder tests cover the decoding)
+    want decode && step decode 90 "$PYTHON" -m pytest -n 0 -p no:cacheprovider -q tests/data/test_device_decode.py \
+        -k "not corpus"
+    want throughput && for batch in 128 256 512; do
+        step "throughput_b$batch" 120 "$PYTHON" benchmarks/throughput.py --data "$STAGE/aid" --device "$DEVICE" --batch-size "$batch" \
+            --compile --selection --rounds 3 --json "$OUT_DIR/throughput_b$batch.json" "${official[@]}"
+    done
+    want loader && step loader 150 "$PYTHON" benchmarks/loader.py --data "$STAGE/aid" --device "$DEVICE" --sources folder --images 1400 --img-size 224 \
+        --size base --patch-size 16 --workers 0 2 4 8 --batches 6 --rounds 2
+    want rotated_ops && step rotated_ops 60 "$PYTHON" benchmarks/rotated_ops.py --device "$DEVICE"
+    echo "== done"; cat "$OUT_DIR/summary.txt"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: benchmarks/gpu_checks.sh prepare | run OUT [STEP...]" >&2; exit 2 ;;
+esac
