@@ -6,8 +6,9 @@
 # travel with the working tree:
 #
 #   benchmarks/gpu_checks.sh prepare        # here: copies AID JPEGs (and, if present, the authors'
-#                                           # model code) into .gpu/, which git ignores (~20 MB)
-#   benchmarks/gpu_checks.sh run OUT [STEP...]   # there: runs the steps (default: all), logs into OUT
+#                                           # model code) into .gpu/, which git ignores (~26 MB)
+#   benchmarks/gpu_checks.sh run OUT [STEP...]   # there: runs the steps (default: all); OUT gets
+#                                           # log.txt, summary.txt and the throughput JSONs
 #
 # The steps, each under its own time limit, going on when one fails (its exit status is logged).
 # All of them take up to about 11 minutes, more than one call allows: run them in two calls,
@@ -63,12 +64,13 @@ prepare() {
     echo "on the GPU machine, carrying $STAGE: benchmarks/gpu_checks.sh run \$OUT device decode throughput, then run \$OUT loader rotated_ops"
 }
 
-step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, log to OUT/NAME.log
+step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, its output added to OUT/log.txt
     local name=$1 limit=$2
     shift 2
     echo "== $name (limit ${limit}s): $*"
     local t0=$SECONDS
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log"
+    echo "== $name: $*" >> "$OUT_DIR/log.txt"
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT_DIR/log.txt"
     local rc=${PIPESTATUS[0]}
     echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT_DIR/summary.txt"
 }
@@ -86,6 +88,7 @@ run() {
     done
     mkdir -p "$OUT_DIR"
     : > "$OUT_DIR/summary.txt"
+    : > "$OUT_DIR/log.txt"
     [ -d "$STAGE/aid" ] || { echo "run: $STAGE/aid not found: run 'benchmarks/gpu_checks.sh prepare' first and carry $STAGE" >&2; exit 1; }
     local wheel
     for wheel in "$STAGE"/wheels/*.whl; do  # one by one: a wheel built for another Python is skipped, named
