@@ -16,7 +16,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     import torch
 
-    threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # not on macOS
+    threads = max(1, cores // int(workers))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     torch.set_num_threads(threads)
 
