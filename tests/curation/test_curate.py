@@ -313,8 +313,6 @@ def test_two_dask_workers_give_the_same_manifest_as_one(datasets, tmp_path) -> N
         assert (tmp_path / "two" / "shards" / chunk.name).read_bytes() == chunk.read_bytes()
 
 
-# a second process pool: with -m slow only (CI's 20-minute budget)
-@pytest.mark.slow
 def test_a_running_scheduler_gives_the_same_manifest(datasets, tmp_path) -> None:
     """``executor.scheduler`` (a running Dask cluster, as on a cluster): the one-process output again."""
     src = _mixed_source(datasets, tmp_path)

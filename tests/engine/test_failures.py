@@ -72,9 +72,6 @@ def test_nan_at_a_non_logging_step_keeps_last_good_checkpoint(tmp_path: Path, da
     assert final["global_step"] == 6 and finite(final) and Path(result["encoder"]).is_file()
 
 
-# with -m slow only (CI's 20-minute budget): divergence, the last good checkpoint and the rerun stay covered by
-# default by test_nan_at_a_non_logging_step_keeps_last_good_checkpoint
-@pytest.mark.slow
 def test_diverging_learning_rate_then_lower_rate_finishes(tmp_path: Path, datasets: Path, capsys) -> None:
     args = small(tmp_path, datasets, "checkpoint.every_n_train_steps=1", "optim.warmup_epochs=0")
     assert main(["pretrain", "--config", str(RECIPE), *args, "optim.blr=1e6"]) == 2
