@@ -58,3 +58,29 @@ def test_curate_from_a_recipe_with_a_custom_rule(datasets, tmp_path, capsys) -> 
     rows = pq.read_table(tmp_path / "corpus" / "manifest.parquet").to_pylist()
     assert {r["rule"] for r in rows if r["source"].startswith("Forest/")} == {None}
     assert any(r["rule"] == "sandy" for r in rows)
+
+
+def test_bad_settings_fail_before_any_file_is_read_and_leave_nothing(datasets, tmp_path, capsys) -> None:
+    """Each of these used to fail after every file was processed, or not at all (``dedup: false``)."""
+    aid = datasets / "aid" / "Desert"
+    recipe = tmp_path / "curate.yaml"
+    recipe.write_text(yaml.safe_dump({"inputs": [{"root": str(aid)}], "output": str(tmp_path / "corpus")}))
+    cases = {
+        "dedup.phash_threshold=-3": "dedup.phash_threshold must be in [0, 63] bits, got -3",
+        "dedup.embedding_threshold=2": "dedup.embedding_threshold must be in (0, 1], got 2.0",
+        f"dedup.embedding_encoder={tmp_path / 'none.safetensors'}": "dedup.embedding_encoder: encoder export not found",
+        f"inputs=[{{root: {aid}, percentiles: [5]}}]": "inputs[0].percentiles must be [low, high]",
+        f"inputs=[{{root: {aid}, raster_scale: abc}}]": "inputs[0].raster_scale must be 'auto' or a positive divisor",
+        f"inputs=[{{root: {tmp_path / 'missing'}}}]": "inputs[0].root: folder not found",
+        f"inputs=[{{root: {aid}, bands: [0, 1, 2, 3]}}, {{root: {datasets / 'loveda'}}}]": (
+            "every input must give the same number of bands (a corpus is read as one tensor shape): "
+            "got inputs[0] 4, inputs[1] 3"
+        ),
+    }
+    for override, expected in cases.items():
+        assert main(["curate", "--config", str(recipe), override]) == 2, override
+        assert expected in capsys.readouterr().err, override
+        assert not (tmp_path / "corpus").exists(), override
+    recipe.write_text(recipe.read_text() + "dedup: false\n")
+    assert main(["curate", "--config", str(recipe)]) == 2
+    assert f"{recipe}: dedup: expected a mapping of dedup options" in capsys.readouterr().err

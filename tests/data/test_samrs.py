@@ -24,7 +24,7 @@ from rsfm.data.multitask import MultiTaskDataset, SAMRSSource, find_layout
 from rsfm.data.rotated import HIT_UAV_CLASSES, HITUAVDataModule, rolabelimg_records
 from rsfm.data.samrs import box_mask, build_samrs
 from rsfm.ops.obb import regularize_obb
-from rsfm.utils.errors import CheckpointError, ConfigError, DataError
+from rsfm.utils.errors import CheckpointError, ConfigError, DataError, OutputError
 
 ONE_THREAD = True
 #: images of HIT-UAV's val list written by the CLI test
@@ -335,3 +335,20 @@ def test_horizontal_layout(datasets: Path, tmp_path: Path) -> None:
     assert src.tasks == ("semantic", "instance") and src.classes == ["oilwell"]
     s = MultiTaskDataset(src, ".")[0]
     assert len(s["boxes"]) > 0 and set(s["mask"].unique().tolist()) == {0, 1}
+
+
+def test_a_second_run_replaces_the_first_set(originals, tmp_path: Path) -> None:
+    records, classes = originals
+    out = tmp_path / "set"
+    build_samrs(records, classes, out, images="symlink")
+    assert len(list((out / "gray").iterdir())) == len(records)
+    (out / "gray" / "left_by_a_killed_run.png").write_bytes(b"")
+    m = build_samrs(records[:1], classes, out, images="symlink")  # e.g. --limit 1 into the same folder
+    assert m["counts"]["images"] == 1 and not (out / ".samrs-incomplete").exists()
+    for folder in ("images", "gray", "rbbtxts"):
+        assert [p.stem for p in (out / folder).iterdir()] == [records[0].id], folder
+    assert [Path(r.image).stem for r in SAMRSSource(out).records(None)] == [records[0].id]
+    (out / "manifest.json").unlink()  # no longer recognisably a set of rsfm samrs: never deleted
+    with pytest.raises(OutputError, match="images: already holds files that rsfm samrs did not write"):
+        build_samrs(records, classes, out, images="symlink")
+    assert (out / "images" / Path(records[0].image).name).is_symlink()

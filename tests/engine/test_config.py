@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ import yaml
 from engine_helpers import FINETUNE, PRETRAIN, REPO
 
 from rsfm.cli import main
-from rsfm.engine.config import format_parse_error, load_recipe, normalise_overrides
+from rsfm.engine.config import TrainerConfig, format_parse_error, load_recipe, normalise_overrides
 from rsfm.utils.errors import ConfigError, DataError
 
 RECIPES = [("finetune", p) for p in sorted(FINETUNE.glob("*.yaml"))] + [
@@ -130,6 +131,28 @@ def test_misspelt_keys_inside_the_file_are_named(tmp_path: Path) -> None:
     bad.write_text("trainer:\n  max_epochs: [1,\n")
     with pytest.raises(ConfigError, match=rf"{bad}:3:1: YAML syntax error"):
         load_recipe("finetune", bad)
+
+
+@pytest.mark.parametrize(("section", "value"), [("trainer", 5), ("checkpoint", False), ("optim", ["a"]), ("viz", 2)])
+def test_a_section_written_as_a_plain_value_is_named(section: str, value: object, tmp_path: Path) -> None:
+    """jsonargparse lets ``checkpoint: false`` replace the whole section; a recipe file may not."""
+    data = yaml.safe_load((PRETRAIN / "mae_vit_tiny.yaml").read_text())
+    data[section] = value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"{bad}: {section}: expected a mapping of {section} options"):
+        load_recipe("pretrain", bad)
+
+
+def test_an_empty_section_takes_its_defaults_then_the_overrides(tmp_path: Path) -> None:
+    data = yaml.safe_load((PRETRAIN / "mae_vit_tiny.yaml").read_text())
+    data["trainer"] = None  # `trainer:` with every option commented out
+    recipe = tmp_path / "empty_trainer.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    defaults = dataclasses.asdict(TrainerConfig())
+    assert load_recipe("pretrain", recipe)["trainer"] == defaults
+    trainer = load_recipe("pretrain", recipe, ["trainer.max_epochs=2"])["trainer"]
+    assert trainer == {**defaults, "max_epochs": 2}
 
 
 def test_optim_lr_means_one_thing() -> None:

@@ -23,6 +23,10 @@ class CurateInput:
         percentiles: ``[low, high]`` of the ``'auto'`` stretch.
         include: glob patterns (``fnmatch``) on the path relative to ``root``; a file is an
             input only if it matches one (None: every image file), e.g. ``['*/images/*']``.
+
+    Raises:
+        ValueError: naming the field, for ``percentiles`` that are not ``[low, high]`` within
+            [0, 100] or a ``raster_scale`` that is neither ``'auto'`` nor a positive number.
     """
 
     root: str
@@ -31,6 +35,17 @@ class CurateInput:
     raster_scale: str | float = "auto"
     percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
     include: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise ValueError(f"percentiles must be [low, high] with 0 <= low < high <= 100, got {self.percentiles}")
+        if self.raster_scale != "auto":
+            try:
+                scale = float(self.raster_scale)
+            except (TypeError, ValueError):
+                scale = float("nan")
+            if not scale > 0:
+                raise ValueError(f"raster_scale must be 'auto' or a positive divisor, got {self.raster_scale!r}")
 
 
 @dataclass
@@ -56,6 +71,10 @@ class DedupConfig:
         embedding_threshold: cosine similarity of an embedding duplicate, (0, 1].
         embedding_img_size: side the tiles are resized to for the encoder, pixels.
         embedding_batch_size: tiles per encoder batch.
+
+    Raises:
+        ValueError: naming ``dedup.<field>`` for a value out of its range, when the recipe is
+            read rather than after hours of hashing.
     """
 
     exact: bool = True
@@ -70,6 +89,18 @@ class DedupConfig:
     embedding_threshold: float = 0.97
     embedding_img_size: int = 224
     embedding_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("phash_threshold", "dhash_threshold"):
+            if not 0 <= getattr(self, name) <= 63:
+                raise ValueError(f"dedup.{name} must be in [0, 63] bits, got {getattr(self, name)}")
+        if not 0.0 < self.embedding_threshold <= 1.0:
+            raise ValueError(f"dedup.embedding_threshold must be in (0, 1], got {self.embedding_threshold}")
+        for name in ("ivf_nprobe", "embedding_img_size", "embedding_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"dedup.{name} must be >= 1, got {getattr(self, name)}")
+        if self.exact_search_limit < 0:
+            raise ValueError(f"dedup.exact_search_limit must be >= 0, got {self.exact_search_limit}")
 
 
 @dataclass

@@ -426,7 +426,7 @@ def curate(
 
     Raises:
         DataError: if an input folder is missing or no file was found.
-        ConfigError: on an invalid setting.
+        ConfigError: on an invalid setting, or inputs giving different numbers of bands.
     """
     t0 = time.perf_counter()
     tiling = tiling or Tiling()
@@ -445,16 +445,19 @@ def curate(
     _parse_bytes(shards.chunk_bytes)  # before hours of work, not after
     if not inputs:
         raise ConfigError("inputs: give at least one input folder")
+    counts = [len(spec.bands) if spec.bands is not None else 3 for spec in inputs]
+    if len(set(counts)) > 1:
+        listed = ", ".join(f"inputs[{i}] {n}" for i, n in enumerate(counts))
+        raise ConfigError(
+            "inputs: every input must give the same number of bands (a corpus is read as one tensor shape): "
+            f"got {listed} (bands: None reads RGB, 3)"
+        )
+    if dedup.embedding_encoder is not None and not Path(dedup.embedding_encoder).is_file():
+        raise DataError(f"dedup.embedding_encoder: encoder export not found: {dedup.embedding_encoder}")
     settings = CurationSettings(tiling, rules, shards, dedup)
-    out = Path(output)
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    from rsfm.utils.files import remove_stale_temporaries
-
-    remove_stale_temporaries(work)  # half-written results of a killed run
     stages: dict[str, float] = {}
 
-    # 1. list
+    # 1. list (before the output folder is made: a wrong input leaves nothing behind)
     sources, empty_rows, input_rules = list_inputs(inputs)
     if not sources and not empty_rows:
         raise DataError(f"inputs: no image file under {[i.root for i in inputs]}")
@@ -464,6 +467,12 @@ def curate(
             raise DataError(f"dedup.eval_sets[{i}]: folder not found: {folder}")
         found, _, _ = list_inputs([CurateInput(root=folder, name=f"eval{i}")])
         eval_sources += found
+    out = Path(output)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    from rsfm.utils.files import remove_stale_temporaries
+
+    remove_stale_temporaries(work)  # half-written results of a killed run
     stages["list"] = time.perf_counter() - t0
     progress(f"curate: {len(sources)} files in {len(inputs)} input(s), {len(eval_sources)} evaluation files")
 
@@ -869,7 +878,14 @@ def curate_recipe(recipe: dict[str, Any], progress: Callable[[str], None] = prin
             message = str(err)
             raise ConfigError(message if message.startswith(f"{name}.") else f"{name}: {message}") from None
 
-    inputs = [CurateInput(**spec) for spec in recipe["inputs"]]
+    inputs = []
+    for i, spec in enumerate(recipe["inputs"]):
+        try:
+            inputs.append(CurateInput(**spec))
+        except ValueError as err:  # names its field
+            raise ConfigError(f"inputs[{i}].{err}") from None
+        except TypeError as err:
+            raise ConfigError(f"inputs[{i}]: {err}") from None
     return curate(
         inputs,
         recipe["output"],

@@ -53,6 +53,10 @@ __all__ = ["SAM_MODELS", "box_mask", "build_samrs", "build_samrs_from_layout", "
 SAM_MODELS = ("vit_h", "vit_l", "vit_b")
 #: how the images of the set are written
 IMAGE_MODES = ("copy", "symlink", "hardlink")
+#: the folders of a set, cleared when a run replaces an earlier set in the same place
+SET_FOLDERS = ("images", "gray", "rbbtxts")
+#: file in the output folder while a run is writing it (removed when the manifest is written)
+PARTIAL_MARKER = ".samrs-incomplete"
 
 
 def box_mask(polygon: np.ndarray | Sequence[float], height: int, width: int) -> np.ndarray:
@@ -215,7 +219,9 @@ def build_samrs(
             (``boxes`` ``(N, 4)`` xyxy pixels), with ``labels`` in ``[0, K)``; difficult
             objects are kept. Rotated input also gets ``rbbtxts/``.
         classes: the ``K`` class names in label order (``K <= 254``: 255 is background).
-        out_dir: output folder (created; files of the same names are replaced).
+        out_dir: output folder (created). An earlier set of ``rsfm samrs`` there, complete or
+            stopped midway, is replaced: its ``images/``, ``gray/`` and ``rbbtxts/`` are emptied
+            first, so the folder holds this run's set only.
         sam: None for box masks; a SAM model, a ``SamPredictor`` or a weights file for SAM
             masks (:func:`sam_predictor`).
         sam_model: encoder size of a weights file: ``vit_h`` (SAMRS's), ``vit_l``, ``vit_b``.
@@ -239,7 +245,8 @@ def build_samrs(
         CheckpointError: if SAM weights are missing or do not fit ``sam_model``.
         DataError: if there are more than 254 classes, a label is outside ``[0, K)``, or an
             image lacks a band of ``raster``.
-        OutputError: if the output folder cannot be written.
+        OutputError: if the output folder cannot be written, or if its ``images/``, ``gray/``
+            or ``rbbtxts/`` hold files that no run of ``rsfm samrs`` wrote.
     """
     from pycocotools import mask as mask_utils
 
@@ -256,6 +263,7 @@ def build_samrs(
     predictor = sam_predictor(sam, sam_model, device) if sam is not None else None
     rotated = bool(records) and hasattr(records[0], "polygons")
     folders = {"images": out / "images", "semantic": out / "gray", "rotated": out / "rbbtxts" if rotated else None}
+    _clear_earlier_set(out)
     for folder in folders.values():
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -373,7 +381,50 @@ def build_samrs(
         "rsfm_version": __version__,
     }
     write_json(out / "manifest.json", manifest)
+    (out / PARTIAL_MARKER).unlink(missing_ok=True)
     return manifest
+
+
+def _clear_earlier_set(out: Path) -> None:
+    """Make ``out`` ready for a new set: remove what an earlier (or interrupted) run wrote there.
+
+    A second run into the same folder must not leave the first run's images and masks beside
+    its own (the set would then list fewer images than ``images/`` holds). The set's folders
+    are cleared only when ``out`` holds a set of ``rsfm samrs`` (its ``manifest.json``) or a run
+    that stopped midway (:data:`PARTIAL_MARKER`); other files there are never deleted.
+
+    Raises:
+        OutputError: naming the folder, if ``images/``, ``gray/`` or ``rbbtxts/`` hold files
+            that no run of ``rsfm samrs`` wrote.
+    """
+    from rsfm.utils.errors import OutputError
+
+    folders = [out / name for name in SET_FOLDERS]
+    used = [f for f in folders if f.is_dir() and any(f.iterdir())]
+    manifest = out / "manifest.json"
+    ours = (out / PARTIAL_MARKER).is_file()
+    if manifest.is_file():
+        try:
+            ours = ours or json.loads(manifest.read_text(encoding="utf-8")).get("format") == "samrs"
+        except (OSError, ValueError, AttributeError):
+            pass
+    if used and not ours:
+        raise OutputError(
+            f"{used[0]}: already holds files that rsfm samrs did not write; give --out an empty or new folder"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PARTIAL_MARKER).write_text("rsfm samrs is writing this set; a later run replaces it\n")
+        for name in ("manifest.json", "instances.json"):
+            (out / name).unlink(missing_ok=True)
+        for folder in used:
+            for entry in folder.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+    except OSError as err:
+        raise OutputError(f"{out}: cannot write the SAMRS set: {err}") from None
 
 
 def build_samrs_from_layout(

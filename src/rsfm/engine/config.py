@@ -197,8 +197,12 @@ def normalise_overrides(args: list[str]) -> list[str]:
     return out
 
 
-def _check_yaml(path: Path) -> None:
-    """Fail with ``file:line:column`` on a YAML syntax error or a recipe that is not a mapping."""
+def _check_yaml(path: Path) -> dict[str, Any]:
+    """Fail with ``file:line:column`` on a YAML syntax error or a recipe that is not a mapping.
+
+    Returns:
+        The recipe file's top-level mapping (empty for an empty file).
+    """
     import yaml
 
     try:
@@ -215,6 +219,41 @@ def _check_yaml(path: Path) -> None:
         raise ConfigError(
             f"{path}: a recipe is a mapping of sections (trainer, model, data...), got {type(data).__name__}"
         )
+    return data or {}
+
+
+def _option_groups(parser: Any) -> dict[str, Any]:
+    """The defaults of the parser's option sections (``trainer``, ``tiling``...), by section name."""
+    defaults = parser.get_defaults()
+    names = {key.split(".", 1)[0] for key in defaults.keys() if "." in key}
+    return {name: defaults[name] for name in sorted(names)}
+
+
+def _check_option_groups(path: Path, data: dict[str, Any], groups: dict[str, Any]) -> list[str]:
+    """Check that each option section of a recipe file is a mapping (``trainer: {max_epochs: 8}``).
+
+    jsonargparse lets a plain value (``tiling: 5``, ``dedup: false``) replace a whole section,
+    which then fails far from the file or, for ``false``, is ignored.
+
+    Returns:
+        The sections written empty (``trainer:`` or ``trainer: null``): they take their defaults.
+
+    Raises:
+        ConfigError: naming the file and the section, for any other value that is not a mapping.
+    """
+    empty: list[str] = []
+    for name in groups:
+        if name not in data:
+            continue
+        value = data[name]
+        if value is None:
+            empty.append(name)
+        elif not isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: {name}: expected a mapping of {name} options ({name}: {{option: value}}; "
+                f"options: {', '.join(_section_fields(name))}), got {type(value).__name__} {value!r}"
+            )
+    return empty
 
 
 def _parser(command: str) -> Any:
@@ -487,16 +526,23 @@ def load_recipe(command: str, path: str | Path | None, overrides: list[str] | No
     from jsonargparse import ArgumentError
 
     args: list[str] = []
+    parser = _parser("finetune" if command in ("test", "predict") else command)
+    groups = _option_groups(parser)
+    empty: list[str] = []
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"recipe not found: {path}")
-        _check_yaml(path)
+        empty = _check_option_groups(path, _check_yaml(path), groups)
         args += ["--config", str(path)]
     args += normalise_overrides(list(overrides or []))
-    parser = _parser("finetune" if command in ("test", "predict") else command)
     try:
         cfg = parser.parse_args(args)
+        for name in empty:  # `trainer:` with every option commented out: the defaults, then overrides
+            section = groups[name].clone()
+            for key, value in (cfg.get(name) or {}).items():
+                section[key] = value
+            cfg[name] = section
     except ArgumentError as err:
         message = format_parse_error(str(err), str(path) if path else None)
         raise ConfigError(_name_the_head(message, path, args)) from None

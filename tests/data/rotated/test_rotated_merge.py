@@ -102,8 +102,13 @@ def test_task1_files_of_patches_merge_to_the_scene(datasets: Path, tmp_path: Pat
     assert (iou.max(1).values > 0.99).float().mean() > 0.97  # back on the scene's objects
 
     assert rsfm_main(["merge", str(tmp_path / "nothing"), str(out)]) == 2
+    assert rsfm_main(["merge", str(task1), str(out), "--iou-threshold", "5"]) == 2
+    assert "--iou-threshold) must be in [0, 1], got 5.0" in capsys.readouterr().err
     (task1 / "Task1_bad.txt").write_text("P0003__1__0___0 0.9 1 2 3\n")
     with pytest.raises(DataError, match=r"Task1_bad.txt:1: expected"):
+        merge_task1(task1, out)
+    (task1 / "Task1_bad.txt").write_text("P0003__1__0___0 0.9 1 2 3 4 5 6 7 8\nP0003 0.9 1 2 3 4 5 6 7 8\n")
+    with pytest.raises(DataError, match=r"Task1_bad.txt:2: P0003: not a patch name"):
         merge_task1(task1, out)
 
 
@@ -111,8 +116,10 @@ def test_rsfm_split_command(datasets: Path, tmp_path: Path, capsys) -> None:
     src = tmp_path / "scene"
     link(datasets / "dota" / "images" / "P0004.png", src / "images" / "P0004.png")
     link(datasets / "dota" / "labelTxt" / "P0004.txt", src / "labelTxt" / "P0004.txt")
+    link(datasets / "dota" / "images" / "P0003.png", src / "images" / "P0003.png")  # no label file: said, not cut
     assert rsfm_main(["split", str(src), str(tmp_path / "out"), "--patch-size", "512", "--gap", "100"]) == 0
-    assert "1 scene(s) -> " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 scene(s) -> " in out and "1 image(s) without a label file in labelTxt/ not cut: P0003.png" in out
     names = sorted(p.stem for p in (tmp_path / "out" / "images").glob("*.png"))
     assert names[0] == "P0004__1__0___0" and len(names) == len(list((tmp_path / "out" / "labelTxt").glob("*.txt")))
     assert rsfm_main(["split", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2

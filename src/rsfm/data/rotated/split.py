@@ -59,7 +59,7 @@ from rsfm.data.io import RasterRule, UnsupportedImageError, read_image
 from rsfm.data.rotated.common import RotatedRecord, clip_polygons
 from rsfm.data.rotated.dota import dota_obb_records
 from rsfm.data.skips import READ_ERRORS, skip_reason
-from rsfm.utils.errors import DataError
+from rsfm.utils.errors import ConfigError, DataError
 
 __all__ = [
     "add_split_arguments",
@@ -399,7 +399,9 @@ def split_dataset(
 
     Returns:
         ``{'scenes': int, 'patches': int, 'objects': int (object lines written),
-        'num_degenerate': int (zero-area source polygons dropped), 'skipped': [(path, reason)]}``.
+        'num_degenerate': int (zero-area source polygons dropped), 'skipped': [(path, reason)],
+        'unlabelled': [path]}`` (``unlabelled``: images of ``images/`` without a label file,
+        not cut, when the label folder exists).
 
     Raises:
         FileNotFoundError: if ``src_root/images`` does not exist or a labelled scene has no image.
@@ -409,13 +411,24 @@ def split_dataset(
     if not (src / "images").is_dir():
         raise FileNotFoundError(f"image folder not found: {src / 'images'}")
     _check_patching(patch_size, gap)
+    images = [p for p in sorted((src / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    unlabelled: list[str] = []
     if (src / label_dir).is_dir():
         records, classes = dota_obb_records(src, None, label_dir)
         scenes: list[tuple[Path, RotatedRecord | None]] = [(r.image, r) for r in records]
+        labelled = {Path(r.image).resolve() for r in records}
+        unlabelled = [str(p) for p in images if p.resolve() not in labelled]
     else:
         classes = []
-        scenes = [(p, None) for p in sorted((src / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    summary: dict[str, Any] = {"scenes": 0, "patches": 0, "objects": 0, "num_degenerate": 0, "skipped": []}
+        scenes = [(p, None) for p in images]
+    summary: dict[str, Any] = {
+        "scenes": 0,
+        "patches": 0,
+        "objects": 0,
+        "num_degenerate": 0,
+        "skipped": [],
+        "unlabelled": unlabelled,
+    }
     for image, record in scenes:
         try:
             names = split_image(
@@ -493,12 +506,15 @@ def merge_task1(src: str | os.PathLike[str], dst: str | os.PathLike[str], iou_th
         ``{"classes": files merged, "patch_detections": lines read, "detections": lines written}``.
 
     Raises:
-        DataError: if ``src`` holds no ``Task1_*.txt`` file, or a line is malformed (naming the
-            file and line).
+        ConfigError: if ``iou_threshold`` is outside [0, 1].
+        DataError: if ``src`` holds no ``Task1_*.txt`` file, or a line is malformed or names
+            no patch (naming the file and line).
     """
     from rsfm.ops.obb import obb2poly, poly2obb
     from rsfm.utils.files import atomic_write
 
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ConfigError(f"iou_threshold (--iou-threshold) must be in [0, 1], got {iou_threshold}")
     files = sorted(Path(src).glob("Task1_*.txt"))
     if not files:
         raise DataError(f"{src}: no Task1_<class>.txt files to merge")
@@ -513,9 +529,15 @@ def merge_task1(src: str | os.PathLike[str], dst: str | os.PathLike[str], iou_th
             try:
                 if len(parts) != 10:
                     raise ValueError
-                per_patch.setdefault(parts[0], []).append([float(v) for v in parts[1:]])
+                row = [float(v) for v in parts[1:]]
             except ValueError:
                 raise DataError(f"{path}:{n}: expected '<patch> score x1 y1 ... x4 y4', got {line!r}") from None
+            if parts[0] not in per_patch:
+                try:
+                    parse_patch_name(parts[0])
+                except DataError as err:
+                    raise DataError(f"{path}:{n}: {err}") from None
+            per_patch.setdefault(parts[0], []).append(row)
         dets = {}
         for name, rows in per_patch.items():
             t = torch.tensor(rows, dtype=torch.float64)
@@ -572,6 +594,10 @@ def run_split(args: argparse.Namespace) -> int:
     )
     for path, reason in summary["skipped"]:
         print(f"  skipped {path}: {reason}")
+    if summary["unlabelled"]:
+        shown = ", ".join(Path(p).name for p in summary["unlabelled"][:5])
+        more = f" and {len(summary['unlabelled']) - 5} more" if len(summary["unlabelled"]) > 5 else ""
+        print(f"{len(summary['unlabelled'])} image(s) without a label file in {args.label_dir}/ not cut: {shown}{more}")
     return 0
 
 
