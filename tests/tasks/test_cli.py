@@ -226,6 +226,32 @@ def test_predict_segmentation_geotiff_keeps_crs_and_transform(finetuned, dataset
     assert code == 2 and "georeferenced" in err and len(err.strip().splitlines()) == 1
 
 
+def test_test_and_predict_normalise_as_the_checkpoint_was_trained(finetuned, datasets: Path, tmp_path: Path) -> None:
+    """A model fine-tuned from an export normalises with the export's statistics, which the recipe lacks."""
+    from rsfm.models.encoders.vit import build_vit
+    from rsfm.models.export import export_encoder
+
+    base = finetuned("segmentation_dubai")
+    mean, std = [0.3, 0.35, 0.4], [0.1, 0.12, 0.14]  # not Dubai's
+    meta = {"arch": "vit", "size": "tiny", "img_size": 64, "patch_size": 32, "in_chans": 3, "mean": mean, "std": std}
+    export = export_encoder(build_vit("tiny", img_size=64, patch_size=32), tmp_path / "vit.safetensors", meta)
+    overrides = [*base.overrides, f"output_dir={tmp_path}", "run_name=from_export"]
+    code, _, err = run_cli("finetune", "--config", str(base.recipe), *overrides, f"model.encoder.weights={export}")
+    assert code == 0, err
+    best = tmp_path / "from_export" / "checkpoints" / "best.ckpt"
+    stored = torch.load(best, map_location="cpu", weights_only=True)["rsfm_normalisation"]
+    assert stored["mean"] == pytest.approx(mean) and stored["std"] == pytest.approx(std)
+    scene, masks = datasets / SCENE, {}
+    for name, extra in (("recipe_only", []), ("with_export", [f"model.encoder.weights={export}"])):
+        argv = ["--checkpoint", str(best), "--input", str(scene), "--output", str(tmp_path / f"{name}.tif")]
+        code, out, err = run_cli("predict", "--config", str(base.recipe), *overrides, *extra, *argv)
+        assert code == 0, err
+        assert ("normalising inputs as" in out) == (name == "recipe_only"), out
+        with rasterio.open(tmp_path / f"{name}.tif") as f:
+            masks[name] = f.read(1)
+    assert np.array_equal(masks["recipe_only"], masks["with_export"])
+
+
 def test_predict_segmentation_plain_image_to_a_folder(finetuned, datasets: Path, tmp_path: Path) -> None:
     run = finetuned("segmentation_loveda")
     image = datasets / "levir_cd" / "A" / "test_2_0000_0000.png"  # any RGB image

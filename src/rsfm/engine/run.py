@@ -358,6 +358,15 @@ def _load_task(recipe: dict[str, Any], checkpoint: str | Path) -> tuple[Any, Dat
     module, data = _downstream(recipe)
     state = load_checkpoint(checkpoint)
     load_weights(module, state, checkpoint)
+    norm = state.get("rsfm_normalisation")  # older checkpoints lack it: the recipe's statistics
+    if isinstance(norm, dict) and "mean" in norm and "std" in norm:
+        recipe_norm = module.model.mean_std
+        module.model.set_normalisation(norm["mean"], norm["std"])
+        if module.model.mean_std != recipe_norm:
+            print(
+                f"normalising inputs as {checkpoint} was trained (mean {norm['mean']}, std {norm['std']}), "
+                f"not as the recipe would (mean {recipe_norm[0]}, std {recipe_norm[1]})"
+            )
     return module, data
 
 

@@ -25,7 +25,7 @@ from rsfm.data.base import DataInfo
 from rsfm.models.encoders.base import Encoder
 from rsfm.models.heads.base import Features, Head
 from rsfm.models.necks import Neck
-from rsfm.utils.errors import ConfigError
+from rsfm.utils.errors import CheckpointError, ConfigError
 from rsfm.utils.registry import ENCODERS, HEADS, NECKS, Registry
 
 __all__ = ["TaskModel", "build_part", "resolve_class"]
@@ -167,6 +167,27 @@ class TaskModel(nn.Module):
         #: padding multiple of list batches: a multiple of 32, the coarsest stride and the
         #: encoder's input multiple (e.g. a ViT's patch)
         self.size_divisor = math.lcm(int(max([32, *strides])), int(self.encoder.input_multiple))
+
+    def set_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise inputs with these per-band statistics from now on (e.g. a checkpoint's).
+
+        Args:
+            mean: one value per input band, of images in [0, 1].
+            std: one positive value per input band.
+
+        Raises:
+            CheckpointError: if the lengths differ from the model's number of bands or a
+                ``std`` is not positive.
+        """
+        bands = int(self.mean.shape[1])
+        if len(mean) != bands or len(std) != bands or not all(float(s) > 0 for s in std):
+            raise CheckpointError(
+                f"normalisation mean {list(mean)} / std {list(std)} does not fit a model of {bands} bands "
+                "(one mean and one positive std per band)"
+            )
+        self.mean_std = (list(map(float, mean)), list(map(float, std)))
+        self.mean.copy_(torch.tensor(self.mean_std[0], dtype=torch.float32).view(1, -1, 1, 1))
+        self.std.copy_(torch.tensor(self.mean_std[1], dtype=torch.float32).view(1, -1, 1, 1))
 
     # -- features ---------------------------------------------------------------------------
 

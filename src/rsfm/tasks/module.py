@@ -129,6 +129,16 @@ class DownstreamTask(TrainingModule):
         """The task's heads by name."""
         return dict(self.model.heads.items())
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the input normalisation (``rsfm_normalisation``: per-band ``mean``, ``std``).
+
+        The model normalises with buffers that are not weights (an encoder export's statistics
+        when it was built from one, else the data's), so ``rsfm test`` and ``rsfm predict`` read
+        them from here rather than from a recipe that may lack the export.
+        """
+        mean, std = self.model.mean_std
+        checkpoint["rsfm_normalisation"] = {"mean": list(mean), "std": list(std)}
+
     # -- optimisation ----------------------------------------------------------------------------
 
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
