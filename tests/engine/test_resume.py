@@ -113,3 +113,70 @@ def test_a_checkpoint_of_an_earlier_version_resumes_only_with_its_behaviour(tmp_
         pretrain(recipe())
     out = pretrain(recipe("model.init_args.token_weight_decay=false"))
     assert checkpoint(Path(out["checkpoint"]))["global_step"] == 4
+
+
+def test_resume_at_an_epoch_end_keeps_every_epoch_and_the_best_checkpoint(tmp_path: Path, aid_subset, one_thread):
+    """A checkpoint due on an epoch's last batch, with a partial batch dropped (classification).
+
+    Before: the resumed sampler served epoch 1's unused tail as epoch 2 (no batch: an epoch
+    lost), the checkpoint was written before the epoch's validation (whose score the resumed
+    run never saw), and the periodic checkpoint held the best-checkpoint state of the epoch
+    before (a resumed run forgot its best): best.ckpt and the tested scores then differed.
+    """
+    import csv
+
+    root = aid_subset(["Beach", "Forest", "Port"], 8)
+    # 15 training images at batch 4: 3 batches per epoch, 3 images dropped
+    extra = [f"data.init_args.root={root}", "data.init_args.batch_size=4", "trainer.max_epochs=3"]
+    extra += ["checkpoint.every_n_train_steps=3", "trainer.limit_val_batches=null"]
+    train_task(finetune_recipe("classification_aid", tmp_path / "a", *extra))
+    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == 9, "the data no longer give 3 batches per epoch with a partial one dropped"
+    with pytest.raises(Crash):  # killed in epoch 2: the last checkpoint is the end of epoch 1
+        train_task(finetune_recipe("classification_aid", tmp_path / "b", *extra), callbacks=[CrashAt(7)])
+    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert stopped["global_step"] == 6
+    train_task(finetune_recipe("classification_aid", tmp_path / "b", *extra))
+    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert b["global_step"] == 9
+    assert_same_weights(a["state_dict"], b["state_dict"])
+    best = [checkpoint(tmp_path / r / "run" / "checkpoints" / "best.ckpt") for r in ("a", "b")]
+    assert best[0]["global_step"] == best[1]["global_step"]
+    assert_same_weights(best[0]["state_dict"], best[1]["state_dict"])
+
+    def validated(run: str) -> list[tuple[str, str]]:
+        with open(tmp_path / run / "run" / "logs" / "metrics.csv") as f:
+            return [(r["epoch"], r["val/OA"]) for r in csv.DictReader(f) if r.get("val/OA")]
+
+    assert validated("a") == validated("b") and len(validated("a")) == 3
+
+
+def test_resume_at_the_end_of_a_limited_epoch_starts_the_next_epoch(tmp_path: Path, aid_subset, one_thread) -> None:
+    """``trainer.limit_train_batches`` ends an epoch before its order does (the GeRSP recipe sets it)."""
+    from engine_helpers import PRETRAIN
+
+    from rsfm.engine.config import load_recipe
+    from rsfm.engine.run import pretrain
+
+    root = aid_subset(["Beach", "Forest"], 12)
+
+    def recipe(out: Path) -> dict:
+        return load_recipe("pretrain", PRETRAIN / "mae_vit_tiny.yaml", [
+            f"data.init_args.root={root}", f"output_dir={out}", "run_name=run", "data.init_args.img_size=32",
+            "data.init_args.batch_size=4", "data.init_args.num_workers=0", "data.init_args.test_fraction=0",
+            "model.init_args.patch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=2",
+            "trainer.limit_train_batches=2", "checkpoint.every_n_epochs=1", "trainer.enable_progress_bar=false",
+            "viz.num_images=0",
+            "evaluate.enabled=false",
+        ])  # fmt: skip
+
+    pretrain(recipe(tmp_path / "a"))
+    with pytest.raises(Crash):
+        pretrain(recipe(tmp_path / "b"), callbacks=[CrashAt(3)])
+    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert stopped["global_step"] == 2 and stopped["epoch"] == 0  # the end of epoch 0 (every epoch)
+    pretrain(recipe(tmp_path / "b"))
+    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 4
+    assert_same_weights(a["state_dict"], b["state_dict"])  # epoch 1 drew its own order, not epoch 0's again

@@ -142,6 +142,11 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.rank = rank
         self.drop_last = drop_last
         self.epoch = 0
+        #: how many of this rank's keys per epoch the loader uses (the whole batches of a loader
+        #: that drops its last partial one, up to the trainer's ``limit_train_batches``); None: all.
+        #: A resumed position at or past it is the end of its epoch, so the run goes on with the
+        #: next epoch rather than serving the unused tail as a batchless epoch.
+        self.keys_per_epoch: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iterator yields (Lightning calls this).
@@ -210,11 +215,15 @@ class _EpochSamplerIterator(Iterator[tuple[int, int]]):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         epoch, yielded = int(state_dict["epoch"]), int(state_dict["yielded"])
-        if yielded >= len(self.sampler.indices(epoch)):
-            # saved after the last batch of its epoch (a checkpoint every N steps can fall
-            # there): that epoch is over, and the trainer resumes with the next one, whose
-            # epoch it may already have set; starting inside the finished epoch would give
-            # the next epoch no batch at all
+        end = len(self.sampler.indices(epoch))
+        if self.sampler.keys_per_epoch is not None:
+            end = min(end, self.sampler.keys_per_epoch)
+        if yielded >= end:
+            # saved after the last batch of its epoch (a checkpoint every N steps, or at the
+            # epoch's end, with a partial last batch dropped or limit_train_batches reached):
+            # that epoch is over, and the trainer resumes with the next one, whose epoch it may
+            # not have set yet; continuing inside the finished epoch would serve its unused
+            # tail, no whole batch, as the next epoch
             epoch, yielded = max(self.epoch, epoch + 1), 0
         self.sampler.epoch = epoch
         self._start(epoch, yielded)

@@ -43,8 +43,30 @@ class LightningData(L.LightningDataModule):
         self.data.setup(stage)
 
     def train_dataloader(self) -> Any:
-        """The training loader."""
-        return self.data.train_dataloader()
+        """The training loader; its sampler learns the trainer's ``limit_train_batches``.
+
+        With a limit, an epoch ends before the sampler's order does, and a run resumed from
+        a checkpoint at that end must start the next epoch (see
+        :attr:`rsfm.data.samplers.EpochSampler.keys_per_epoch`).
+        """
+        loader = self.data.train_dataloader()
+        sampler = getattr(loader, "sampler", None)
+        loop = getattr(self.trainer, "fit_loop", None)
+        if hasattr(sampler, "set_epoch") and loop is not None:
+            # Lightning makes the first iterator of a (resumed) fit before it sets the epoch
+            # of the samplers: without this, a run resumed at an epoch's end would draw that
+            # epoch's order again (and workers prefetch it at once)
+            sampler.set_epoch(loop.epoch_progress.current.processed)
+        limit = getattr(self.trainer, "limit_train_batches", None)
+        if hasattr(sampler, "keys_per_epoch") and limit is not None and getattr(loader, "batch_size", None):
+            batches = len(loader)
+            if isinstance(limit, int):
+                batches = min(batches, limit)
+            elif limit < 1.0:
+                batches = int(batches * limit)
+            keys = batches * loader.batch_size
+            sampler.keys_per_epoch = keys if sampler.keys_per_epoch is None else min(sampler.keys_per_epoch, keys)
+        return loader
 
     def val_dataloader(self) -> Any:
         """The validation loader (``[]`` without a validation split)."""

@@ -293,6 +293,38 @@ class BlockFSDPStrategy(FSDPStrategy):
             module.cpu()  # as DDP's teardown leaves it
 
 
+class PeriodicCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, except that step checkpoints due on an epoch's last batch wait for its end.
+
+    A checkpoint every ``N`` training steps can fall on an epoch's last batch. Lightning saves
+    it there, before that epoch's validation, and a run resumed from it does not run that
+    validation again: the epoch's scores are never logged and the best-checkpoint callback
+    never sees them (a worse later epoch became ``best.ckpt``). Such a checkpoint is written
+    at the end of the epoch instead (same epoch and step in its name), after the validation,
+    where Lightning's epoch checkpoints are written too.
+    """
+
+    _deferred = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        """Save as Lightning does, except on an epoch's last batch (saved at the epoch's end)."""
+        if trainer.is_last_batch and self._every_n_train_steps >= 1:
+            due = trainer.global_step % self._every_n_train_steps == 0
+            self._deferred = self._deferred or (due and not self._should_skip_saving_checkpoint(trainer))
+            return
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write a step checkpoint deferred from the epoch's last batch, then Lightning's epoch checkpoint."""
+        if self._deferred:
+            self._deferred = False
+            if not self._should_skip_saving_checkpoint(trainer):
+                candidates = self._monitor_candidates(trainer)
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
+        super().on_train_epoch_end(trainer, pl_module)
+
+
 def _clean_name(name: str) -> str:
     """A parameter name without the FSDP and activation-checkpointing wrappers' prefixes."""
     return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
@@ -389,7 +421,7 @@ def build_trainer(
     every_steps = checkpoint.get("every_n_train_steps")
     every_epochs = None if every_steps else checkpoint.get("every_n_epochs", 1)
     cbs: list[L.Callback] = [
-        ModelCheckpoint(
+        PeriodicCheckpoint(
             # at the end of every training epoch, also when validation runs less often
             save_on_train_epoch_end=True,
             dirpath=ckpt_dir,
@@ -405,7 +437,10 @@ def build_trainer(
     if not fitting:
         cbs = []
     elif monitor is not None:
-        cbs.append(
+        # first: both save at the end of an epoch, and the periodic checkpoint must hold
+        # this one's state after the epoch's score (else a resumed run forgets its best)
+        cbs.insert(
+            0,
             ModelCheckpoint(
                 dirpath=ckpt_dir,
                 filename="best",
@@ -415,7 +450,7 @@ def build_trainer(
                 save_last=False,
                 auto_insert_metric_name=False,
                 enable_version_counter=False,
-            )
+            ),
         )
     cbs.append(SkipReportCallback())
     if fitting:
