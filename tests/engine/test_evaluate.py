@@ -14,7 +14,7 @@ from rsfm.engine.evaluate import evaluate
 from rsfm.models.encoders.vit import build_vit
 from rsfm.models.export import export_encoder
 from rsfm.optim import warmup_cosine
-from rsfm.utils.errors import ConfigError
+from rsfm.utils.errors import ConfigError, DataError
 
 CLASSES = ["Beach", "Desert", "Forest", "Parking"]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -105,6 +105,13 @@ def test_evaluate_rejects_bad_arguments(aid_folder, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"scratch_size \(--scratch-size\)"):
         evaluate(None, str(aid_folder), ("knn",), out_dir=str(tmp_path))
     assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_refuses_a_size_off_the_patch_grid_and_one_class(aid_folder, aid_subset, encoder_file, tmp_path):
+    with pytest.raises(ConfigError, match=r"img_size \(--img-size\) must be a positive multiple of 16 pixels"):
+        _evaluate(encoder_file, aid_folder, ("knn",), tmp_path / "a", img_size=40)
+    with pytest.raises(DataError, match="the probes need at least 2 classes"):
+        _evaluate(encoder_file, aid_subset(["Beach"], 10), ("knn",), tmp_path / "b")
 
 
 def test_evaluate_random_init_encoder(aid_folder, tmp_path, monkeypatch) -> None:

@@ -180,3 +180,16 @@ def test_resume_at_the_end_of_a_limited_epoch_starts_the_next_epoch(tmp_path: Pa
     b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 4
     assert_same_weights(a["state_dict"], b["state_dict"])  # epoch 1 drew its own order, not epoch 0's again
+
+
+def test_resuming_with_a_changed_model_is_one_line(tmp_path: Path, aid_subset, one_thread) -> None:
+    from rsfm.utils.errors import CheckpointError
+
+    extra = [f"data.init_args.root={aid_subset(['Beach', 'Forest'], 6)}", "trainer.max_epochs=1"]
+    train_task(finetune_recipe("classification_aid", tmp_path, *extra))
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    longer = [*extra, "trainer.max_epochs=2"]
+    changed = finetune_recipe("classification_aid", tmp_path, *longer, "model.encoder.init_args.size=small")
+    with pytest.raises(CheckpointError, match=r"last.ckpt does not fit the model the recipe builds \(.*another shape"):
+        train_task(changed)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config  # the run's record is untouched

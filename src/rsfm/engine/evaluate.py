@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from rsfm.engine.config import EVAL_PROTOCOLS
-from rsfm.utils.errors import ConfigError
+from rsfm.utils.errors import ConfigError, DataError
 from rsfm.utils.files import atomic_write, write_json
 
 __all__ = ["PROTOCOLS", "evaluate", "run_finetune", "run_knn", "run_linear"]
@@ -340,6 +340,12 @@ def evaluate(
     encoder = task.model.encoder
     meta = dict(encoder.meta)
     img_size = int(img_size or meta.get("img_size") or 224)
+    multiple = int(getattr(encoder, "input_multiple", 1) or 1)
+    if img_size < 1 or img_size % multiple:
+        raise ConfigError(
+            f"img_size (--img-size) must be a positive multiple of {multiple} pixels for "
+            f"{encoder_path or 'the encoder'} (its patch size), got {img_size}"
+        )
     if img_size != probe_data.img_size:
         probe_data = SceneClassificationDataModule(**data_args, img_size=img_size, val_fraction=0.0, augment=False)
     norm_mean, norm_std = task.model.mean_std
@@ -348,6 +354,10 @@ def evaluate(
     config.update(img_size=img_size, mean=norm_mean, std=norm_std, pool=pool)
     probe_data.setup("test")
     classes = list(probe_data.classes)
+    if len(classes) < 2:
+        raise DataError(
+            f"{data_root}: the probes need at least 2 classes (one sub-folder of images per class), found {classes}"
+        )
     train_set, test_set = probe_data.datasets["train"], probe_data.datasets["test"]
     _say(
         verbose,

@@ -79,6 +79,40 @@ def _resume(recipe: dict[str, Any], out: Path) -> tuple[str | None, int | None]:
     return ckpt, (checkpoint_step(Path(ckpt)) if ckpt else None)
 
 
+def _check_resume_fits(module: Any, ckpt: str | None) -> None:
+    """Refuse, in one line, a checkpoint to resume whose weights do not fit the recipe's model.
+
+    Lightning would stop mid-start with PyTorch's many-line ``load_state_dict`` error; this
+    runs before anything of the run folder (its ``config.yaml``) is rewritten.
+
+    Raises:
+        CheckpointError: naming the checkpoint, the mismatched tensors and what to do.
+    """
+    import torch
+
+    from rsfm.models.export import mismatch_summary
+
+    if ckpt is None or not Path(ckpt).is_file():
+        return
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 (an unreadable file: Lightning's own error says why)
+        return
+    weights = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        return
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{ckpt} does not fit the model the recipe builds ({mismatch_summary(missing, unexpected, shapes)}): "
+            "the recipe's model changed since this run was checkpointed; start a new run (another run_name "
+            "or output_dir) or resume with the recipe it was trained with (stored in the checkpoint as rsfm_recipe)"
+        )
+
+
 def _plain(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if not k.startswith("_")}
 
@@ -135,6 +169,7 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
         module.model.compile_step(mode=None if compile_mode is True else str(compile_mode))
     _make_run_dir(out)
     ckpt, step = _resume(recipe, out)
+    _check_resume_fits(module, ckpt)
     callbacks = list(callbacks or [])
     if isinstance(module.model, MaskedImageModel):
         callbacks.append(
@@ -314,6 +349,7 @@ def train_task(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> tu
 
     _make_run_dir(out)
     ckpt, step = _resume(recipe, out)
+    _check_resume_fits(module, ckpt)
     has_val = data.val_dataloader() != []
     trainer = build_trainer(
         out,
