@@ -418,16 +418,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``rsfm`` command; returns the exit status (2 for a user error)."""
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors the command line reports in one line: the user's input, not rsfm's code."""
     from rsfm.utils.errors import UserError
 
+    errors: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError, ValueError)
+    io = sys.modules.get("rsfm.data.io")  # loaded by any command that reads images; not imported for this
+    if io is not None:
+        errors += (io.BadImageError,)  # an input image that cannot be read (e.g. of rsfm predict)
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rsfm`` command; returns the exit status (2 for a user error)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     debug = bool(os.environ.get("RSFM_DEBUG"))
     try:
         return int(args.func(args, rest) or 0)
-    except (UserError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+    except _user_errors() as err:  # evaluated when an error arrives, after the command's imports
         if debug:
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from rsfm.models.convert import SOURCES, convert_checkpoint, convert_file, convert_state_dict
 from rsfm.models.export import load_encoder, read_encoder_meta
-from rsfm.utils.errors import CheckpointError
+from rsfm.models.model_card import render_model_card
+from rsfm.utils.errors import CheckpointError, ConfigError
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -421,6 +422,8 @@ def test_timm_vit_weights(tmp_path: Path, aid) -> None:
     save_file(vit.state_dict(), tmp_path / "vit_small.safetensors")
     ours = load_encoder(tmp_path / "vit_small.safetensors", source="timm").eval()
     assert set(ours.conversion_report.dropped) == {"head.weight", "head.bias"}
+    card = render_model_card(ours.rsfm_meta)
+    assert "the position embedding timm learned, kept fixed by rsfm" in card and "sin-cos" not in card
     x = aid(224)
     with torch.no_grad():
         assert (ours.forward_features(x) - vit.forward_features(x)).abs().max().item() <= 1e-5
@@ -492,6 +495,20 @@ def test_convert_file_reports_sha_and_rejects_junk(tmp_path: Path) -> None:
         convert_file(mmengine, "mae")
     with pytest.raises(CheckpointError, match="unknown checkpoint source 'dino'"):
         convert_state_dict(mae_encoder(*TINY[:2]), "dino")
+
+
+def test_bad_conversion_settings_and_foreign_tokens_are_named(tmp_path: Path) -> None:
+    sd = mae_encoder(*TINY[:2])
+    with pytest.raises(ConfigError, match="img_size must be a positive number of pixels, got -16"):
+        convert_state_dict(sd, "mae", img_size=-16)  # was: a 1x1 position grid, then a file timm refuses
+    with pytest.raises(ConfigError, match=r"std must be positive .* got \[0.0, 0.0, 0.0\]"):
+        convert_state_dict(sd, "mae", mean=[0.5] * 3, std=[0.0] * 3)  # was: NaN features, silently
+    with pytest.raises(CheckpointError, match="holds reg_token .*register or distillation tokens"):
+        convert_state_dict({**sd, "reg_token": torch.zeros(1, 4, TINY[0])}, "timm")
+    export = tmp_path / "e.safetensors"
+    convert_checkpoint(save_mae_container(sd, tmp_path / "mae.pth"), export, "mae")
+    with pytest.raises(CheckpointError, match=r"e\.safetensors already is an rsfm encoder export: use it as it is"):
+        convert_file(export, "mae")  # was: relabelled as MAE, its own statistics replaced by ImageNet's
 
 
 # -- recipes: model.encoder.weights may name a released checkpoint -------------------------------

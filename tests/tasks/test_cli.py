@@ -200,6 +200,16 @@ def test_test_with_a_checkpoint_that_does_not_fit_is_one_line(finetuned) -> None
     assert code == 2 and "checkpoint not found" in err
 
 
+def test_a_pretraining_checkpoint_is_sent_to_rsfm_export(finetuned, tmp_path: Path) -> None:
+    run = finetuned("segmentation_dubai")
+    state = torch.load(run.best, map_location="cpu", weights_only=True)
+    # the hyper-parameters a pretraining run stores: its method, not an encoder with heads
+    state["hyper_parameters"]["model"] = {"class_path": "rsfm.methods.selective_mae.SelectiveMAE", "init_args": {}}
+    torch.save(state, tmp_path / "pretrain.ckpt")
+    code, _, err = run.cli("test", "--checkpoint", str(tmp_path / "pretrain.ckpt"))
+    assert code == 2 and "pretrain.ckpt is a pretraining checkpoint (SelectiveMAE)" in err and "rsfm export" in err
+
+
 # --------------------------------------------------------------------------- rsfm predict
 
 
@@ -259,6 +269,9 @@ def test_predict_segmentation_plain_image_to_a_folder(finetuned, datasets: Path,
     assert code == 0, err
     img = Image.open(tmp_path / "test_2_0000_0000_mask.png")
     assert img.mode == "P" and img.size == (256, 256) and np.asarray(img).max() < 7
+    code, _, err = predict(run, image, output=f"{tmp_path / 'preds'}/")  # a new folder, as the README writes it
+    assert code == 0, err
+    assert (tmp_path / "preds" / "test_2_0000_0000_mask.png").is_file()
 
 
 def test_predict_change_geotiff_pair_keeps_crs_and_transform(finetuned, datasets: Path, tmp_path: Path) -> None:
@@ -339,3 +352,7 @@ def test_predict_classification_writes_the_label(finetuned, tmp_path: Path) -> N
     assert sum(label["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     code, _, err = predict(run, tmp_path / "none.jpg", output=tmp_path / "x.json")
     assert code == 2 and "file not found" in err
+    (tmp_path / "notes.jpg").write_text("not an image")  # unreadable: one line, not a traceback
+    code, _, err = predict(run, tmp_path / "notes.jpg", output=tmp_path / "x.json")
+    assert code == 2 and "notes.jpg: content is not a recognised image format" in err, err
+    assert len(err.strip().splitlines()) == 1

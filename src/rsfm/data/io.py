@@ -411,7 +411,8 @@ def _raster_indexes(count: int, rule: RasterRule, path: Path, has_alpha: bool) -
     if count == 2:
         raise UnsupportedImageError(
             path,
-            "has 2 bands, expected 1 (gray), 3 (RGB) or 4+; pass RasterRule(bands=...) to choose which to use",
+            "has 2 bands, expected 1 (gray), 3 (RGB) or 4+; choose the bands to use with data.bands "
+            "(RasterRule(bands=...) in Python)",
         )
     return [0, 1, 2]
 

@@ -393,6 +393,14 @@ def _load_task(recipe: dict[str, Any], checkpoint: str | Path) -> tuple[Any, Dat
 
     module, data = _downstream(recipe)
     state = load_checkpoint(checkpoint)
+    trained = (state.get("hyper_parameters") or {}).get("model")
+    if isinstance(trained, dict) and "class_path" in trained and "heads" not in trained:
+        method = str(trained["class_path"]).rsplit(".", 1)[-1]
+        raise CheckpointError(
+            f"{checkpoint} is a pretraining checkpoint ({method}), not a fine-tuned model: export its encoder "
+            f"(rsfm export --checkpoint {checkpoint} --out encoder.safetensors) and fine-tune it "
+            "(model.encoder.weights=encoder.safetensors)"
+        )
     load_weights(module, state, checkpoint)
     norm = state.get("rsfm_normalisation")  # older checkpoints lack it: the recipe's statistics
     if isinstance(norm, dict) and "mean" in norm and "std" in norm:

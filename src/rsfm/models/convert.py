@@ -586,8 +586,8 @@ def convert_state_dict(
         CheckpointError: if the source is unknown or ambiguous, the weights are not of an
             architecture the source releases, fit no rsfm size, lack a required encoder key,
             hold encoder keys rsfm cannot represent, or have tensors of the wrong shape.
-        ConfigError: if ``img_size`` is not a multiple of the patch, or ``mean``/``std`` do
-            not have one value per band.
+        ConfigError: if ``img_size`` is not a positive multiple of the patch, or ``mean``/``std``
+            do not have one value per band or a ``std`` is not positive.
     """
     if source in (None, "auto"):
         source = detect_source(container, file)
@@ -611,6 +611,8 @@ def convert_state_dict(
             f"{file}: a {source} checkpoint holds a {' or '.join(info.archs)} encoder, but its keys describe {found}"
             + (f" (keys such as {sorted(state)[:4]})" if family is None else "")
         )
+    if img_size is not None and int(img_size) < 1:
+        raise ConfigError(f"img_size must be a positive number of pixels, got {img_size}")
     # the metadata, from the shapes
     meta: dict[str, Any] = {}
     first = "conv1.weight" if family == "resnet" else "patch_embed.proj.weight"
@@ -628,6 +630,12 @@ def convert_state_dict(
         patch = int(w.shape[-1])
         if "pos_embed" not in state:
             raise CheckpointError(f"{file}: the encoder key pos_embed is missing")
+        extra_tokens = [k for k in ("reg_token", "dist_token") if k in state]
+        if extra_tokens:  # the grid check below would blame pos_embed for them
+            raise CheckpointError(
+                f"{file}: holds {' and '.join(extra_tokens)} (register or distillation tokens), which rsfm's "
+                f"{family} cannot represent; convert a ViT without them"
+            )
         prefix_tokens = 1 if family == "vit" else 0
         n = int(state["pos_embed"].shape[1]) - prefix_tokens
         side = round(max(n, 0) ** 0.5)
@@ -651,6 +659,8 @@ def convert_state_dict(
     if mean is not None and std is not None:
         if len(mean) != chans or len(std) != chans:
             raise ConfigError(f"mean and std need {chans} values (one per band), got {len(mean)} and {len(std)}")
+        if not all(float(v) > 0 for v in std):
+            raise ConfigError(f"std must be positive (one per band, of images in [0, 1]), got {list(std)}")
         meta.update(mean=[float(v) for v in mean], std=[float(v) for v in std])
     meta.update(
         method=info.method,
@@ -744,8 +754,17 @@ def convert_file(
             :func:`convert_state_dict`.
 
     Raises:
-        CheckpointError: see :func:`read_checkpoint` and :func:`convert_state_dict`.
+        CheckpointError: see :func:`read_checkpoint` and :func:`convert_state_dict`; also for
+            a file that already is an rsfm export (its method, statistics and licence would be
+            replaced by the source's).
     """
+    from rsfm.models.export import _is_rsfm_export
+
+    if Path(path).is_file() and _is_rsfm_export(path):
+        raise CheckpointError(
+            f"{path} already is an rsfm encoder export: use it as it is (model.encoder.weights=..., "
+            "rsfm.models.export.load_encoder); rsfm convert reads the papers' and other libraries' checkpoints"
+        )
     container = read_checkpoint(path)
     return convert_state_dict(container, source, file=str(path), sha256=file_sha256(path), **kwargs)
 

@@ -65,10 +65,13 @@ def _architecture(meta: Mapping[str, Any]) -> str:
             f"ViT-{size}/{patch} with rotated varied-size window attention (RVSA, Wang et al. 2023; "
             f"window {meta.get('window_size', '?')}, full attention every {meta.get('interval', '?')} blocks)"
         )
-    return (
-        f"ViT-{size}/{patch} (Dosovitskiy et al. 2021; timm VisionTransformer, fixed 2-D sin-cos "
-        f"position embedding), pooled by the {pool}"
+    source = (meta.get("converted_from") or {}).get("source")
+    position = (
+        f"the position embedding {source} learned, kept fixed by rsfm"
+        if source in ("timm", "torchgeo")
+        else "fixed 2-D sin-cos position embedding"
     )
+    return f"ViT-{size}/{patch} (Dosovitskiy et al. 2021; timm VisionTransformer, {position}), pooled by the {pool}"
 
 
 def _timm_name(meta: Mapping[str, Any]) -> str | None:

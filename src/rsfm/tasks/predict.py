@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from rsfm.data.io import RasterRule, read_image
-from rsfm.utils.errors import ConfigError, DataError
+from rsfm.utils.errors import ConfigError, DataError, OutputError
 from rsfm.utils.files import atomic_write, write_json
 
 if TYPE_CHECKING:
@@ -144,7 +144,8 @@ def predict_files(
     Args:
         task: a fine-tuned task (its device is used).
         inputs: image or GeoTIFF paths: one, or ``before, after`` for change detection.
-        output: output file, or an existing folder (a name is derived from the input).
+        output: output file, or a folder (an existing one, or any path ending in ``/``, made if
+            missing), where a name is derived from the input.
         head: the head to predict with; default the first evaluated one.
 
     Returns:
@@ -153,6 +154,7 @@ def predict_files(
     Raises:
         DataError: if an input is missing or the pair's sizes differ.
         ConfigError: on an unknown head, a wrong number of inputs or an unsupported output suffix.
+        OutputError: if an output folder ending in ``/`` cannot be made.
     """
     name = head or task.evaluated[0]
     if name not in task.heads:
@@ -166,6 +168,11 @@ def predict_files(
     if len(paths) != expected:
         raise ConfigError(f"--input: head {name!r} takes {expected} image(s) (comma-separated), got {len(paths)}")
     out = Path(output)
+    if str(output).endswith(("/", os.sep)):  # a folder by its trailing slash: made if missing
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"--output {output}: cannot make the folder ({err})") from None
     task.eval()
     with torch.inference_mode():
         images = [_read(task, p, resize=h.output_kind == "label") for p in paths]
