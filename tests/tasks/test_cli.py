@@ -348,6 +348,11 @@ def test_predict_classification_writes_the_label(finetuned, tmp_path: Path) -> N
     assert code == 0, err
     label = read_json(tmp_path / "label.json")
     assert label["class"] in AID_CLASSES and label["class"] == AID_CLASSES[label["label"]]
+    # the checkpoint describes its data: predicting needs no training set on disk
+    argv = ["--checkpoint", str(run.best), "--input", str(image), "--output", str(tmp_path / "elsewhere.json")]
+    code, _, err = run.cli("predict", f"data.root={tmp_path / 'not_here'}", *argv)
+    assert code == 0, err
+    assert read_json(tmp_path / "elsewhere.json") == label
     assert list(label["probabilities"]) == AID_CLASSES
     assert sum(label["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     code, _, err = predict(run, tmp_path / "none.jpg", output=tmp_path / "x.json")

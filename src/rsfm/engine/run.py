@@ -297,21 +297,25 @@ def _downstream(recipe: dict[str, Any], seed: bool = False) -> tuple[Any, DataMo
     data = build_data(recipe)
     import lightning as L
 
-    from rsfm.tasks.module import DownstreamTask
-
     if seed:
         L.seed_everything(recipe["seed"], workers=True)
+    return _task_module(recipe, data.info().to_dict(), data.batch_size), data
+
+
+def _task_module(recipe: dict[str, Any], info: dict[str, Any], batch_size: int) -> Any:
+    """The recipe's task model for data described by ``info`` (a :class:`~rsfm.data.base.DataInfo` dict)."""
+    from rsfm.tasks.module import DownstreamTask
+
     model = recipe["model"]
-    module = DownstreamTask(
+    return DownstreamTask(
         model={"encoder": model["encoder"], "neck": model.get("neck"), "heads": model["heads"]},
         optim=recipe["optim"],
-        data=data.info().to_dict(),
-        batch_size=data.batch_size,
+        data=info,
+        batch_size=batch_size,
         seed=recipe["seed"],
         monitor=model.get("monitor"),
         num_visualisations=model.get("num_visualisations", 4),
     )
-    return module, data
 
 
 def _summary(out: Path, recipe: dict[str, Any], tested: list[dict[str, float]], ckpt: str | None) -> dict[str, Any]:
@@ -388,12 +392,21 @@ def finetune(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
     return {"run_dir": str(out), **_summary(out, recipe, tested, tested_ckpt)}
 
 
-def _load_task(recipe: dict[str, Any], checkpoint: str | Path) -> tuple[Any, DataModule]:
+def _load_task(recipe: dict[str, Any], checkpoint: str | Path, need_data: bool = True) -> tuple[Any, DataModule | None]:
+    """The fine-tuned task of a checkpoint, and the recipe's datamodule (None when not needed).
+
+    Without ``need_data`` (``rsfm predict``) the model is built from the data description the
+    checkpoint stores (classes, bands, statistics), so the training set need not be on disk;
+    checkpoints without one fall back to the recipe's datamodule.
+    """
     from rsfm.engine.checkpoint import load_checkpoint, load_weights
 
-    module, data = _downstream(recipe)
+    data: DataModule | None = None
+    if need_data:
+        module, data = _downstream(recipe)
     state = load_checkpoint(checkpoint)
-    trained = (state.get("hyper_parameters") or {}).get("model")
+    hparams = state.get("hyper_parameters") or {}
+    trained = hparams.get("model")
     if isinstance(trained, dict) and "class_path" in trained and "heads" not in trained:
         method = str(trained["class_path"]).rsplit(".", 1)[-1]
         raise CheckpointError(
@@ -401,6 +414,11 @@ def _load_task(recipe: dict[str, Any], checkpoint: str | Path) -> tuple[Any, Dat
             f"(rsfm export --checkpoint {checkpoint} --out encoder.safetensors) and fine-tune it "
             "(model.encoder.weights=encoder.safetensors)"
         )
+    if not need_data:
+        if isinstance(hparams.get("data"), dict):
+            module = _task_module(recipe, hparams["data"], int(hparams.get("batch_size") or 1))
+        else:
+            module, data = _downstream(recipe)
     load_weights(module, state, checkpoint)
     norm = state.get("rsfm_normalisation")  # older checkpoints lack it: the recipe's statistics
     if isinstance(norm, dict) and "mean" in norm and "std" in norm:
@@ -468,5 +486,5 @@ def predict(
     for p in inputs:
         if not Path(p).is_file():
             raise DataError(f"--input: file not found: {p}")
-    module, _ = _load_task(recipe, checkpoint)
+    module, _ = _load_task(recipe, checkpoint, need_data=False)
     return predict_files(module, inputs, output, head)
