@@ -201,6 +201,7 @@ def _cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
             "data.init_args.root=/no/such/dir",
             "data.root: folder not found",
         ),
+        ("finetune", FINETUNE / "segmentation_dubai.yaml", "resume=/no/such.ckpt", "checkpoint not found"),
         ("pretrain", PRETRAIN / "selective_mae_vit_tiny.yaml", "model.init_args.mask_ration=0.5", "'mask_ration'"),
         (
             "pretrain",

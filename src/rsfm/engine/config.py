@@ -31,7 +31,7 @@ from typing import Any
 from rsfm.models.encoders.base import Encoder
 from rsfm.models.heads.base import Head
 from rsfm.models.necks import Neck
-from rsfm.utils.errors import ConfigError
+from rsfm.utils.errors import CheckpointError, ConfigError
 
 __all__ = [
     "CheckpointConfig",
@@ -522,6 +522,7 @@ def load_recipe(command: str, path: str | Path | None, overrides: list[str] | No
     Raises:
         ConfigError: naming the file and ``section.key`` on a missing recipe, a YAML syntax
             error (line and column), an unknown key or a value of the wrong type.
+        CheckpointError: for ``pretrain``/``finetune``, if ``resume`` names a missing file.
     """
     from jsonargparse import ArgumentError
 
@@ -554,6 +555,10 @@ def load_recipe(command: str, path: str | Path | None, overrides: list[str] | No
     plain: dict[str, Any] = yaml.safe_load(text)
     plain.pop("config", None)
     check_sections(plain)
+    resume = plain.get("resume")
+    if command in ("pretrain", "finetune") and resume not in (None, "", "auto", "none", "None"):
+        if not Path(str(resume)).is_file():  # before anything is built (as rsfm.engine.checkpoint.resolve_resume)
+            raise CheckpointError(f"resume: checkpoint not found: {resume}")
     plain["_yaml"] = text
     return plain
 

@@ -167,9 +167,9 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
     compile_mode = recipe["trainer"].get("compile", False)
     if compile_mode:
         module.model.compile_step(mode=None if compile_mode is True else str(compile_mode))
-    _make_run_dir(out)
-    ckpt, step = _resume(recipe, out)
+    ckpt, step = _resume(recipe, out)  # before the run folder: a wrong resume path leaves none
     _check_resume_fits(module, ckpt)
+    _make_run_dir(out)
     callbacks = list(callbacks or [])
     if isinstance(module.model, MaskedImageModel):
         callbacks.append(
@@ -351,9 +351,9 @@ def train_task(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> tu
     from rsfm.engine.data import LightningData
     from rsfm.engine.trainer import build_trainer
 
-    _make_run_dir(out)
-    ckpt, step = _resume(recipe, out)
+    ckpt, step = _resume(recipe, out)  # before the run folder: a wrong resume path leaves none
     _check_resume_fits(module, ckpt)
+    _make_run_dir(out)
     has_val = data.val_dataloader() != []
     trainer = build_trainer(
         out,
