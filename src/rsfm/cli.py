@@ -418,6 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _options_optional(parser: argparse.ArgumentParser) -> None:
+    """Make every required option of the subcommands optional, except ``--config``."""
+    for action in parser._actions:  # argparse keeps subcommands here; it has no public accessor
+        for sub in (getattr(action, "choices", None) or {}).values():
+            if isinstance(sub, argparse.ArgumentParser):
+                for option in sub._actions:
+                    if option.required and option.option_strings and "--config" not in option.option_strings:
+                        option.required = False
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The errors the command line reports in one line: the user's input, not rsfm's code."""
     from rsfm.utils.errors import UserError
@@ -432,6 +442,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rsfm`` command; returns the exit status (2 for a user error)."""
     parser = build_parser()
+    if any(a in ("--print-config", "--print_config") for a in (sys.argv[1:] if argv is None else argv)):
+        _options_optional(parser)  # printing the settings needs none of a command's inputs
     args, rest = parser.parse_known_args(argv)
     debug = bool(os.environ.get("RSFM_DEBUG"))
     try:

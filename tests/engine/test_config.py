@@ -45,9 +45,16 @@ def test_print_config_works_for_the_other_commands(capsys, tmp_path: Path) -> No
         ["export", "--checkpoint", "x.ckpt", "--out", "y.safetensors", "--print-config"],
         ["stats", str(tmp_path), "--print-config"],
         ["list", "heads", "--print-config"],
+        # the settings print without the command's inputs (the docs: "for every command")
+        ["test", "--config", str(FINETUNE / "segmentation_dubai.yaml"), "--print-config"],
+        ["predict", "--config", str(FINETUNE / "segmentation_dubai.yaml"), "--print-config"],
+        ["evaluate", "--print-config"],
+        ["convert", "--print-config"],
     ):
         assert main(argv) == 0, argv
         assert yaml.safe_load(capsys.readouterr().out)
+    with pytest.raises(SystemExit):  # without --print-config they are still required
+        main(["test", "--config", str(FINETUNE / "segmentation_dubai.yaml")])
 
 
 def test_overrides_with_and_without_init_args_agree() -> None:
