@@ -106,7 +106,7 @@ def test_augmentation_moves_both_images_and_mask_together(levir: Path) -> None:
         assert out["id"] == s["id"]
         seen.add(out["image_a"].sum().item())
     assert len(seen) > 6  # crops and turns do vary
-    with pytest.raises(ValueError, match="smaller than crop_size"):
+    with pytest.raises(ValueError, match=rf"{s['id']}: data.crop_size 512 is larger than its \(\d+, \d+\) pixels"):
         PairedAugment(crop_size=512)(s)
     with pytest.raises(ValueError, match="crop_size"):
         PairedAugment(crop_size=0)

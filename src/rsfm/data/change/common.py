@@ -206,7 +206,10 @@ class PairedAugment:
         if self.crop_size is not None:
             c = self.crop_size
             if h < c or w < c:
-                raise ValueError(f"image {(h, w)} is smaller than crop_size {c}")
+                raise ValueError(
+                    f"{sample.get('id', 'an image pair')}: data.crop_size {c} is larger than its {(h, w)} pixels; "
+                    "lower data.crop_size, or set it to null for whole images"
+                )
             top, left = self._randint(h - c + 1), self._randint(w - c + 1)
             for k in keys:
                 out[k] = out[k][..., top : top + c, left : left + c]
