@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from rsfm.data.io import RasterRule, read_image
+from rsfm.data.io import RasterRule, UnsupportedImageError, read_image
 from rsfm.data.skips import SkipReport
 from rsfm.data.stats import compute_mean_std, format_stats
 from rsfm.data.transforms import eval_transform, finetune_transform, moco_v1_transform, pretrain_transform
@@ -125,6 +125,9 @@ def test_compute_mean_std_of_selected_bands(tmp_path: Path, datasets: Path) -> N
     np.testing.assert_allclose(std, [*expected_std, expected_std[0]], atol=1e-9)
     nir_mean, nir_std = compute_mean_std(tmp_path, raster=RasterRule(bands=(3,)))
     np.testing.assert_allclose([*nir_mean, *nir_std], [expected_mean[0], expected_std[0]], atol=1e-9)
+    shutil.copy(good[0], tmp_path / "rgb.jpg")  # 3 bands: band 3 missing stops the run, as in training
+    with pytest.raises(UnsupportedImageError, match=r"rgb\.jpg"):
+        compute_mean_std(tmp_path, raster=RasterRule(bands=(0, 1, 2, 3)))
 
 
 def test_format_stats() -> None:

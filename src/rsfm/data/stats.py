@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .folder import ImageFolder
-from .io import BadImageError, RasterRule, read_image
+from .io import BadImageError, RasterRule, UnsupportedImageError, read_image
 from .skips import SkipReport
 
 __all__ = ["compute_mean_std", "format_stats"]
@@ -50,6 +50,8 @@ def compute_mean_std(
     Raises:
         FileNotFoundError: if ``root`` is missing or holds no image.
         ValueError: if ``max_images`` < 1 or no image could be read.
+        UnsupportedImageError: naming the file, if it lacks a band of ``raster.bands``
+            (unreadable files are skipped and counted).
 
     .. versionadded:: 0.1
 
@@ -70,6 +72,8 @@ def compute_mean_std(
         path = dataset.samples[int(i)]
         try:
             image = read_image(path, raster)
+        except UnsupportedImageError:
+            raise  # a band the setting asks for is missing: a setting to fix, as in training
         except BadImageError as err:
             skipped.add([(str(path), err.reason)])
             continue
