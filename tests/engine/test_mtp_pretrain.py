@@ -138,3 +138,21 @@ def test_recipes_check(datasets: Path) -> None:
     args = gpu["optim"]
     assert args["lr"] == 6.0e-5 and args["layer_decay"] == 0.9 and gpu["trainer"]["gradient_clip_val"] == 5.0
     assert gpu["trainer"]["max_steps"] == 80000 and gpu["data"]["init_args"]["crop_size"] == 448
+
+
+def test_resume_at_an_epoch_end_gives_identical_weights(tmp_path: Path, datasets: Path, mim_export: Path, one_thread):
+    """The shortest subset ends each epoch: the others' orders must not continue into the next one."""
+    common = ["checkpoint.every_n_train_steps=4", "trainer.max_epochs=2", "data.crops_per_image=8"]
+    pretrain(load_recipe("pretrain", MTP, mtp_args(tmp_path / "a", datasets, mim_export, *common)))
+    with pytest.raises(Crash):
+        pretrain(
+            load_recipe("pretrain", MTP, mtp_args(tmp_path / "b", datasets, mim_export, *common)),
+            callbacks=[CrashAt(5)],
+        )
+    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert stopped["global_step"] == 4 and stopped["epoch"] == 0  # the end of epoch 0
+    pretrain(load_recipe("pretrain", MTP, mtp_args(tmp_path / "b", datasets, mim_export, *common)))
+    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 8
+    assert_same_weights(a["state_dict"], b["state_dict"])

@@ -43,29 +43,37 @@ class LightningData(L.LightningDataModule):
         self.data.setup(stage)
 
     def train_dataloader(self) -> Any:
-        """The training loader; its sampler learns the trainer's ``limit_train_batches``.
+        """The training loader; its samplers learn the trainer's epoch and the batches an epoch takes.
 
-        With a limit, an epoch ends before the sampler's order does, and a run resumed from
-        a checkpoint at that end must start the next epoch (see
+        An epoch can end before a sampler's order does: ``limit_train_batches``, or the
+        shortest of several loaders (MTP's one batch per subset). A run resumed from a
+        checkpoint at that end must start the next epoch (see
         :attr:`rsfm.data.samplers.EpochSampler.keys_per_epoch`).
         """
         loader = self.data.train_dataloader()
-        sampler = getattr(loader, "sampler", None)
-        loop = getattr(self.trainer, "fit_loop", None)
-        if hasattr(sampler, "set_epoch") and loop is not None:
-            # Lightning makes the first iterator of a (resumed) fit before it sets the epoch
-            # of the samplers: without this, a run resumed at an epoch's end would draw that
-            # epoch's order again (and workers prefetch it at once)
-            sampler.set_epoch(loop.epoch_progress.current.processed)
+        parts = list(getattr(loader, "flattened", None) or [loader])  # a CombinedLoader's loaders
+        try:
+            batches: int | None = min(len(part) for part in parts)
+        except TypeError:  # a loader without a length (a stream)
+            batches = None
         limit = getattr(self.trainer, "limit_train_batches", None)
-        if hasattr(sampler, "keys_per_epoch") and limit is not None and getattr(loader, "batch_size", None):
-            batches = len(loader)
-            if isinstance(limit, int):
-                batches = min(batches, limit)
-            elif limit < 1.0:
-                batches = int(batches * limit)
-            keys = batches * loader.batch_size
-            sampler.keys_per_epoch = keys if sampler.keys_per_epoch is None else min(sampler.keys_per_epoch, keys)
+        if batches is not None and isinstance(limit, int):
+            batches = min(batches, limit)
+        elif batches is not None and isinstance(limit, float) and limit < 1.0:
+            batches = int(batches * limit)
+        loop = getattr(self.trainer, "fit_loop", None)
+        for part in parts:
+            sampler = getattr(part, "sampler", None)
+            if not hasattr(sampler, "keys_per_epoch"):
+                continue
+            if loop is not None:
+                # Lightning makes the first iterator of a (resumed) fit before it sets the
+                # samplers' epoch: without this, a run resumed at an epoch's end would draw that
+                # epoch's order again (and workers would prefetch it at once)
+                sampler.set_epoch(loop.epoch_progress.current.processed)
+            if batches is not None and getattr(part, "batch_size", None):
+                keys = batches * part.batch_size
+                sampler.keys_per_epoch = keys if sampler.keys_per_epoch is None else min(sampler.keys_per_epoch, keys)
         return loader
 
     def val_dataloader(self) -> Any:
