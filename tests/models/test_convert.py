@@ -524,7 +524,7 @@ def test_recipe_weights_take_a_released_checkpoint(tmp_path: Path, aid, monkeypa
     sd = mae_encoder(width, depth)  # as mae_pretrain_vit_*.pth: the encoder alone
     path = save_mae_container(sd, tmp_path / "mae_pretrain_vit_tiny.pth")
     # a plain ViT could be MAE's, SelectiveMAE's or timm's: the recipe names the source
-    with pytest.raises(CheckpointError, match="cannot tell the source"):
+    with pytest.raises(CheckpointError, match=r"cannot tell the source.*model\.encoder\.weights=<source>:<path>"):
         ViT(weights=str(path))
     enc = ViT(weights=f"mae:{path}", img_size=192).eval()
     assert enc.meta["weights"] == f"mae:{path}" and enc.meta["method"] == "MAE"

@@ -198,6 +198,8 @@ def test_test_with_a_checkpoint_that_does_not_fit_is_one_line(finetuned) -> None
     assert f"… {int(counts.group(1)) - 3} more" in counts.group(2)
     code, _, err = run.cli("test", "--checkpoint", str(run.folder / "missing.ckpt"))
     assert code == 2 and "checkpoint not found" in err
+    code, _, err = run.cli("test", "--checkpoint", str(run.folder / "checkpoints"))
+    assert code == 2 and "checkpoints is a folder, not a checkpoint file (it holds best.ckpt" in err, err
 
 
 def test_a_pretraining_checkpoint_is_sent_to_rsfm_export(finetuned, tmp_path: Path) -> None:

@@ -394,7 +394,7 @@ def detect_source(container: Mapping[str, Any], file: str = "<state dict>") -> s
         raise CheckpointError(
             f"{file}: cannot tell the source of these plain ViT weights: mae, selectivemae, timm or torchgeo "
             "(they differ in licence and normalisation); pass the source (rsfm convert --source, "
-            "load_encoder(..., source=...))"
+            "load_encoder(..., source=...), or in a recipe model.encoder.weights=<source>:<path>)"
         )
     for prefix in ("backbone.", "encoder_q."):
         if _arch_of(_under(keys, prefix)) == "resnet":
@@ -402,7 +402,8 @@ def detect_source(container: Mapping[str, Any], file: str = "<state dict>") -> s
     if _arch_of(keys) == "resnet":
         raise CheckpointError(
             f"{file}: cannot tell the source of these ResNet weights: timm or torchgeo (or GeRSP without its "
-            "prefix); pass the source (rsfm convert --source, load_encoder(..., source=...))"
+            "prefix); pass the source (rsfm convert --source, load_encoder(..., source=...), or in a recipe "
+            "model.encoder.weights=<source>:<path>)"
         )
     first = sorted(keys)[:5]
     raise CheckpointError(
