@@ -129,13 +129,25 @@ def test_resume_at_an_epoch_end_keeps_every_epoch_and_the_best_checkpoint(tmp_pa
     # 15 training images at batch 4: 3 batches per epoch, 3 images dropped
     extra = [f"data.init_args.root={root}", "data.init_args.batch_size=4", "trainer.max_epochs=3"]
     extra += ["checkpoint.every_n_train_steps=3", "trainer.limit_val_batches=null"]
-    train_task(finetune_recipe("classification_aid", tmp_path / "a", *extra))
+    trainer, *_ = train_task(finetune_recipe("classification_aid", tmp_path / "a", *extra))
+    # both checkpoints save at an epoch's end: the best one first, so that the periodic one
+    # stores its state after the epoch's score (equal scores here would not show the order)
+    assert [c.monitor for c in trainer.checkpoint_callbacks] == ["val/OA", None]
     a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
     assert a["global_step"] == 9, "the data no longer give 3 batches per epoch with a partial one dropped"
-    with pytest.raises(Crash):  # killed in epoch 2: the last checkpoint is the end of epoch 1
-        train_task(finetune_recipe("classification_aid", tmp_path / "b", *extra), callbacks=[CrashAt(7)])
+    with pytest.raises(Crash):  # killed in epoch 1: the last checkpoint is the end of epoch 0
+        train_task(finetune_recipe("classification_aid", tmp_path / "b", *extra), callbacks=[CrashAt(4)])
     stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert stopped["global_step"] == 6
+    assert stopped["global_step"] == 3
+
+    def validated(run: str) -> list[tuple[str, str]]:
+        with open(tmp_path / run / "run" / "logs" / "metrics.csv") as f:
+            return [(r["epoch"], r["val/OA"]) for r in csv.DictReader(f) if r.get("val/OA")]
+
+    # written after epoch 0's validation (a resumed run does not validate that epoch again),
+    # holding the best-checkpoint state that saw its score
+    best_state = [v for k, v in stopped["callbacks"].items() if "'monitor': 'val/OA'" in k]
+    assert len(best_state) == 1 and best_state[0]["best_model_score"] is not None
     train_task(finetune_recipe("classification_aid", tmp_path / "b", *extra))
     b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
     assert b["global_step"] == 9
@@ -143,10 +155,6 @@ def test_resume_at_an_epoch_end_keeps_every_epoch_and_the_best_checkpoint(tmp_pa
     best = [checkpoint(tmp_path / r / "run" / "checkpoints" / "best.ckpt") for r in ("a", "b")]
     assert best[0]["global_step"] == best[1]["global_step"]
     assert_same_weights(best[0]["state_dict"], best[1]["state_dict"])
-
-    def validated(run: str) -> list[tuple[str, str]]:
-        with open(tmp_path / run / "run" / "logs" / "metrics.csv") as f:
-            return [(r["epoch"], r["val/OA"]) for r in csv.DictReader(f) if r.get("val/OA")]
 
     assert validated("a") == validated("b") and len(validated("a")) == 3
 
