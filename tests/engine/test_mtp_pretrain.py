@@ -104,21 +104,33 @@ def test_ddp_cli_pretrains_logs_every_task_and_exports_for_fine_tuning(
         assert torch.equal(got, state["blocks.0.attn.qkv.weight"]), recipe.stem
 
 
-def test_resume_mid_epoch_gives_identical_weights(tmp_path: Path, datasets: Path, mim_export: Path, one_thread) -> None:
-    # 8 crops of P0005, batch 2: 4 steps in the one epoch
-    common = ["checkpoint.every_n_train_steps=2", "trainer.max_epochs=1", "data.crops_per_image=8"]
-    pretrain(load_recipe("pretrain", MTP, mtp_args(tmp_path / "a", datasets, mim_export, *common)))
+@pytest.mark.parametrize(
+    ("every", "epochs", "crash", "stopped_step", "final_step"),
+    [
+        # 8 crops of P0005, batch 2: 4 steps an epoch; the kill leaves the middle of epoch 0
+        pytest.param(2, 1, 3, 2, 4, id="mid_epoch"),
+        # ... or the end of epoch 0: the shortest subset ends each epoch, and the others'
+        # orders must not continue into the next one
+        pytest.param(4, 2, 5, 4, 8, id="epoch_end"),
+    ],
+)
+def test_resume_gives_identical_weights(
+    every: int, epochs: int, crash: int, stopped_step: int, final_step: int, tmp_path, datasets, mim_export, one_thread
+) -> None:
+    common = [f"checkpoint.every_n_train_steps={every}", f"trainer.max_epochs={epochs}", "data.crops_per_image=8"]
+
+    def recipe(run: str) -> dict:
+        return load_recipe("pretrain", MTP, mtp_args(tmp_path / run, datasets, mim_export, *common))
+
+    pretrain(recipe("a"))
     with pytest.raises(Crash):
-        pretrain(
-            load_recipe("pretrain", MTP, mtp_args(tmp_path / "b", datasets, mim_export, *common)),
-            callbacks=[CrashAt(3)],
-        )
+        pretrain(recipe("b"), callbacks=[CrashAt(crash)])
     stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert stopped["global_step"] == 2 and stopped["epoch"] == 0  # the middle of epoch 0
-    pretrain(load_recipe("pretrain", MTP, mtp_args(tmp_path / "b", datasets, mim_export, *common)))
+    assert stopped["global_step"] == stopped_step and stopped["epoch"] == 0
+    pretrain(recipe("b"))
     a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
     b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 4
+    assert a["global_step"] == b["global_step"] == final_step
     assert_same_weights(a["state_dict"], b["state_dict"])
     ea = load_file(str(tmp_path / "a" / "run" / "encoder.safetensors"))
     eb = load_file(str(tmp_path / "b" / "run" / "encoder.safetensors"))
@@ -138,21 +150,3 @@ def test_recipes_check(datasets: Path) -> None:
     args = gpu["optim"]
     assert args["lr"] == 6.0e-5 and args["layer_decay"] == 0.9 and gpu["trainer"]["gradient_clip_val"] == 5.0
     assert gpu["trainer"]["max_steps"] == 80000 and gpu["data"]["init_args"]["crop_size"] == 448
-
-
-def test_resume_at_an_epoch_end_gives_identical_weights(tmp_path: Path, datasets: Path, mim_export: Path, one_thread):
-    """The shortest subset ends each epoch: the others' orders must not continue into the next one."""
-    common = ["checkpoint.every_n_train_steps=4", "trainer.max_epochs=2", "data.crops_per_image=8"]
-    pretrain(load_recipe("pretrain", MTP, mtp_args(tmp_path / "a", datasets, mim_export, *common)))
-    with pytest.raises(Crash):
-        pretrain(
-            load_recipe("pretrain", MTP, mtp_args(tmp_path / "b", datasets, mim_export, *common)),
-            callbacks=[CrashAt(5)],
-        )
-    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert stopped["global_step"] == 4 and stopped["epoch"] == 0  # the end of epoch 0
-    pretrain(load_recipe("pretrain", MTP, mtp_args(tmp_path / "b", datasets, mim_export, *common)))
-    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
-    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 8
-    assert_same_weights(a["state_dict"], b["state_dict"])

@@ -53,33 +53,46 @@ def test_resume_mid_epoch_is_bit_identical(name: str, tmp_path: Path, datasets: 
     assert moved
 
 
-def test_resume_from_a_checkpoint_on_the_last_batch_of_an_epoch(tmp_path: Path, aid_subset, one_thread) -> None:
-    """Every 2 steps with 2 steps an epoch: the checkpoint a kill leaves is the end of epoch 0."""
+@pytest.mark.parametrize(
+    ("per_class", "settings", "final_step"),
+    [
+        # every 2 steps with 2 steps an epoch (16 images, batch 8): the checkpoint a kill leaves
+        # is the end of epoch 0 (final step was 4: epoch 1 ran no batch after the resume)
+        pytest.param(8, ["data.init_args.batch_size=8", "trainer.max_epochs=3", "checkpoint.every_n_train_steps=2"],
+                     6, id="last_batch"),
+        # trainer.limit_train_batches ends an epoch before its order does (the GeRSP recipe sets
+        # it): epoch 1 must draw its own order, not epoch 0's again
+        pytest.param(12, ["data.init_args.batch_size=4", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+                          "checkpoint.every_n_epochs=1"], 4, id="limited_epoch"),
+    ],
+)  # fmt: skip
+def test_pretraining_resumed_at_an_epoch_end_is_bit_identical(
+    per_class: int, settings: list[str], final_step: int, tmp_path: Path, aid_subset, one_thread
+) -> None:
     from engine_helpers import PRETRAIN
 
     from rsfm.engine.config import load_recipe
     from rsfm.engine.run import pretrain
 
-    root = aid_subset(["Beach", "Forest"], 8)
+    root = aid_subset(["Beach", "Forest"], per_class)
 
     def recipe(out: Path) -> dict:
         return load_recipe("pretrain", PRETRAIN / "mae_vit_tiny.yaml", [
             f"data.init_args.root={root}", f"output_dir={out}", "run_name=run", "data.init_args.img_size=32",
-            "data.init_args.batch_size=8", "data.init_args.num_workers=0", "data.init_args.test_fraction=0",
-            "model.init_args.patch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=3",
-            "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=2", "viz.num_images=0",
-            "evaluate.enabled=false",
+            "data.init_args.num_workers=0", "data.init_args.test_fraction=0", "model.init_args.patch_size=8",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "viz.num_images=0",
+            "evaluate.enabled=false", *settings,
         ])  # fmt: skip
 
     pretrain(recipe(tmp_path / "a"))
     with pytest.raises(Crash):
         pretrain(recipe(tmp_path / "b"), callbacks=[CrashAt(3)])
     stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert stopped["global_step"] == 2 and stopped["epoch"] == 0
+    assert stopped["global_step"] == 2 and stopped["epoch"] == 0  # the end of epoch 0
     pretrain(recipe(tmp_path / "b"))
     a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
     b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 6  # was 4: epoch 1 ran no batch after the resume
+    assert a["global_step"] == b["global_step"] == final_step
     assert_same_weights(a["state_dict"], b["state_dict"])
 
 
@@ -157,37 +170,6 @@ def test_resume_at_an_epoch_end_keeps_every_epoch_and_the_best_checkpoint(tmp_pa
     assert_same_weights(best[0]["state_dict"], best[1]["state_dict"])
 
     assert validated("a") == validated("b") and len(validated("a")) == 3
-
-
-def test_resume_at_the_end_of_a_limited_epoch_starts_the_next_epoch(tmp_path: Path, aid_subset, one_thread) -> None:
-    """``trainer.limit_train_batches`` ends an epoch before its order does (the GeRSP recipe sets it)."""
-    from engine_helpers import PRETRAIN
-
-    from rsfm.engine.config import load_recipe
-    from rsfm.engine.run import pretrain
-
-    root = aid_subset(["Beach", "Forest"], 12)
-
-    def recipe(out: Path) -> dict:
-        return load_recipe("pretrain", PRETRAIN / "mae_vit_tiny.yaml", [
-            f"data.init_args.root={root}", f"output_dir={out}", "run_name=run", "data.init_args.img_size=32",
-            "data.init_args.batch_size=4", "data.init_args.num_workers=0", "data.init_args.test_fraction=0",
-            "model.init_args.patch_size=8", "trainer.accelerator=cpu", "trainer.max_epochs=2",
-            "trainer.limit_train_batches=2", "checkpoint.every_n_epochs=1", "trainer.enable_progress_bar=false",
-            "viz.num_images=0",
-            "evaluate.enabled=false",
-        ])  # fmt: skip
-
-    pretrain(recipe(tmp_path / "a"))
-    with pytest.raises(Crash):
-        pretrain(recipe(tmp_path / "b"), callbacks=[CrashAt(3)])
-    stopped = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert stopped["global_step"] == 2 and stopped["epoch"] == 0  # the end of epoch 0 (every epoch)
-    pretrain(recipe(tmp_path / "b"))
-    a = checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
-    b = checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 4
-    assert_same_weights(a["state_dict"], b["state_dict"])  # epoch 1 drew its own order, not epoch 0's again
 
 
 def test_resuming_with_a_changed_model_is_one_line(tmp_path: Path, aid_subset, one_thread) -> None:

@@ -266,9 +266,6 @@ class DataModule:
             len(dataset), shuffle=train, seed=self.seed, num_replicas=world, rank=rank, drop_last=train
         )
         size = batch_size or (self.batch_size if train else self.eval_batch_size)
-        drop_last = train and len(sampler) >= size
-        if drop_last:
-            sampler.keys_per_epoch = len(sampler) // size * size
         return StatefulDataLoader(
             dataset,
             batch_size=size,
@@ -276,7 +273,7 @@ class DataModule:
             num_workers=self.num_workers,
             collate_fn=collate or self.collate(),
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            drop_last=drop_last,
+            drop_last=train and len(sampler) >= size,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -143,7 +143,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.drop_last = drop_last
         self.epoch = 0
         #: how many of this rank's keys per epoch the loader uses (the whole batches of a loader
-        #: that drops its last partial one, up to the trainer's ``limit_train_batches``); None: all.
+        #: that drops its last partial one, up to the trainer's ``limit_train_batches``); set by
+        #: :meth:`rsfm.engine.data.LightningData.train_dataloader`; None: all.
         #: A resumed position at or past it is the end of its epoch, so the run goes on with the
         #: next epoch rather than serving the unused tail as a batchless epoch.
         self.keys_per_epoch: int | None = None

@@ -34,6 +34,7 @@ __all__ = [
     "load_weights",
     "resolve_resume",
     "resumable_checkpoints",
+    "weights_mismatch",
 ]
 
 _STEP = re.compile(r"step(\d+)")
@@ -122,16 +123,25 @@ def load_weights(module: torch.nn.Module, state: dict[str, Any], path: str | Pat
     if "state_dict" not in state:
         raise CheckpointError(f"{path} is not a Lightning checkpoint of rsfm (it has no 'state_dict')")
     weights = state["state_dict"]
+    mismatch = weights_mismatch(module, weights)
+    if mismatch:
+        raise CheckpointError(
+            f"{path} does not fit the model the recipe builds: {mismatch}; "
+            "pass the recipe and overrides it was trained with"
+        )
+    module.load_state_dict(weights)
+
+
+def weights_mismatch(module: torch.nn.Module, weights: dict[str, Any]) -> str | None:
+    """One line on how ``weights`` (a state dict) fails to fit ``module``, or None if it fits.
+
+    Counts the missing, unexpected and mis-shaped tensors and names the first few of each.
+    """
     own = module.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     shapes = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{path} does not fit the model the recipe builds: {mismatch_summary(missing, unexpected, shapes)}; "
-            "pass the recipe and overrides it was trained with"
-        )
-    module.load_state_dict(weights)
+    return mismatch_summary(missing, unexpected, shapes) if missing or unexpected or shapes else None
 
 
 def checkpoint_step(path: Path) -> int:

@@ -90,7 +90,7 @@ def _check_resume_fits(module: Any, ckpt: str | None) -> None:
     """
     import torch
 
-    from rsfm.models.export import mismatch_summary
+    from rsfm.engine.checkpoint import weights_mismatch
 
     if ckpt is None or not Path(ckpt).is_file():
         return
@@ -101,13 +101,10 @@ def _check_resume_fits(module: Any, ckpt: str | None) -> None:
     weights = state.get("state_dict") if isinstance(state, dict) else None
     if not isinstance(weights, dict):
         return
-    own = module.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    shapes = [k for k in own if k in weights and tuple(own[k].shape) != tuple(weights[k].shape)]
-    if missing or unexpected or shapes:
+    mismatch = weights_mismatch(module, weights)
+    if mismatch:
         raise CheckpointError(
-            f"{ckpt} does not fit the model the recipe builds ({mismatch_summary(missing, unexpected, shapes)}): "
+            f"{ckpt} does not fit the model the recipe builds ({mismatch}): "
             "the recipe's model changed since this run was checkpointed; start a new run (another run_name "
             "or output_dir) or resume with the recipe it was trained with (stored in the checkpoint as rsfm_recipe)"
         )
