@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rsfm.models.convert import SOURCES, convert_checkpoint, convert_file, convert_state_dict
+from rsfm.models.convert import SOURCES, convert_checkpoint, convert_file, convert_state_dict, read_checkpoint
 from rsfm.models.export import load_encoder, read_encoder_meta
 from rsfm.models.model_card import render_model_card
 from rsfm.utils.errors import CheckpointError, ConfigError
@@ -343,6 +343,43 @@ def test_mtp_encoder_file_without_global_tables(tmp_path: Path) -> None:
     del sd["fpn1.0.weight"]
     with pytest.raises(CheckpointError, match=r"lacks encoder keys: fpn1\.0\.weight"):
         convert_state_dict(sd, "mtp")
+
+
+def test_mtp_encoder_file_as_mtp_saves_it_reads(tmp_path: Path) -> None:
+    """MTP saves ``{epoch, iteration, state_dict, optimizer, scheduler, loss_pretrain: np.array}``.
+
+    NumPy arrays and scalars are read (weights-only), under NumPy 2's module names and NumPy 1's
+    (a file saved in 2024 names ``numpy.core.multiarray``); other objects stay refused.
+    """
+    import numpy as np
+
+    _, sd = rvsa_state()
+    container = {
+        "epoch": 3,
+        "iteration": 80000,
+        "state_dict": sd,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 6e-5, "params": [0, 1]}]},
+        "scheduler": {"last_epoch": np.int64(80000)},
+        "loss_pretrain": np.array([3.2, 2.9, 2.7]),
+    }
+    path = tmp_path / "last_vit_b_rvsa_ss_is_rd_pretrn_model_encoder.pth"
+    torch.save(container, path, _use_new_zipfile_serialization=False)  # one pickle stream: names editable
+    raw = path.read_bytes()
+    core = b"numpy._core.multiarray\n" if b"numpy._core.multiarray\n" in raw else b"numpy.core.multiarray\n"
+    assert core in raw
+    for name, data in (
+        ("numpy2.pth", raw.replace(b"numpy.core.multiarray\n", b"numpy._core.multiarray\n")),
+        ("numpy1.pth", raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")),
+    ):
+        (tmp_path / name).write_bytes(data)
+        state = read_checkpoint(tmp_path / name)
+        assert np.array_equal(state["loss_pretrain"], [3.2, 2.9, 2.7]) and state["scheduler"]["last_epoch"] == 80000
+        out, meta, report = convert_state_dict(state, "mtp")
+        assert meta["arch"] == "vit_rvsa" and report.container == "state_dict"
+        assert torch.equal(out["pos_embed"], sd["pos_embed"])
+    torch.save({**container, "hook": np.random.default_rng}, tmp_path / "code.pth")
+    with pytest.raises(CheckpointError, match="holds objects other than tensors"):
+        read_checkpoint(tmp_path / "code.pth")
 
 
 # -- GeRSP, timm and torchgeo ResNets ------------------------------------------------------------

@@ -280,7 +280,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Args:
         path: a ``torch.save`` file (``.pth``, ``.pt``, ``.bin``, ``.ckpt`` …; read with
-            ``weights_only=True``, ``argparse.Namespace`` allowed) or a ``.safetensors`` file.
+            ``weights_only=True``, with ``argparse.Namespace`` and NumPy arrays and scalars
+            allowed: MAE's checkpoints hold the former, MTP's a NumPy array of its losses) or a
+            ``.safetensors`` file.
 
     Returns:
         The checkpoint's top-level dict (a state dict, or a container such as ``{"model": …}``).
@@ -302,7 +304,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(f"{path} is neither a torch checkpoint nor a safetensors file ({err})") from None
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace, *_numpy_globals()]):
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=magic.startswith(b"PK"))
     except Exception as err:  # pickle, zip and unpickler errors of every kind
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -316,6 +318,23 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _numpy_globals() -> list[Any]:
+    """What unpickling NumPy arrays and scalars names, under NumPy 2's and NumPy 1's module paths.
+
+    These rebuild an array or scalar from its dtype and bytes and run nothing else; an object
+    array's elements are still checked one by one.
+    """
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core  # NumPy 2 | 1
+    reconstruct, scalar = core.multiarray._reconstruct, core.multiarray.scalar
+    dtypes = [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGUSV"] + [type(np.dtype("M8[s]")), type(np.dtype("m8[s]"))]
+    allowed: list[Any] = [np.ndarray, np.dtype, reconstruct, scalar, *dict.fromkeys(dtypes)]
+    for package in ("numpy.core", "numpy._core"):  # a file saved under either NumPy names these
+        allowed += [(reconstruct, f"{package}.multiarray._reconstruct"), (scalar, f"{package}.multiarray.scalar")]
+    return allowed
 
 
 def _is_state_dict(d: Any) -> bool:
