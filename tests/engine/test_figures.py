@@ -6,6 +6,7 @@ from PIL import Image
 
 from rsfm.engine.figures import reconstruction_grid
 from rsfm.methods.masking import patchify
+from rsfm.methods.mae import MAE
 from rsfm.methods.selective_mae import SelectiveMAE
 
 
@@ -38,3 +39,26 @@ def test_reconstruction_grid_columns(datasets: Path) -> None:
     r = patchify(roles[None], 8)[0][seed].view(len(seed), 64, 3)
     o = p_orig[seed].view(len(seed), 64, 3)
     assert (r[..., 0] - o[..., 0]).mean() > 0.1
+
+
+def test_reconstruction_grid_of_other_band_counts(datasets: Path) -> None:
+    """A 4-band input draws its first three bands, a 1-band one grey (the end-of-run figure of a
+    4-band MAE run used to stop the run before its export)."""
+    path = sorted((datasets / "aid" / "Port").glob("*.jpg"))[0]
+    rgb = torch.from_numpy(np.asarray(Image.open(path).convert("RGB").resize((64, 64)), np.float32) / 255)
+    rgb = rgb.permute(2, 0, 1)[None]
+    for bands in (rgb[:, [0, 1, 2, 1]], rgb[:, :1]):  # a 4th band (a copy of green), one band
+        c = bands.shape[1]
+        mean, std = [0.4] * c, [0.2] * c
+        imgs = (bands - 0.4) / 0.2
+        model = MAE("tiny", img_size=64, patch_size=8, in_chans=c).eval()
+        with torch.no_grad():
+            out = model(imgs)
+        grid = reconstruction_grid(imgs, out, 8, mean, std, norm_pix_loss=True)
+        assert grid.shape == (4, min(c, 3), 64, 64) and 0 <= grid.min() and grid.max() <= 1
+        assert torch.allclose(grid[0], bands[0, :3], atol=1e-5)  # the original column
+        # visible tokens are tinted blue in the roles column (one band: its first value, 0.15, darkens them)
+        vis = out["ids_visible"][0]
+        roles, orig = (patchify(x[None], 8)[0][vis].view(len(vis), 64, min(c, 3)) for x in (grid[2], grid[0]))
+        shift = (roles[..., -1] - orig[..., -1]).mean()
+        assert shift > 0.1 if c > 1 else shift < -0.1

@@ -28,7 +28,9 @@ def _patch_mask(ids: torch.Tensor, num_patches: int) -> torch.Tensor:
 def _paint(
     patches: torch.Tensor, mask: torch.Tensor, colour: Sequence[float], alpha: float, channels: int
 ) -> torch.Tensor:
-    c = torch.tensor(colour, dtype=patches.dtype, device=patches.device).repeat(patches.shape[-1] // channels)
+    # the colour's three values tint the first three bands (the ones drawn); others keep a 0 tint
+    tint = [*colour[:channels], *[0.0] * max(0, channels - len(colour))]
+    c = torch.tensor(tint, dtype=patches.dtype, device=patches.device).repeat(patches.shape[-1] // channels)
     return torch.where(mask.unsqueeze(-1), (1 - alpha) * patches + alpha * c, patches)
 
 
