@@ -193,7 +193,9 @@ def fit(task: DownstreamTask, dm: LoveDADataModule, root: Path) -> SkipReportCal
     return report
 
 
-def test_fine_tuning_runs_through_unreadable_files_and_reports_them(datasets: Path, tmp_path: Path) -> None:
+def test_fine_tuning_runs_through_unreadable_files_and_reports_them(
+    datasets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Train on a batch that lost a file, validate and test with batches that lost every file."""
     root = loveda_with(datasets, tmp_path / "loveda", {"3": "0", "4": "1", "5": "1", "6": "2"})
     bad_train = empty(root / "images_png" / "3.png")  # training: 0, 3, 4 -> one batch, two readable crops
@@ -216,11 +218,17 @@ def test_fine_tuning_runs_through_unreadable_files_and_reports_them(datasets: Pa
         def on_test_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
             batches.append(batch)
 
-    tester = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[Keep()])
+    skips = SkipReportCallback()
+    tester = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[Keep(), skips])
     (scores,) = tester.test(task, datamodule=LightningData(dm), verbose=False)
     assert set(scores) == {"test/mIoU", "test/OA", "test/mF1"}
     assert [b["id"] for b in batches] == [["images_png/2"], []]
     assert batches[1]["skipped"] == [(str(bad_test), "not_an_image")]
+    # the test reports what it left out, beside its metrics (the fit's report is another file)
+    assert skips.test_report is not None and skips.test_report.counts() == {"not_an_image": 1}
+    assert skips.test_path == tmp_path / "out" / "skipped_files.json"
+    assert json.loads(skips.test_path.read_text())["files"] == [{"path": str(bad_test), "reason": "not_an_image"}]
+    assert "test: 1 file skipped: 1 not_an_image (listed in" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     labelled = int((np.asarray(Image.open(root / "masks_png" / "2.png")) != 0).sum())  # LoveDA's 0: no label
     assert metrics["heads"]["segmentation"]["pixels"] == labelled  # the readable test image alone was scored

@@ -82,6 +82,26 @@ def test_evaluate_knn_linear_on_real_folder(aid_folder, encoder_file, tmp_path) 
     assert train | heldout == {f"{c}/{f.name}" for c in CLASSES for f in (aid_folder / c).iterdir()}
 
 
+def test_evaluate_lists_the_files_it_left_out(aid_folder, encoder_file, tmp_path) -> None:
+    """Unreadable files are counted in metrics.json and listed with their reasons beside it."""
+    import shutil
+
+    folder = Path(shutil.copytree(aid_folder, tmp_path / "aid"))  # copies of the linked images
+    cut, empty = sorted((folder / "Beach").iterdir())[:2]
+    cut.write_bytes(cut.read_bytes()[:300])
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    result = _evaluate(encoder_file, folder, ("knn",), out, img_size=32, batch_size=40)
+    assert (
+        result["data"]["skipped"] == 2
+        and result["data"]["n_train_features"] + result["data"]["n_heldout_features"] == 38
+    )
+    listed = json.loads((out / "skipped_files.json").read_text())
+    assert listed["counts"] == {"truncated": 1, "zero_byte": 1}
+    assert {f["path"] for f in listed["files"]} == {str(cut), str(empty)}
+    assert json.loads((out / "metrics.json").read_text())["data"]["skipped_files"] == listed
+
+
 def test_heldout_split_is_the_pretraining_holdout(aid_folder, encoder_file, tmp_path) -> None:
     from rsfm.data.pretrain import PretrainDataModule
 

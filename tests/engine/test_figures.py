@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from rsfm.engine.figures import reconstruction_grid
-from rsfm.methods.masking import patchify
 from rsfm.methods.mae import MAE
+from rsfm.methods.masking import patchify
 from rsfm.methods.selective_mae import SelectiveMAE
 
 

@@ -33,7 +33,7 @@ def gather_report(report: SkipReport) -> SkipReport:
 
 
 class SkipReportCallback(L.Callback):
-    """Count the files skipped during a fit and report them at the end.
+    """Count the files skipped during a fit or a test and report them at the end.
 
     Seeded at ``setup`` with the datamodule's ``scan_skipped`` (files that were never
     samples), it adds ``batch['skipped']`` of every train and validation batch (batches from
@@ -43,24 +43,37 @@ class SkipReportCallback(L.Callback):
     ``trainer.log_dir`` (or ``trainer.default_root_dir``). The report is saved in checkpoints,
     so a resumed run keeps its counts.
 
+    A test (after a fit, or ``rsfm test``) keeps its own report, seeded with the scan's skips
+    and fed by the test batches; rank 0 prints it (``'test: 4 files skipped: 4 truncated'``)
+    and writes it beside the test's ``metrics.json`` (the module's ``resolve_out_dir()``, else
+    ``trainer.default_root_dir``), so a test over fewer samples than the split holds says why.
+
     Args:
-        filename: name of the JSON file written at the end of fit.
+        filename: name of the JSON files written.
         scan_skipped: extra ``(path, reason)`` pairs to seed the report with.
 
     Attributes:
-        report: the :class:`~rsfm.data.skips.SkipReport` of this rank (all ranks after ``fit``).
-        path: the JSON file written, once written.
+        report: the :class:`~rsfm.data.skips.SkipReport` of a fit on this rank (all ranks after ``fit``).
+        test_report: the report of the last test (all ranks after it), None before one.
+        path: the fit's JSON file, once written.
+        test_path: the test's JSON file, once written.
     """
 
     def __init__(self, filename: str = "skipped_files.json", scan_skipped: Iterable[Sequence[str]] = ()) -> None:
         self.filename = filename
         self.report = SkipReport(scan_skipped)
+        self.test_report: SkipReport | None = None
         self.path: Path | None = None
+        self.test_path: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Seed the report with the datamodule's scan-time skips."""
+        """Seed the report of the stage (the test's own one for ``test``) with the scan-time skips."""
         datamodule = getattr(trainer, "datamodule", None)
-        self.report.add(getattr(datamodule, "scan_skipped", None) or ())
+        scanned = getattr(datamodule, "scan_skipped", None) or ()
+        if stage == "test":
+            self.test_report = SkipReport(scanned)
+        else:
+            self.report.add(scanned)
 
     def _add_batch(self, batch: Any) -> None:
         if not isinstance(batch, Mapping):
@@ -88,6 +101,31 @@ class SkipReportCallback(L.Callback):
     ) -> None:
         """Record the batch's skipped files."""
         self._add_batch(batch)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Record the test batch's skipped files."""
+        if self.test_report is None:
+            self.test_report = SkipReport()
+        if isinstance(batch, Mapping) and batch.get("skipped"):
+            self.test_report.add(batch["skipped"])
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Merge the test reports of all ranks; rank 0 prints the summary and writes the JSON."""
+        self.test_report = gather_report(self.test_report or SkipReport())
+        if trainer.is_global_zero:
+            resolve = getattr(pl_module, "resolve_out_dir", None)
+            out = Path(resolve() if callable(resolve) else trainer.default_root_dir)
+            self.test_path = self.test_report.write_json(out / self.filename)
+            where = f" (listed in {self.test_path})" if self.test_report.total else ""
+            print(f"test: {self.test_report.summary()}{where}")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Merge the reports of all ranks; rank 0 prints the summary and writes the JSON."""

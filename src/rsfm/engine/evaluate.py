@@ -97,9 +97,20 @@ def scratch_spec(encoder_path: str | None, scratch_size: str | None, img_size: i
 
 
 def extract(
-    encoder: Any, data: Any, split: str, device: torch.device, pool: str, mean: Sequence[float], std: Sequence[float]
+    encoder: Any,
+    data: Any,
+    split: str,
+    device: torch.device,
+    pool: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    skipped: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Frozen pooled features, labels and dataset indices of one split (unreadable files left out)."""
+    """Frozen pooled features, labels and dataset indices of one split.
+
+    Unreadable files are left out and, with ``skipped`` (a :class:`~rsfm.data.skips.SkipReport`),
+    recorded there with their reasons.
+    """
     from rsfm.tasks.probes import extract_features
 
     loader = data.loader(data.datasets[split], train=False)
@@ -112,6 +123,7 @@ def extract(
         return_index=True,
         mean=mean,
         std=std,
+        skipped=skipped,
     )
 
 
@@ -307,6 +319,7 @@ def evaluate(
     config = {key: value for key, value in locals().items() if key != "verbose"}
     config["protocols"] = list(protocols)
     from rsfm.data.scene import SceneClassificationDataModule
+    from rsfm.data.skips import SkipReport
     from rsfm.metrics.classification import format_table
     from rsfm.tasks.module import DownstreamTask
     from rsfm.tasks.probes import DEFAULT_LR_GRID
@@ -375,15 +388,20 @@ def evaluate(
     frozen = [p for p in protocols if p in ("knn", "linear")]
     if frozen:
         t0 = time.perf_counter()
-        xt, yt, it = extract(encoder, probe_data, "train", dev, pool, norm_mean, norm_std)
-        xv, yv, iv = extract(encoder, probe_data, "test", dev, pool, norm_mean, norm_std)
+        skipped = SkipReport(getattr(probe_data, "scan_skipped", None) or ())
+        xt, yt, it = extract(encoder, probe_data, "train", dev, pool, norm_mean, norm_std, skipped)
+        xv, yv, iv = extract(encoder, probe_data, "test", dev, pool, norm_mean, norm_std, skipped)
         timings["features"] = time.perf_counter() - t0
         _say(verbose, f"features: {len(yt)} + {len(yv)} images -> {xt.shape[1]}-d in {timings['features']:.1f}s")
         result["data"].update(
             n_train_features=len(yt),
             n_heldout_features=len(yv),
-            skipped=len(train_set) + len(test_set) - len(yt) - len(yv),
+            skipped=skipped.total,
+            skipped_files=skipped.to_dict(),
         )
+        if skipped.total:  # the files behind the count, with their reasons, beside metrics.json
+            _say(verbose, f"{skipped.summary()} (listed in {out / 'skipped_files.json'})")
+            skipped.write_json(out / "skipped_files.json")
         result["split"] = {
             name: [ds.samples[i].relative_to(ds.root).as_posix() for i in idx.tolist()]
             for name, ds, idx in (("train", train_set, it), ("heldout", test_set, iv))

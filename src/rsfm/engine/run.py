@@ -315,7 +315,9 @@ def _task_module(recipe: dict[str, Any], info: dict[str, Any], batch_size: int) 
     )
 
 
-def _summary(out: Path, recipe: dict[str, Any], tested: list[dict[str, float]], ckpt: str | None) -> dict[str, Any]:
+def _summary(
+    out: Path, recipe: dict[str, Any], tested: list[dict[str, float]], ckpt: str | None, trainer: Any = None
+) -> dict[str, Any]:
     result = {
         "checkpoint": ckpt,
         "scale": "percent",
@@ -323,6 +325,9 @@ def _summary(out: Path, recipe: dict[str, Any], tested: list[dict[str, float]], 
         "details": str(out / "test" / "metrics.json"),
         "config": _plain(recipe),
     }
+    skips = next((c for c in getattr(trainer, "callbacks", ()) if type(c).__name__ == "SkipReportCallback"), None)
+    if skips is not None and skips.test_report is not None:  # files the test left out, by reason
+        result["skipped"] = skips.test_report.counts()
     write_json(out / "metrics.json", result)
     return result
 
@@ -386,7 +391,7 @@ def finetune(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
     best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
     tested_ckpt = best.best_model_path if best is not None and best.best_model_path else None
     tested = trainer.test(module, datamodule=lightning_data, ckpt_path=tested_ckpt, weights_only=True)
-    return {"run_dir": str(out), **_summary(out, recipe, tested, tested_ckpt)}
+    return {"run_dir": str(out), **_summary(out, recipe, tested, tested_ckpt, trainer)}
 
 
 def _load_task(recipe: dict[str, Any], checkpoint: str | Path, need_data: bool = True) -> tuple[Any, DataModule | None]:
@@ -455,7 +460,7 @@ def test(recipe: dict[str, Any], checkpoint: str | Path) -> dict[str, Any]:
     module.out_dir = str(out / "test")
     trainer = build_trainer(out, recipe["trainer"], recipe["checkpoint"], fitting=False)
     tested = trainer.test(module, datamodule=LightningData(data))
-    return {"run_dir": str(out), **_summary(out, recipe, tested, str(checkpoint))}
+    return {"run_dir": str(out), **_summary(out, recipe, tested, str(checkpoint), trainer)}
 
 
 def predict(

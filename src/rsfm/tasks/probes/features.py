@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from rsfm.data.skips import SkipReport
 from rsfm.models.encoders.rvsa import VisionTransformerRVSA
 
 __all__ = ["extract_features", "pool_features"]
@@ -88,6 +89,7 @@ def extract_features(
     return_index: bool = False,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    skipped: SkipReport | None = None,
 ) -> tuple[Tensor, ...]:
     """Run a frozen encoder over a loader and collect pooled features and labels.
 
@@ -107,6 +109,8 @@ def extract_features(
         return_index: also return each feature's dataset index.
         mean: per-band mean to normalise the images with (None: they are normalised).
         std: per-band std, likewise.
+        skipped: a report that receives the ``(path, reason)`` pairs of the files the batches
+            left out (None: not recorded).
 
     Returns:
         ``(features (N, D) float32, labels (N,) int64)`` on CPU, plus ``indices (N,) int64``
@@ -126,6 +130,8 @@ def extract_features(
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     for batch in loader:
+        if skipped is not None and batch.get("skipped"):
+            skipped.add(batch["skipped"])
         images = batch.get("image")
         if images is None or images.shape[0] == 0:
             continue
