@@ -439,6 +439,28 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+def _worker_error(err: BaseException) -> tuple[str, type[BaseException] | None] | None:
+    """``(message, original type)`` of an error a DataLoader worker raised, else None.
+
+    PyTorch re-raises a worker's exception in the main process with the worker's traceback as
+    its message (``Caught ValueError in DataLoader worker process 0. Original Traceback …``),
+    or as a ``RuntimeError`` when the type cannot be rebuilt from one string; the original
+    message is the text after the traceback's last frame, led by the type's name.
+    """
+    lines = str(err).rstrip().splitlines()
+    if not lines or not (lines[0].startswith("Caught ") and "in DataLoader worker process" in lines[0]):
+        return None
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]
+    tail = lines[frames[-1] + 1 :] if frames else lines[-1:]
+    if not tail:
+        return None
+    name, _, first = tail[0].partition(": ")
+    module, _, attr = name.rpartition(".")
+    found = getattr(sys.modules.get(module or "builtins"), attr, None)
+    kind = found if isinstance(found, type) and issubclass(found, BaseException) else None
+    return first.strip() or name, kind
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rsfm`` command; returns the exit status (2 for a user error)."""
     parser = build_parser()
@@ -447,11 +469,20 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     debug = bool(os.environ.get("RSFM_DEBUG"))
     try:
-        return int(args.func(args, rest) or 0)
+        try:
+            return int(args.func(args, rest) or 0)
+        except RuntimeError as err:  # a worker's error whose type could not be rebuilt
+            worker = _worker_error(err)
+            if worker is None or worker[1] is None or not issubclass(worker[1], _user_errors()):
+                raise
+            from rsfm.utils.errors import DataError
+
+            raise DataError(worker[0]) from err
     except _user_errors() as err:  # evaluated when an error arrives, after the command's imports
         if debug:
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        worker = _worker_error(err)  # a loader worker's: its own message, not PyTorch's wrapper
+        message = worker[0] if worker else str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "data.root" in message and "not found" in message:
             message = f"{message}; {DATA_HINT}"
         print(f"rsfm {args.command}: error: {message} (RSFM_DEBUG=1 shows the traceback)", file=sys.stderr)

@@ -293,3 +293,46 @@ def test_stats_options_are_checked(tmp_path: Path, capsys) -> None:
     assert "--bands: expected 0-based band indices" in stderr_line(capsys)
     assert main(["stats", str(tmp_path), "--raster-scale", "ten"]) == 2
     assert "--raster-scale: expected 'auto' or a number" in stderr_line(capsys)
+
+
+class _FailingImages(torch.utils.data.Dataset):
+    """A dataset whose item raises the error a data problem gives, in a loader worker."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        raise self.error
+
+
+@pytest.mark.parametrize("kind", ["data_error", "unsupported_bands"])
+def test_a_loader_workers_data_error_is_one_line_naming_the_file(kind: str, monkeypatch, capsys) -> None:
+    """PyTorch re-raises a worker's error with the worker's traceback as its message (or as a
+    RuntimeError when the type cannot be rebuilt): the command prints the original message."""
+    import argparse
+
+    from rsfm.data.io import UnsupportedImageError
+    from rsfm.utils.errors import DataError
+
+    path = "levir/label/train_412.png"
+    error = (
+        DataError(f"{path}: change mask values must be 0 (no change) or 255 (change), found [1]")
+        if kind == "data_error"
+        else UnsupportedImageError(path, "has 3 bands; data.bands asks for band 3")
+    )
+    loader = torch.utils.data.DataLoader(_FailingImages(error), num_workers=1)
+
+    def command(args: argparse.Namespace, rest: list[str]) -> int:
+        next(iter(loader))
+        return 0
+
+    parser = argparse.ArgumentParser(prog="rsfm")
+    parser.set_defaults(func=command, command="finetune")
+    monkeypatch.setattr("rsfm.cli.build_parser", lambda: parser)
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rsfm finetune: error: {path}") and "worker" not in err and len(err.splitlines()) == 1
+    assert ("found [1]" if kind == "data_error" else "data.bands asks for band 3") in err
