@@ -26,6 +26,37 @@ def test_epoch_sampler_sharding() -> None:
     assert [i for i, _ in EpochSampler(5, shuffle=False, num_replicas=2, rank=1, drop_last=False)] == [1, 3, 0]
 
 
+def test_evaluation_shards_hold_every_sample_once() -> None:
+    """Without padding (evaluation) the ranks partition the indices; fewer samples than ranks:
+    a rank repeats one rather than having none (it would skip the loop the others wait in)."""
+    for n, world in ((11, 2), (3, 2), (10, 4), (7, 3)):
+        shards = [[i for i, _ in EpochSampler(n, False, num_replicas=world, rank=r, drop_last=False, pad=False)]
+                  for r in range(world)]  # fmt: skip
+        assert sorted(i for s in shards for i in s) == list(range(n))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        assert [len(EpochSampler(n, num_replicas=world, rank=r, drop_last=False, pad=False)) for r in range(world)] == [
+            len(s) for s in shards
+        ]
+    few = [[i for i, _ in EpochSampler(1, False, num_replicas=2, rank=r, drop_last=False, pad=False)] for r in (0, 1)]
+    assert few == [[0], [0]]
+
+
+def test_evaluation_loaders_of_two_ranks_score_each_test_image_once(aid_subset) -> None:
+    """A test split of 3 images on 2 ranks: ranks take 2 and 1 (it was 2 and 2, one image twice)."""
+    from rsfm.data.scene import SceneClassificationDataModule
+
+    root = aid_subset(["Beach", "Forest", "Port"], 5)
+    dm = SceneClassificationDataModule(str(root), img_size=32, test_fraction=0.2, val_fraction=0.0, num_workers=0)
+    dm.setup("test")
+    single = [i for b in dm.test_dataloader() for i in b["index"].tolist()]
+    assert len(single) == 3
+    ranks = []
+    for rank in (0, 1):
+        dm.world = lambda rank=rank: (2, rank)
+        ranks.append([i for b in dm.test_dataloader() for i in b["index"].tolist()])
+    assert sorted(ranks[0] + ranks[1]) == sorted(single) and [len(r) for r in ranks] == [2, 1]
+
+
 def test_epoch_sampler_order() -> None:
     sampler = EpochSampler(50, seed=3)
     first = list(sampler)

@@ -45,3 +45,35 @@ def test_ddp_two_cpu_processes(name: str, tmp_path: Path, datasets: Path) -> Non
     # unused-parameter error from DDP's reducer)
     assert last["global_step"] == 2
     assert (tmp_path / "ddp" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_rsfm_test_on_two_processes_scores_each_image_once(tmp_path: Path, aid_subset) -> None:
+    """3 test images on 2 ranks: the same scores as one process (the padded sampler counted one twice)."""
+    import json
+
+    root = aid_subset(["Airport", "Beach", "Forest"], 5)
+    common = [
+        "--config", str(FINETUNE / "classification_aid.yaml"), f"output_dir={tmp_path}", f"data.init_args.root={root}",
+        "data.init_args.test_fraction=0.2", "data.init_args.val_fraction=0.2", "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false", *SMALL["classification_aid"],
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+    def rsfm(*args: str) -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-m", "rsfm.cli", *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
+        )
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        return proc
+
+    rsfm("finetune", *common, "run_name=ft", "trainer.max_epochs=1")
+    ckpt = str(tmp_path / "ft" / "checkpoints" / "last.ckpt")
+    scores = {}
+    for devices in (1, 2):
+        strategy = "ddp" if devices > 1 else "auto"
+        rsfm("test", *common, f"run_name=t{devices}", f"trainer.devices={devices}", f"trainer.strategy={strategy}",
+             "--checkpoint", ckpt)  # fmt: skip
+        details = json.loads((tmp_path / f"t{devices}" / "test" / "metrics.json").read_text())
+        scores[devices] = (details["metrics"], details["heads"]["classification"]["n"])
+    assert scores[2] == scores[1] and scores[1][1] == 3

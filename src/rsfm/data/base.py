@@ -22,6 +22,7 @@ the model, so visualisations and any encoder's statistics work on the same sampl
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -240,8 +241,9 @@ class DataModule:
         :class:`~rsfm.data.samplers.KeyedDataset` (seeded augmentation, ``repeats`` passes per
         epoch), drop the indices that do not divide across ranks and the last incomplete
         batch (unless a rank has less than one batch). Evaluation loaders keep file order and
-        pad ranks to equal length (a few samples then count twice under DDP; evaluate on one
-        device for exact figures).
+        give each sample to one rank (no padding), so scores gathered over ranks count every
+        sample once, as on one device (unless the split has fewer samples than ranks: a rank
+        then repeats one, with a warning).
 
         Args:
             dataset: a map-style dataset (or one that takes ``(index, epoch)`` keys itself).
@@ -263,8 +265,15 @@ class DataModule:
             dataset = KeyedDataset(dataset, seed=self.seed, repeats=repeats if train else 1)
         world, rank = self.world()
         sampler = EpochSampler(
-            len(dataset), shuffle=train, seed=self.seed, num_replicas=world, rank=rank, drop_last=train
+            len(dataset), shuffle=train, seed=self.seed, num_replicas=world, rank=rank, drop_last=train, pad=False
         )
+        if not train and 0 < len(dataset) < world and rank == 0:
+            warnings.warn(
+                f"an evaluation split of {len(dataset)} sample(s) on {world} processes: each process needs one, "
+                f"so {world - len(dataset)} sample(s) are evaluated twice and count twice in its scores; "
+                "evaluate on fewer devices (trainer.devices) for exact figures",
+                stacklevel=2,
+            )
         size = batch_size or (self.batch_size if train else self.eval_batch_size)
         return StatefulDataLoader(
             dataset,

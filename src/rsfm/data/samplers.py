@@ -96,8 +96,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
     order of epoch ``e`` is a permutation drawn from ``(seed, e)`` (or ``0..n-1`` without
     shuffling); rank ``r`` of ``R`` takes positions ``r, r + R, ...`` of it, like
     :class:`~torch.utils.data.distributed.DistributedSampler`. With ``drop_last`` the tail
-    that does not divide evenly is dropped, otherwise the order is padded with its first
-    indices, so every rank has the same length.
+    that does not divide evenly is dropped; otherwise, with ``pad``, the order is padded with
+    its first indices, so every rank has the same length, and without it (evaluation) each
+    index goes to exactly one rank and the ranks' lengths differ by at most one: scores summed
+    over ranks then count every sample once. Only a rank that would get no index at all (fewer
+    samples than ranks) gets one repeated index, since a rank without batches would skip the
+    evaluation loop and leave the others waiting for its share of the scores.
 
     Its iterators are stateful (``epoch`` and position), so a
     :class:`~torchdata.stateful_dataloader.StatefulDataLoader` restores the exact position
@@ -114,6 +118,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         num_replicas: int = 1,
         rank: int = 0,
         drop_last: bool = True,
+        pad: bool = True,
     ) -> None:
         """Create the sampler.
 
@@ -124,6 +129,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
             num_replicas: number of ranks (world size).
             rank: this rank, 0 <= rank < num_replicas.
             drop_last: drop the indices that would make ranks unequal instead of padding.
+            pad: without ``drop_last``, repeat indices so that every rank has the same length
+                (False: every index once; see above).
 
         Raises:
             ValueError: if an argument is out of range.
@@ -141,6 +148,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        self.pad = pad
         self.epoch = 0
         #: how many of this rank's keys per epoch the loader uses (the whole batches of a loader
         #: that drops its last partial one, up to the trainer's ``limit_train_batches``); set by
@@ -162,6 +170,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
         """Return the number of keys yielded per epoch on this rank."""
         if self.drop_last:
             return self.num_samples // self.num_replicas
+        if not self.pad:
+            return max(len(range(self.rank, self.num_samples, self.num_replicas)), min(1, self.num_samples))
         return math.ceil(self.num_samples / self.num_replicas)
 
     def indices(self, epoch: int) -> list[int]:
@@ -181,6 +191,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(n, generator=generator).tolist()
         else:
             order = list(range(n))
+        if not self.drop_last and not self.pad:
+            mine = order[self.rank :: self.num_replicas]
+            return mine or order[self.rank % n : self.rank % n + 1]  # fewer samples than ranks: one repeat
         total = len(self) * self.num_replicas
         if total > n and n > 0:
             order = (order * math.ceil(total / n))[:total]

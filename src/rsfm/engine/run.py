@@ -328,7 +328,8 @@ def _summary(
     skips = next((c for c in getattr(trainer, "callbacks", ()) if type(c).__name__ == "SkipReportCallback"), None)
     if skips is not None and skips.test_report is not None:  # files the test left out, by reason
         result["skipped"] = skips.test_report.counts()
-    write_json(out / "metrics.json", result)
+    if trainer is None or trainer.is_global_zero:  # the scores are gathered: every rank holds them
+        write_json(out / "metrics.json", result)
     return result
 
 
