@@ -247,10 +247,15 @@ def test_pooled_features_and_drop_pooling(scene, one_thread) -> None:
         last, _, _ = enc.model.tokens(x)
         before = enc.forward_intermediates(x)
     assert pooled.shape == (2, 192) and enc.num_features == 192
-    torch.testing.assert_close(pooled, enc.model.norm(last.mean(1)))
+    # MTP's classification models pool the last block's raw tokens: the release never uses its
+    # final norm, which rsfm keeps (its checkpoints hold it) frozen, out of every optimiser group
+    torch.testing.assert_close(pooled, last.mean(1))
     torch.testing.assert_close(enc(x), pooled)
-    enc.drop_pooling()
-    assert not any(n.startswith("model.norm.") for n, _ in enc.named_parameters())
+    assert "model.norm.weight" in enc.state_dict()
+    assert not any(p.requires_grad for p in enc.model.norm.parameters())
+    groups = enc.param_groups(1e-3, 0.05, 0.9)
+    assert not {id(p) for p in enc.model.norm.parameters()} & {id(p) for g in groups for p in g["params"]}
+    enc.drop_pooling()  # nothing to drop
     with torch.no_grad():
         for b, a in zip(before, enc.forward_intermediates(x), strict=True):
             torch.testing.assert_close(a, b)
@@ -262,13 +267,15 @@ def test_layer_decay_groups_and_sizes() -> None:
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     params = dict(enc.model.named_parameters())
-    assert len(lr_of) == len(params) == sum(len(g["params"]) for g in groups)
-    # BEiT's rule, as MTP's fine-tuning: block i at 0.9^(12 - i), the stem at 0.9^13, pyramid and norm at 1
+    trained = {n for n, p in params.items() if p.requires_grad}
+    assert trained == set(params) - {"norm.weight", "norm.bias"}  # the release's unused final norm
+    assert len(lr_of) == len(trained) == sum(len(g["params"]) for g in groups)
+    # BEiT's rule, as MTP's fine-tuning: block i at 0.9^(12 - i), the stem at 0.9^13, the pyramid at 1
     for i in range(12):
         assert lr_of[id(params[f"blocks.{i}.attn.qkv.weight"])] == pytest.approx(1e-3 * 0.9 ** (12 - i))
     for name in ("patch_embed.proj.weight", "pos_embed"):
         assert lr_of[id(params[name])] == pytest.approx(1e-3 * 0.9**13), name
-    for name in ("fpn1.0.weight", "fpn2.0.weight", "norm.weight"):
+    for name in ("fpn1.0.weight", "fpn2.0.weight"):
         assert lr_of[id(params[name])] == pytest.approx(1e-3), name
     assert (
         wd_of[id(params["pos_embed"])] == 0.0 and wd_of[id(params["blocks.0.attn.sampling_offsets.2.weight"])] == 0.05
@@ -439,7 +446,7 @@ def test_task_model_uses_the_pyramid_without_a_neck(loveda_batch, one_thread) ->
         info,
     )
     assert model.encoder.meta["in_chans"] == info.num_channels
-    assert not any(n.startswith("encoder.model.norm.") for n, _ in model.named_parameters())  # no pooled head
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder.model.norm."))
     out = model(batch)["seg"]
     assert out.shape == (4, len(info.classes), 64, 64)  # the stride-4 level, upsampled to the crops
     assert model.encoder.strides == [4, 8, 16, 32] and model.size_divisor == 32

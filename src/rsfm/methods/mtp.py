@@ -140,7 +140,7 @@ class MTP(PretrainMethod):
                 "set model.neck: {class_path: SimpleFeaturePyramid} for a plain ViT"
             )
         # the final norm stays although no head uses it: the export keeps the MIM encoder's
-        # (classification fine-tuning pools through it); every step touches it with a zero
+        # (a plain ViT's classification fine-tuning pools through it); every step touches it with a zero
         # gradient, so DDP sees no unused parameter
         # decoders[task][subset]; the first subset's head owns the shared layers
         self.decoders = nn.ModuleDict()

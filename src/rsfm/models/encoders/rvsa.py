@@ -584,7 +584,10 @@ class VisionTransformerRVSA(nn.Module):
         self.fpn2 = nn.Sequential(nn.ConvTranspose2d(embed_dim, embed_dim, 2, 2))
         self.fpn3 = nn.Identity()
         self.fpn4 = nn.MaxPool2d(2, 2)
+        # MTP's backbone builds a final norm and never uses it (MTP.md §1.5); kept so that its
+        # checkpoints load key for key, frozen so that no optimiser or DDP reducer waits on it
         self.norm: nn.Module = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm.requires_grad_(False)
         self._init_weights(rvsa_init)
 
     def _init_weights(self, rvsa_init: str) -> None:
@@ -662,9 +665,13 @@ class VisionTransformerRVSA(nn.Module):
         return [f(m) for f, m in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps, strict=True)]
 
     def forward_pooled(self, x: Tensor) -> Tensor:
-        """``(B, C)``: the mean of the last block's tokens, then :attr:`norm`."""
+        """``(B, C)``: the mean of the last block's raw tokens.
+
+        As MTP's scene-classification models pool (global average of the last block's output,
+        then the linear classifier); :attr:`norm` is not applied (the release never uses it).
+        """
         last, _, _ = self.tokens(x)
-        return self.norm(last.mean(dim=1))
+        return last.mean(dim=1)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Same as :meth:`forward_pyramid`."""
@@ -806,7 +813,8 @@ class ViTRVSA(Encoder):
 
     :meth:`forward_intermediates` returns the simple feature pyramid itself (four maps at
     strides ``p/4, p/2, p, 2p``, ``C`` channels each), so recipes need no neck;
-    :meth:`forward_pooled` is the normalised mean of the last block's tokens.
+    :meth:`forward_pooled` is the mean of the last block's tokens (no final norm, as MTP's
+    classification models).
 
     ``weights`` may be an rsfm export of
     - a ``vit_rvsa`` encoder: rebuilt from its metadata (size, image size, patch, window,
@@ -1006,12 +1014,8 @@ class ViTRVSA(Encoder):
         return self.model.forward_pyramid(x)
 
     def forward_pooled(self, x: Tensor) -> Tensor:
-        """``(B, C)``: global average of the last block's tokens, then the final LayerNorm."""
+        """``(B, C)``: global average of the last block's tokens (no final norm)."""
         return self.model.forward_pooled(x)
-
-    def drop_pooling(self) -> None:
-        """Replace the final norm (only pooled features use it) by an identity."""
-        self.model.norm = nn.Identity()
 
 
 class _FixedSizeRVSA(ViTRVSA):

@@ -29,7 +29,7 @@ def pool_features(encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"
             encoder; ``avg``: the mean of the patch tokens (the encoder's own ``fc_norm``
             applies if it was built with ``global_pool='avg'``; a ViT + RVSA, which has no
             class token, gives its ``forward_pooled``: the mean of the last block's tokens,
-            then its final LayerNorm).
+            with no final norm, as MTP's classification models).
 
     Returns:
         ``(B, D)`` features in the encoder's compute dtype.
@@ -45,7 +45,7 @@ def pool_features(encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"
         if pool == "cls":
             raise ValueError(
                 "pool='cls' needs a class token, but a ViT+RVSA encoder has none; use pool='avg' "
-                "(the normalised mean of its last block's tokens)"
+                "(the mean of its last block's tokens)"
             )
         return encoder.forward_pooled(images)
     tokens = encoder.forward_features(images)
