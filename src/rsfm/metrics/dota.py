@@ -14,15 +14,20 @@ against, or as oriented boxes (``obbs``, ``(N, 5)`` ``(cx, cy, w, h, θ)``, pixe
 Detections likewise. The IoU is exact (shapely's polygon intersection, double precision);
 pairs whose enclosing horizontal boxes do not overlap are 0 without computing it, as the
 devkit's pre-filter does. A self-intersecting quadrilateral (corners in "bow-tie" order) is
-replaced by its convex hull.
+replaced by its convex hull. Here rsfm departs from the devkit, whose ``polyiou`` sums signed
+areas: a square against its own corners in crossed order has IoU 1 in rsfm and 0 in the
+devkit. A rotated box (``obbs``) is never self-intersecting, so this only concerns
+quadrilaterals given as corners.
 
 Difficult objects are handled as the DOTA devkit's ``dota_evaluation_task1.py`` does: a
 detection whose best match is a difficult object is neither a true nor a false positive, and
 difficult objects do not count among the positives. The differences from the devkit listed in
 :mod:`rsfm.metrics.voc` (a match needs ``IoU >=`` the threshold, where the devkit uses ``>``;
 exact 11 recall points ``i / 10``, where its ``np.arange`` makes 0.3, 0.6 and 0.7 slightly
-larger; a stable sort of equal scores) apply here too; apart from them the AP equals the
-devkit's (``tests/metrics/test_dota.py`` checks it on real DOTA annotations).
+larger; a stable sort of equal scores) apply here too. Apart from them, and for simple
+(not self-intersecting) quadrilaterals, the AP equals the devkit's to 1e-6
+(``tests/metrics/test_dota.py`` checks it against the real devkit's printed figures on real
+DOTA and HIT-UAV annotations).
 
 .. versionadded:: 0.3
 """
