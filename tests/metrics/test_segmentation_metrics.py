@@ -205,3 +205,19 @@ def test_scores_stay_on_the_matrix_device(score_classes):
     cm = torch.randint(0, 50, (3, 3), device="meta")
     scores = segmentation_scores(cm, score_classes)
     assert {v.device.type for v in scores.values()} == {"meta"}
+
+
+def test_f1_of_a_class_without_true_positives_is_zero_unlike_mmseg():
+    """rsfm's F1 is 2TP / (2TP + FP + FN): 0 for a class with TP = 0 that is in the truth or the
+    prediction, counted in mF1. MMSegmentation's mFscore leaves such classes out (NaN) and gives 0.8
+    here; mIoU (and OA) are the same in both."""
+    m = SegmentationMetrics(num_classes=3)
+    m.update(torch.tensor([[[0, 0, 0, 2]]]), torch.tensor([[[0, 0, 1, 1]]]))
+    # class 0: TP 2, FP 1, FN 0; class 1: TP 0, FN 2 (never predicted); class 2: TP 0, FP 1 (not in truth)
+    s = m.scores()
+    assert s["F1"].tolist() == pytest.approx([4 / 5, 0.0, 0.0])
+    assert s["IoU"].tolist() == pytest.approx([2 / 3, 0.0, 0.0])
+    assert float(s["mF1"]) == pytest.approx(4 / 15) and round(float(s["mF1"]), 4) == 0.2667
+    assert float(s["mIoU"]) == pytest.approx(2 / 9) and round(float(s["mIoU"]), 4) == 0.2222
+    assert float(s["OA"]) == pytest.approx(2 / 4)
+    assert math.isnan(float(s["precision"][1])) and math.isnan(float(s["recall"][2]))  # 0/0: undefined

@@ -14,6 +14,16 @@ A class with a zero denominator (absent from both the ground truth and the predi
 NaN scores and is left out of the means, as in MMSegmentation. Pixels whose label is the
 ignore index never enter the matrix.
 
+Against MMSegmentation's ``IoUMetric``: per-class IoU, ``mIoU`` and ``OA`` are the same
+numbers, and so are per-class precision and recall. ``F1`` and ``mF1`` are not always: rsfm's
+``F1_k`` is the textbook ``2 TP / (2 TP + FP + FN)``, so a class with ``TP_k = 0`` that is in
+the ground truth or the prediction scores 0 and pulls ``mF1`` down, while MMSegmentation's
+``mFscore`` computes F from precision and recall, gets NaN (0/0) for such a class and leaves
+it out of its mean. Example: target ``[0, 0, 1, 1]``, prediction ``[0, 0, 0, 2]`` (K = 3):
+F1 = (0.8, 0, 0), ``mF1`` = 0.2667 here; MMSegmentation gives (0.8, NaN, NaN), ``mFscore``
+0.8; both give IoU (2/3, 0, 0), ``mIoU`` 0.2222. With ``TP_k > 0`` for every class present,
+the two F1 agree.
+
 Some benchmarks score a subset of the classes (ISPRS: five, without clutter). With
 ``score_classes`` only pixels whose *true* label is scored count: a scored pixel predicted as
 an unscored class is a miss (FN), an unscored pixel is left out entirely (no FP), and OA is
@@ -51,9 +61,10 @@ def segmentation_scores(confmat: Tensor, score_classes: Sequence[int] | None = N
 
     Returns:
         ``IoU``, ``F1``, ``precision``, ``recall``: ``(K,)`` float64 (NaN for a class with a
-        zero denominator or not scored); ``mIoU``, ``mF1``: 0-d float64, means over the
-        scored classes that are not NaN (NaN if all are); ``OA``: 0-d float64 over scored
-        pixels (NaN for an empty matrix).
+        zero denominator or not scored; ``F1`` is 0, not NaN, for a class with ``TP = 0`` and
+        ``FP + FN > 0``, where MMSegmentation's Fscore is NaN, see the module docstring);
+        ``mIoU``, ``mF1``: 0-d float64, means over the scored classes that are not NaN (NaN
+        if all are); ``OA``: 0-d float64 over scored pixels (NaN for an empty matrix).
 
     Raises:
         ValueError: if ``confmat`` is not square or a scored label is out of range.
