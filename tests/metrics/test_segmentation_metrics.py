@@ -221,3 +221,26 @@ def test_f1_of_a_class_without_true_positives_is_zero_unlike_mmseg():
     assert float(s["mIoU"]) == pytest.approx(2 / 9) and round(float(s["mIoU"]), 4) == 0.2222
     assert float(s["OA"]) == pytest.approx(2 / 4)
     assert math.isnan(float(s["precision"][1])) and math.isnan(float(s["recall"][2]))  # 0/0: undefined
+
+
+@pytest.mark.parametrize(
+    ("pred", "target", "message"),
+    [
+        # a prediction label >= K was silently counted in another cell of the matrix
+        ([[0, 3]], [[0, 2]], r"prediction holds label 3; expected labels in \[0, 3\) for K = 3"),
+        ([[0, -1]], [[0, 2]], r"prediction holds label -1; expected labels in \[0, 3\) for K = 3"),
+        # a target label >= K failed with "shape '[3, 3]' is invalid for input of size 10"
+        ([[0, 1]], [[0, 3]], r"target holds label 3; expected labels in \[0, 3\) or the ignore index 255 for K = 3"),
+        ([[0, 1]], [[-1, 1]], r"target holds label -1; expected labels in \[0, 3\) or the ignore index 255"),
+    ],
+)
+def test_labels_out_of_range_raise_naming_the_tensor(pred, target, message):
+    m = SegmentationMetrics(num_classes=3, ignore_index=255)
+    with pytest.raises(ValueError, match=message):
+        m.update(torch.tensor([pred]), torch.tensor([target]))
+    assert int(m.compute().sum()) == 0  # nothing was counted
+    m.update(torch.tensor([[[0, 2]]]), torch.tensor([[[0, 255]]]))  # the ignore index is no error
+    assert m.compute().tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+    without_ignore = SegmentationMetrics(num_classes=3, ignore_index=None)
+    with pytest.raises(ValueError, match=r"target holds label 255; expected labels in \[0, 3\) for K = 3"):
+        without_ignore.update(torch.tensor([[[0, 2]]]), torch.tensor([[[0, 255]]]))

@@ -148,8 +148,11 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
     :meth:`scores` and :meth:`report` score it.
 
     ``update(preds, target)`` takes ``preds`` ``(B, H, W)`` int64 labels in ``[0, K)`` or
-    ``(B, K, H, W)`` float logits/probabilities (arg-maxed), and ``target`` ``(B, H, W)`` int64;
-    target pixels equal to ``ignore_index`` are skipped.
+    ``(B, K, H, W)`` float logits/probabilities (arg-maxed), and ``target`` ``(B, H, W)`` int64
+    in ``[0, K)``; target pixels equal to ``ignore_index`` are skipped. A label outside
+    ``[0, K)`` (other than the ignore index in ``target``) raises ValueError naming the tensor,
+    the value and ``K`` (one min/max pass per tensor; torchmetrics' own per-pixel checks stay
+    off).
 
     Args:
         num_classes: number of classes ``K``.
@@ -163,6 +166,28 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
         # and predictions are arg-maxes, in range by construction.
         kwargs.setdefault("validate_args", False)
         super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None, **kwargs)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add a batch (see the class docstring).
+
+        Raises:
+            ValueError: if a prediction label, or a target label other than ``ignore_index``, is
+                outside ``[0, K)`` (such a pixel would be miscounted or break the matrix).
+        """
+        k = self.num_classes
+        if not preds.is_floating_point() and preds.numel():
+            lo, hi = torch.aminmax(preds)
+            if int(lo) < 0 or int(hi) >= k:
+                bad = int(lo) if int(lo) < 0 else int(hi)
+                raise ValueError(f"prediction holds label {bad}; expected labels in [0, {k}) for K = {k} classes")
+        if target.numel():
+            valid = target if self.ignore_index is None else target.masked_fill(target == self.ignore_index, 0)
+            lo, hi = torch.aminmax(valid)
+            if int(lo) < 0 or int(hi) >= k:
+                bad = int(lo) if int(lo) < 0 else int(hi)
+                allowed = "" if self.ignore_index is None else f" or the ignore index {self.ignore_index}"
+                raise ValueError(f"target holds label {bad}; expected labels in [0, {k}){allowed} for K = {k} classes")
+        super().update(preds, target)
 
     def compute_matrix(self) -> Tensor:
         """The accumulated ``(K, K)`` matrix, summed over ranks under DDP (same as ``compute()``)."""
