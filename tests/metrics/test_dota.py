@@ -337,3 +337,15 @@ def test_polygon_iou_against_hand_computed_cases() -> None:
         polygon_iou([[0, 0, 1, 1]], [square])
     with pytest.raises(ValueError, match=r"lacks \['polygons'\] or \['obbs'\]"):
         DOTAMeanAP(["a"]).update([{"scores": [1.0], "labels": [0]}], [{"labels": []}])
+
+
+@pytest.mark.parametrize("field", ["polygons", "obbs"])
+@pytest.mark.parametrize("side", ["preds", "targets"])
+def test_non_finite_coordinates_raise_naming_image_and_field(field: str, side: str) -> None:
+    """NaN or infinite corners were accepted silently (scored as an empty polygon)."""
+    good = {"polygons": [[0.0, 0, 10, 0, 10, 10, 0, 10]], "obbs": [[5.0, 5.0, 10.0, 10.0, 0.0]]}[field]
+    broken = [[*good[0][:-1], float("nan") if side == "preds" else float("inf")]]
+    pred = {field: broken if side == "preds" else good, "scores": [0.9], "labels": [0]}
+    target = {field: broken if side == "targets" else good, "labels": [0]}
+    with pytest.raises(ValueError, match=rf"{side}\[0\]\['{field}'\] must hold finite coordinates; row 0"):
+        DOTAMeanAP(["a"]).update([pred], [target])

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rsfm.metrics.voc import ArrayLike, VOCMeanAP, _boxes
+from rsfm.metrics.voc import ArrayLike, VOCMeanAP, _boxes, _finite_boxes
 
 __all__ = ["DOTAMeanAP", "polygon_iou"]
 
@@ -134,16 +134,21 @@ class DOTAMeanAP(VOCMeanAP):
         super().__init__(class_names, iou_threshold, use_07_metric, max_detections, pixel_offset=0.0)
 
     def _read_boxes(self, d: dict[str, Any], what: str) -> np.ndarray:
-        """``(N, 8)`` float64 polygons of one image, from ``polygons`` or converted from ``obbs``."""
+        """``(N, 8)`` float64 polygons of one image, from ``polygons`` or converted from ``obbs``.
+
+        Raises:
+            ValueError: naming ``what`` and the field if both keys are missing, the shape is
+                wrong or a value is NaN or infinite.
+        """
         if d.get("polygons") is not None:
-            return _boxes(d["polygons"], f"{what}['polygons']", 8)
+            return _finite_boxes(d["polygons"], f"{what}['polygons']", 8)
         if d.get("obbs") is None:
             raise ValueError(f"{what} lacks ['polygons'] or ['obbs']")
         import torch
 
         from rsfm.ops.obb import obb2poly
 
-        obbs = _boxes(d["obbs"], f"{what}['obbs']", 5)
+        obbs = _finite_boxes(d["obbs"], f"{what}['obbs']", 5)
         return obb2poly(torch.from_numpy(obbs)).numpy().reshape(-1, 8)
 
     def _iou(self, det: np.ndarray, gt: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
