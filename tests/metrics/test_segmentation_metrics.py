@@ -244,3 +244,14 @@ def test_labels_out_of_range_raise_naming_the_tensor(pred, target, message):
     without_ignore = SegmentationMetrics(num_classes=3, ignore_index=None)
     with pytest.raises(ValueError, match=r"target holds label 255; expected labels in \[0, 3\) for K = 3"):
         without_ignore.update(torch.tensor([[[0, 2]]]), torch.tensor([[[0, 255]]]))
+
+
+def test_pixels_of_the_report_and_of_isprs_scores_count_what_their_docs_say():
+    """segmentation_report's pixels: the whole matrix; isprs_scores' pixels: those behind its OA."""
+    cm = torch.zeros(6, 6, dtype=torch.int64)
+    cm[0, 0], cm[1, 2], cm[5, 5], cm[5, 0] = 7, 3, 4, 2  # 10 pixels of scored classes, 6 of clutter
+    report = segmentation_report(cm, list(ISPRS_CLASSES), score_classes=range(5))
+    assert report["pixels"] == 16 and report["OA"] == pytest.approx(100 * 7 / 10)
+    assert isprs_scores(cm)["pixels"] == 10 and isprs_scores(cm)["OA"] == pytest.approx(100 * 7 / 10)
+    with_clutter = isprs_scores(cm, include_clutter_rows=True)
+    assert with_clutter["pixels"] == 16 and with_clutter["OA"] == pytest.approx(100 * 11 / 16)

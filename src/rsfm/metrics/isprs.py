@@ -70,8 +70,10 @@ def isprs_scores(confmat: Tensor | np.ndarray | Any, include_clutter_rows: bool 
 
     Returns:
         ``{"F1", "IoU", "precision", "recall": {class: float | None} for the five classes, "mF1", "mIoU", "OA":
-        float | None, "classes": [the five names], "pixels": int (pixels behind the OA)}``; scores are plain
-        floats in percent (0–100), None where a denominator is 0 (a class absent from both truth and prediction,
+        float | None, "classes": [the five names], "pixels": int}``. ``pixels`` counts the pixels behind the OA:
+        those whose true class is one of the five, or with ``include_clutter_rows`` every pixel of the matrix
+        (``segmentation_report``'s ``pixels`` always counts the whole matrix). Scores are plain floats in percent
+        (0–100), None where a denominator is 0 (a class absent from both truth and prediction,
         or no pixel at all).
 
     Raises:

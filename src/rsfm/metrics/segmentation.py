@@ -119,7 +119,10 @@ def segmentation_report(
     Returns:
         ``{"mIoU", "OA", "mF1": percent | None, "IoU", "F1", "precision", "recall":
         {name: percent | None}, "pixels": int, "classes": [names], "scored_classes":
-        [names], "confusion_matrix": K × K ints}``; None stands for NaN.
+        [names], "confusion_matrix": K × K ints}``; None stands for NaN. ``pixels`` is every
+        pixel in the matrix (its sum), the rows of unscored classes included; with
+        ``score_classes`` the OA runs over fewer, the pixels whose true class is scored
+        (:func:`rsfm.metrics.isprs.isprs_scores`' ``pixels`` counts only those).
 
     Raises:
         ValueError: if the number of names is not ``K``.
