@@ -187,9 +187,118 @@ def test_docstring_example_is_percent():
         [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}],  # no "difficult": none are
     )
     r = m.compute()
-    assert r["mAP50"] == 100.0 and r["mAP50_95"] == 100.0
+    assert r["mAP50"] == pytest.approx(100.0) and r["mAP50_95"] == pytest.approx(100.0)
     assert r["per_class"]["oilwell"] == {
         "AP50": pytest.approx(100.0),
         "AP50_95": pytest.approx(100.0),
         "num_objects": 1,
     }
+
+
+HIT_UAV_CLASSES = ("Person", "Car", "Bicycle", "OtherVehicle", "DontCare")
+
+
+def _hit_uav_scene(datasets, num_images: int = 60, seed: int = 0):
+    """Real HIT-UAV val ground truth (horizontal hull of each oriented box; every 7th object difficult)
+    and seeded detections: jittered objects, duplicates, wrong classes and 6 false positives per image,
+    so every image holds more than 3 detections of some class (the small cap matters)."""
+    import xml.etree.ElementTree as ET
+
+    root = datasets / "hit_uav"
+    ids = (root / "ImageSets" / "Main" / "val.txt").read_text().split()[:num_images]
+    g = np.random.default_rng(seed)
+    preds, targets, k = [], [], 0
+    for image_id in ids:
+        boxes, labels, difficult = [], [], []
+        for obj in ET.parse(root / "Annotations" / f"{image_id}.xml").getroot().iter("object"):
+            r = obj.find("robndbox")
+            cx, cy, w, h, a = (float(r.findtext(t)) for t in ("cx", "cy", "w", "h", "angle"))
+            corners = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) / 2
+            xy = corners @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + [cx, cy]
+            boxes.append([*xy.min(0), *xy.max(0)])
+            labels.append(HIT_UAV_CLASSES.index(obj.findtext("name").strip()))
+            k += 1
+            difficult.append(bool(int(obj.findtext("difficult") or 0)) or k % 7 == 0)
+        pb, ps, pl = [], [], []
+        for b, lab in zip(boxes, labels, strict=True):
+            for copy in range(2):
+                if g.random() > (0.85 if copy == 0 else 0.3):
+                    continue
+                w, h = b[2] - b[0], b[3] - b[1]
+                pb.append(list(np.asarray(b) + g.normal(0, 0.1, 4) * [w, h, w, h]))
+                ps.append(float(g.random()))
+                pl.append(lab if g.random() > 0.1 else int(g.integers(len(HIT_UAV_CLASSES))))
+        for _ in range(6):
+            x, y = g.uniform(0, 600), g.uniform(0, 480)
+            pb.append([x, y, x + g.uniform(5, 40), y + g.uniform(5, 40)])
+            ps.append(float(g.random()))
+            pl.append(int(g.integers(2)))  # Person or Car: more than 3 per image and class
+        preds.append(_det(pb, ps, pl))
+        targets.append(_gt(boxes, labels, difficult))
+    return preds, targets
+
+
+def _cocoeval_precision(preds, targets, num_classes: int, max_detections: int) -> np.ndarray:
+    """pycocotools' own path (COCO.loadRes, default size ranges, maxDets [1, 10, cap] sorted as COCO
+    sorts them); the precision table (T, R, K) for all sizes at the cap's entry."""
+    images, anns, dets = [], [], []
+    for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
+        images.append({"id": i + 1, "width": 640, "height": 512})
+        for b, lab, d in zip(t["boxes"].double().tolist(), t["labels"].tolist(), t["difficult"].tolist(), strict=True):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append(
+                {"id": len(anns) + 1, "image_id": i + 1, "category_id": lab + 1, "bbox": [b[0], b[1], w, h]}
+                | {"area": w * h, "iscrowd": int(d)}
+            )
+        for b, s, lab in zip(p["boxes"].double().tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True):
+            xywh = [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+            dets.append({"image_id": i + 1, "category_id": lab + 1, "bbox": xywh, "score": s})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c + 1} for c in range(num_classes)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
+        ev.params.maxDets = sorted({1, 10, max_detections})
+        ev.evaluate()
+        ev.accumulate()
+    return ev.eval["precision"][:, :, :, 0, ev.params.maxDets.index(max_detections)]
+
+
+@pytest.mark.parametrize("max_detections", [3, 100, 1000])
+def test_any_cap_matches_cocoeval_on_hit_uav(datasets, max_detections):
+    """Every cap gives COCOeval's numbers at that cap (torchmetrics' summary gave None for
+    mAP50_95 above 100 or at 10, and silently used 10 for a cap below 10)."""
+    preds, targets = _hit_uav_scene(datasets)
+    m = DetectionMAP(HIT_UAV_CLASSES, max_detections=max_detections)
+    m.update(preds, targets)
+    r = m.compute()
+    p = _cocoeval_precision(preds, targets, len(HIT_UAV_CLASSES), max_detections)
+
+    def mean(x):
+        x = x[x > -1]
+        return 100 * float(x.mean()) if x.size else None
+
+    assert r["mAP50"] == pytest.approx(mean(p[0]), abs=1e-9)
+    assert r["mAP50_95"] == pytest.approx(mean(p), abs=1e-9)
+    assert 0.0 < r["mAP50_95"] < r["mAP50"] < 100.0
+    for c, name in enumerate(HIT_UAV_CLASSES):
+        assert r["per_class"][name]["AP50"] == pytest.approx(mean(p[0, :, c]), abs=1e-9)
+        assert r["per_class"][name]["AP50_95"] == pytest.approx(mean(p[:, :, c]), abs=1e-9)
+    assert r["max_detections"] == max_detections
+
+
+def test_cap_keeps_the_best_scoring_detections_per_image_and_class():
+    # three false positives outscore the hit: a cap of 3 keeps only them (AP 0), a cap of 4 the hit too
+    pred = _det([[50, 50, 60, 60], [70, 70, 80, 80], [90, 90, 99, 99], [0, 0, 10, 10]], [0.9, 0.8, 0.7, 0.6], [0] * 4)
+    gt = _gt([[0, 0, 10, 10]], [0])
+    for cap, expected in ((3, 0.0), (4, 25.0), (1000, 25.0)):  # hit at rank 4: precision 1/4 at full recall
+        m = DetectionMAP(["a"], max_detections=cap)
+        m.update([pred], [gt])
+        r = m.compute()
+        assert r["mAP50"] == pytest.approx(expected) and r["mAP50_95"] == pytest.approx(expected), cap
+
+
+@pytest.mark.parametrize("cap", [0, -1, 2.5])
+def test_cap_below_one_or_fractional_is_rejected(cap):
+    with pytest.raises(ValueError, match="max_detections"):
+        DetectionMAP(["a"], max_detections=cap)

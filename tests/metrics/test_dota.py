@@ -1,17 +1,21 @@
-"""DOTA-style rotated AP (rsfm.metrics.dota) against the DOTA devkit's algorithm, on real annotations.
+"""DOTA-style rotated AP (rsfm.metrics.dota) against the DOTA devkit, on real annotations.
 
 The detections are the real ground-truth polygons of ``../shared/datasets/dota`` (four scenes)
 and of 80 HIT-UAV validation images (``hit_uav``, oriented boxes as polygons) perturbed by a
 seeded generator (corner jitter, missed objects, wrong classes, duplicates, false positives).
-Two independent references:
+A jittered quadrilateral whose corners come out in self-intersecting ("bow-tie") order is
+written in its convex hull's order, so every detection is a simple polygon, as every rotated
+box is: on those rsfm's IoU is the devkit's (on a bow-tie they differ, see
+``test_self_intersecting_quadrilateral_is_scored_by_its_convex_hull``). Two references:
 
 * ``devkit_reference``: the per-detection loop of the DOTA devkit's ``dota_evaluation_task1.py``
   (horizontal-box pre-filter with its "+1", polygon IoU, a match needs ``IoU > 0.5``, difficult
   matches neither true nor false positives, ``np.arange`` 11 recall points), written here from
   the algorithm with shapely for the polygon IoU;
-* ``DEVKIT_AP``: the figures printed by the devkit's own ``voc_eval`` (CAPTAIN-WHU/DOTA_devkit,
-  ``dota_evaluation_task1.py``, its ``polyiou`` replaced by shapely's polygon IoU, ``np.bool``
-  by ``bool``) on the same detections written as ``Task1_<class>.txt`` files.
+* ``DEVKIT_AP``: the figures printed by the real DOTA devkit (CAPTAIN-WHU/DOTA_devkit,
+  ``dota_evaluation_task1.voc_eval`` with its own C++ ``polyiou``, compiled, and ``np.bool`` read
+  as ``bool``) on ``make_detections(seed=0)`` written as ``Task1_<class>.txt`` files (corners
+  with 6 decimals) against the same annotations written as labelTxt files.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from rsfm.metrics.dota import DOTAMeanAP, polygon_iou
 DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "dota").resolve()
 CLASSES = DOTA_V1_CLASSES
 
-# AP (fractions) printed by the DOTA devkit's own voc_eval on make_detections(seed=0) (module docstring);
-# classes without positives or detections left out (the devkit cannot score them)
+# AP (fractions) printed by the real DOTA devkit's voc_eval, C++ polyiou included, on
+# make_detections(seed=0) (module docstring); classes without positives or detections left out
+# (the devkit cannot score them)
 DEVKIT_AP = {
     "dota": {
         "voc07": {"small-vehicle": 0.5382021961625085, "large-vehicle": 0.33015009612280183},
@@ -94,6 +99,21 @@ def ground_truth(name: str) -> tuple[tuple[str, ...], dict[str, list[tuple[np.nd
     return HIT_UAV_CLASSES, {i: read_hit_uav(HIT_UAV / "Annotations" / f"{i}.xml") for i in ids}
 
 
+def _simple(xy: np.ndarray) -> np.ndarray:
+    """8 corners of a ``(4, 2)`` quadrilateral, a self-intersecting one in its convex hull's order.
+
+    Four corners in bow-tie order are in convex position, so the hull keeps all four.
+    """
+    from shapely.geometry import Polygon
+
+    poly = Polygon(xy)
+    if poly.is_valid:
+        return xy.reshape(-1)
+    hull = np.asarray(poly.convex_hull.exterior.coords)[:-1]
+    assert hull.shape == (4, 2), hull
+    return hull.reshape(-1)
+
+
 def make_detections(gts, classes, seed: int = 0) -> dict[str, list[tuple[str, float, np.ndarray]]]:
     """Perturbed detections per class, [(image id, score, 8 corners)], from real annotations ``gts``."""
     rng = np.random.default_rng(seed)
@@ -107,7 +127,7 @@ def make_detections(gts, classes, seed: int = 0) -> dict[str, list[tuple[str, fl
                     continue
                 jitter = rng.normal(0.0, 0.12 * size, size=(4, 2))
                 cls = name if rng.random() > 0.1 else classes[int(rng.integers(len(classes)))]
-                dets[cls].append((image_id, float(rng.random()), (xy + jitter).reshape(-1)))
+                dets[cls].append((image_id, float(rng.random()), _simple(xy + jitter)))
         corners = np.array([p for p, _, _ in objects]).reshape(-1, 2)
         lo, hi = (corners.min(0), corners.max(0)) if len(corners) else (np.zeros(2), np.full(2, 512.0))
         for _ in range(10):  # false positives anywhere in the annotated extent
@@ -247,6 +267,10 @@ def test_dota_ap_equals_the_devkit_algorithm_on_real_annotations(dataset: str, u
 def test_dota_ap_matches_the_devkit_printed_figures(dataset: str) -> None:
     classes, gts = ground_truth(dataset)
     dets = make_detections(gts, classes, seed=0)
+    from shapely.geometry import Polygon
+
+    # the devkit's figures hold for exactly these inputs: simple quadrilaterals only
+    assert all(Polygon(p.reshape(4, 2)).is_valid for c in classes for _, _, p in dets[c])
     for key, use_07 in (("voc07", True), ("voc12", False)):
         ours = _ours(dets, gts, classes, use_07)
         expected = DEVKIT_AP[dataset][key]
@@ -281,6 +305,24 @@ def test_difficult_matches_are_ignored_and_obbs_equal_their_polygons() -> None:
     assert a.compute()["mAP50"] == pytest.approx(100.0)
 
 
+def test_self_intersecting_quadrilateral_is_scored_by_its_convex_hull() -> None:
+    """rsfm's documented rule, where it departs from the devkit: the devkit's polyiou sums signed
+    areas, so a bow-tie (the square's corners in crossed order) has IoU 0 with the square there;
+    rsfm scores it as its convex hull, the square itself. A rotated box is never a bow-tie."""
+    square = [0, 0, 10, 0, 10, 10, 0, 10]
+    bowtie = [0, 0, 10, 10, 10, 0, 0, 10]
+    assert polygon_iou([bowtie], [square])[0, 0] == pytest.approx(1.0, abs=1e-12)
+    assert polygon_iou([square], [bowtie])[0, 0] == pytest.approx(1.0, abs=1e-12)
+    half = [0, 0, 5, 10, 5, 0, 0, 10]  # bow-tie over the left half: its hull is the 5 × 10 rectangle
+    assert polygon_iou([half], [square])[0, 0] == pytest.approx(0.5, abs=1e-12)
+    m = DOTAMeanAP(["a"])
+    m.update(
+        [{"polygons": [bowtie], "scores": [0.9], "labels": [0]}],
+        [{"polygons": [square], "labels": [0]}],
+    )
+    assert m.compute()["per_class"]["a"]["AP50"] == pytest.approx(100.0)  # a hit; the devkit: a false positive
+
+
 def test_polygon_iou_against_hand_computed_cases() -> None:
     square = [0, 0, 2, 0, 2, 2, 0, 2]
     shifted = [1, 0, 3, 0, 3, 2, 1, 2]  # overlap 2 of union 6
@@ -295,3 +337,15 @@ def test_polygon_iou_against_hand_computed_cases() -> None:
         polygon_iou([[0, 0, 1, 1]], [square])
     with pytest.raises(ValueError, match=r"lacks \['polygons'\] or \['obbs'\]"):
         DOTAMeanAP(["a"]).update([{"scores": [1.0], "labels": [0]}], [{"labels": []}])
+
+
+@pytest.mark.parametrize("field", ["polygons", "obbs"])
+@pytest.mark.parametrize("side", ["preds", "targets"])
+def test_non_finite_coordinates_raise_naming_image_and_field(field: str, side: str) -> None:
+    """NaN or infinite corners were accepted silently (scored as an empty polygon)."""
+    good = {"polygons": [[0.0, 0, 10, 0, 10, 10, 0, 10]], "obbs": [[5.0, 5.0, 10.0, 10.0, 0.0]]}[field]
+    broken = [[*good[0][:-1], float("nan") if side == "preds" else float("inf")]]
+    pred = {field: broken if side == "preds" else good, "scores": [0.9], "labels": [0]}
+    target = {field: broken if side == "targets" else good, "labels": [0]}
+    with pytest.raises(ValueError, match=rf"{side}\[0\]\['{field}'\] must hold finite coordinates; row 0"):
+        DOTAMeanAP(["a"]).update([pred], [target])

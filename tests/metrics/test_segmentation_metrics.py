@@ -205,3 +205,53 @@ def test_scores_stay_on_the_matrix_device(score_classes):
     cm = torch.randint(0, 50, (3, 3), device="meta")
     scores = segmentation_scores(cm, score_classes)
     assert {v.device.type for v in scores.values()} == {"meta"}
+
+
+def test_f1_of_a_class_without_true_positives_is_zero_unlike_mmseg():
+    """rsfm's F1 is 2TP / (2TP + FP + FN): 0 for a class with TP = 0 that is in the truth or the
+    prediction, counted in mF1. MMSegmentation's mFscore leaves such classes out (NaN) and gives 0.8
+    here; mIoU (and OA) are the same in both."""
+    m = SegmentationMetrics(num_classes=3)
+    m.update(torch.tensor([[[0, 0, 0, 2]]]), torch.tensor([[[0, 0, 1, 1]]]))
+    # class 0: TP 2, FP 1, FN 0; class 1: TP 0, FN 2 (never predicted); class 2: TP 0, FP 1 (not in truth)
+    s = m.scores()
+    assert s["F1"].tolist() == pytest.approx([4 / 5, 0.0, 0.0])
+    assert s["IoU"].tolist() == pytest.approx([2 / 3, 0.0, 0.0])
+    assert float(s["mF1"]) == pytest.approx(4 / 15) and round(float(s["mF1"]), 4) == 0.2667
+    assert float(s["mIoU"]) == pytest.approx(2 / 9) and round(float(s["mIoU"]), 4) == 0.2222
+    assert float(s["OA"]) == pytest.approx(2 / 4)
+    assert math.isnan(float(s["precision"][1])) and math.isnan(float(s["recall"][2]))  # 0/0: undefined
+
+
+@pytest.mark.parametrize(
+    ("pred", "target", "message"),
+    [
+        # a prediction label >= K was silently counted in another cell of the matrix
+        ([[0, 3]], [[0, 2]], r"prediction holds label 3; expected labels in \[0, 3\) for K = 3"),
+        ([[0, -1]], [[0, 2]], r"prediction holds label -1; expected labels in \[0, 3\) for K = 3"),
+        # a target label >= K failed with "shape '[3, 3]' is invalid for input of size 10"
+        ([[0, 1]], [[0, 3]], r"target holds label 3; expected labels in \[0, 3\) or the ignore index 255 for K = 3"),
+        ([[0, 1]], [[-1, 1]], r"target holds label -1; expected labels in \[0, 3\) or the ignore index 255"),
+    ],
+)
+def test_labels_out_of_range_raise_naming_the_tensor(pred, target, message):
+    m = SegmentationMetrics(num_classes=3, ignore_index=255)
+    with pytest.raises(ValueError, match=message):
+        m.update(torch.tensor([pred]), torch.tensor([target]))
+    assert int(m.compute().sum()) == 0  # nothing was counted
+    m.update(torch.tensor([[[0, 2]]]), torch.tensor([[[0, 255]]]))  # the ignore index is no error
+    assert m.compute().tolist() == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+    without_ignore = SegmentationMetrics(num_classes=3, ignore_index=None)
+    with pytest.raises(ValueError, match=r"target holds label 255; expected labels in \[0, 3\) for K = 3"):
+        without_ignore.update(torch.tensor([[[0, 2]]]), torch.tensor([[[0, 255]]]))
+
+
+def test_pixels_of_the_report_and_of_isprs_scores_count_what_their_docs_say():
+    """segmentation_report's pixels: the whole matrix; isprs_scores' pixels: those behind its OA."""
+    cm = torch.zeros(6, 6, dtype=torch.int64)
+    cm[0, 0], cm[1, 2], cm[5, 5], cm[5, 0] = 7, 3, 4, 2  # 10 pixels of scored classes, 6 of clutter
+    report = segmentation_report(cm, list(ISPRS_CLASSES), score_classes=range(5))
+    assert report["pixels"] == 16 and report["OA"] == pytest.approx(100 * 7 / 10)
+    assert isprs_scores(cm)["pixels"] == 10 and isprs_scores(cm)["OA"] == pytest.approx(100 * 7 / 10)
+    with_clutter = isprs_scores(cm, include_clutter_rows=True)
+    assert with_clutter["pixels"] == 16 and with_clutter["OA"] == pytest.approx(100 * 11 / 16)

@@ -632,3 +632,18 @@ def test_real_dota_labels_against_themselves_and_a_jittered_copy(datasets: Path)
             assert out["per_class"][name]["AP50"] == pytest.approx(pct(expected), abs=1e-9)
             aps.append(pct(expected))
         assert out["mAP50"] == pytest.approx(sum(aps) / 2, abs=1e-9)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("side", ["preds", "targets"])
+def test_non_finite_box_coordinates_raise_naming_image_and_field(bad, side):
+    """NaN or infinite coordinates were accepted silently (a NaN box matches nothing)."""
+    good = [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
+    broken = [good[0], [20.0, bad, 30.0, 30.0]]
+    pred = {"boxes": broken if side == "preds" else good, "scores": [0.9, 0.8], "labels": [0, 0]}
+    target = {"boxes": broken if side == "targets" else good, "labels": [0, 0]}
+    m = VOCMeanAP(["a"])
+    ok = {"boxes": good, "scores": [0.9, 0.8], "labels": [0, 0]}
+    with pytest.raises(ValueError, match=rf"{side}\[1\]\['boxes'\] must hold finite coordinates; row 1"):
+        m.update([ok, pred], [{"boxes": good, "labels": [0, 0]}, target])
+    assert m.num_images == 0  # all or nothing

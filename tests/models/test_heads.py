@@ -317,11 +317,25 @@ def test_detection_metric_set_protocols(metric: str, expected: float):
     scores = m.compute()
     assert scores["mAP50"] == pytest.approx(expected, abs=1e-4)
     assert set(scores) == ({"mAP50", "mAP50_95"} if metric == "coco" else {"mAP50"})
+    if metric == "coco":  # exact boxes: the same at every IoU (was logged as 0 under the default cap of 1000)
+        assert scores["mAP50_95"] == pytest.approx(expected, abs=1e-4)
     report = m.report()
     assert report["metric"] == metric and report["classes"] == ["oilwell"]
     assert report["per_class"]["oilwell"]["num_objects"] == 2
     m.reset()
     assert m.compute()["mAP50"] == 0.0  # nothing seen: 0, not None, in the logged scalars
+
+
+def test_detection_metric_set_never_logs_an_undefined_score_as_zero(monkeypatch):
+    m = DetectionMetricSet(["oilwell"], metric="coco")
+    preds, batch = _hand_detections()
+    m.update(preds, batch)
+    real = m.coco.compute
+    monkeypatch.setattr(m.coco, "compute", lambda **kw: {**real(**kw), "mAP50_95": None})
+    with pytest.raises(RuntimeError, match="mAP50_95 is undefined"):
+        m.compute()
+    with pytest.raises(ValueError, match="max_detections"):
+        DetectionMetricSet(["oilwell"], metric="coco", max_detections=0)
 
 
 def test_voc12_and_coco_differ_and_agree_on_a_perfect_detector():

@@ -70,3 +70,31 @@ def test_write_json_round_trip(tmp_path):
     with pytest.raises(TypeError):
         write_json(tmp_path / "bad.json", {"x": object()})
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_accuracies_are_exact_fractions_in_float64():
+    """OA and per-class accuracy are integer counts divided in float64 (torchmetrics' float32 gave
+    57.14285969734192 for 4/7 and 66.66673421859741 for 666668/1000001), the numbers of the head's
+    ClassificationMetricSet in the same evaluation table."""
+    from rsfm.models.heads.classification import ClassificationMetricSet
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    preds = torch.tensor([0, 0, 1, 1, 2, 0, 2])  # 4 of 7 right; class 0: 2/3, class 1: 1/3, class 2: 1/1
+    r = classification_report(preds, labels, CLASSES[:3])
+    assert r["OA"] == pytest.approx(100 * 4 / 7, rel=0, abs=1e-12)
+    assert r["per_class"]["Forest"]["accuracy"] == pytest.approx(100 * 2 / 3, rel=0, abs=1e-12)
+    assert r["per_class"]["Desert"]["accuracy"] == pytest.approx(100 * 1 / 3, rel=0, abs=1e-12)
+    assert r["mean_class_accuracy"] == pytest.approx(100 * (2 / 3 + 1 / 3 + 1) / 3, rel=0, abs=1e-12)
+    head = ClassificationMetricSet(CLASSES[:3])
+    head.update(preds, {"label": labels})
+    h = head.report()
+    assert (r["OA"], r["mean_class_accuracy"]) == (h["OA"], h["mean_class_accuracy"])
+    assert r["per_class"] == h["per_class"] and r["confusion"] == h["confusion"]
+
+    n = 10**6 + 1
+    big_labels = torch.zeros(n, dtype=torch.int64)
+    big_preds = big_labels.clone()
+    big_preds[:333333] = 1
+    big = classification_report(big_preds, big_labels, CLASSES[:2])
+    assert big["OA"] == pytest.approx(100 * 666668 / n, rel=0, abs=1e-12)
+    assert big["per_class"]["Forest"]["accuracy"] == pytest.approx(100 * 666668 / n, rel=0, abs=1e-12)

@@ -1,8 +1,10 @@
 """Scene-classification metrics and side-by-side tables of the evaluation protocols.
 
-Accuracies come from torchmetrics: ``OA`` is the micro-averaged accuracy (correct / all),
+Accuracies come from the integer confusion matrix, divided in float64: ``OA`` is correct / all,
 per-class accuracy is the recall of each class, and ``mean_class_accuracy`` is their mean over
-the classes present in the labels (what scene-classification papers call AA).
+the classes present in the labels (what scene-classification papers call AA). The arithmetic is
+that of :class:`rsfm.models.heads.classification.ClassificationMetricSet`, so both give the
+same numbers (and scikit-learn's ``accuracy_score`` / ``recall_score`` to the last bits).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 __all__ = ["classification_report", "format_table"]
 
@@ -27,7 +28,8 @@ def classification_report(preds: Tensor, labels: Tensor, class_names: Sequence[s
         class_names: the ``C`` class names, in index order.
 
     Returns:
-        A JSON-serialisable dict: ``OA`` (overall accuracy, %), ``mean_class_accuracy`` (%,
+        A JSON-serialisable dict (float64 arithmetic on integer counts): ``OA`` (overall
+        accuracy, %), ``mean_class_accuracy`` (%,
         mean of per-class accuracies over classes with support > 0), ``n`` (number of
         samples), ``per_class`` ``{name: {"accuracy": % or None when the class has no
         samples, "support": int}}`` and ``confusion`` (``C × C`` list of counts, rows = true
@@ -51,14 +53,16 @@ def classification_report(preds: Tensor, labels: Tensor, class_names: Sequence[s
         if int(t.min()) < 0 or int(t.max()) >= num_classes:
             raise ValueError(f"{name} must lie in [0, {num_classes}), got range [{int(t.min())}, {int(t.max())}]")
 
-    oa = MulticlassAccuracy(num_classes=num_classes, average="micro")(preds, labels)
-    per_class = MulticlassAccuracy(num_classes=num_classes, average="none")(preds, labels)
-    confusion = MulticlassConfusionMatrix(num_classes=num_classes)(preds, labels)
-    support = torch.bincount(labels, minlength=num_classes)
+    # integer counts; the divisions in float64 (torchmetrics' accuracy is float32: off in the 7th digit)
+    confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes**2).reshape(num_classes, -1)
+    cm = confusion.double()
+    support = cm.sum(1)
     present = support > 0
+    per_class = torch.where(present, cm.diagonal() / support.clamp(min=1), torch.full_like(support, math.nan))
+    oa = 100.0 * float(cm.diagonal().sum()) / float(cm.sum())
     return {
-        "OA": 100.0 * float(oa),
-        "mean_class_accuracy": 100.0 * float(per_class[present].mean()),
+        "OA": oa,
+        "mean_class_accuracy": 100.0 * float(per_class.nanmean()),
         "n": int(labels.numel()),
         "per_class": {
             name: {

@@ -1,12 +1,13 @@
 """COCO-style horizontal-box detection metrics: mAP50 and mAP50:95, overall and per class.
 
 The field's own protocol (VOC-style AP at IoU 0.5, as DIOR, DOTA and DIOR-R report) is
-:mod:`rsfm.metrics.voc`; this module is the COCO option. The numbers are COCO's
-(torchmetrics' :class:`~torchmetrics.detection.MeanAveragePrecision`
-on the pycocotools backend): average precision over 101 recall points, ``mAP50`` at IoU
-0.5 and ``mAP50_95`` averaged over IoU 0.50:0.05:0.95, both for all object sizes and up to
-``max_detections`` detections per image and class (COCOeval's cap). Per-class AP50 is read from COCOeval's precision
-table at IoU 0.5.
+:mod:`rsfm.metrics.voc`; this module is the COCO option. The numbers are pycocotools'
+``COCOeval`` (``iouType="bbox"``) run with ``params.maxDets = [max_detections]``: average
+precision over 101 recall points, ``mAP50`` at IoU 0.5 and ``mAP50_95`` averaged over IoU
+0.50:0.05:0.95, both for all object sizes and up to ``max_detections`` detections per image and
+class, averaged over the classes that have ground truth. Overall and per-class AP are read
+from COCOeval's precision table at that cap (``COCOeval.summarize()`` would read its headline
+AP at 100 detections whatever the cap), so any cap of at least 1 gives COCOeval's numbers.
 
 Difficult objects are passed as COCO ``iscrowd`` regions, COCO's ignore mechanism: they
 count neither as misses nor, when a detection overlaps them, as false positives, which is
@@ -16,20 +17,15 @@ intersection over the detection's area.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics.detection import MeanAveragePrecision
+
+from rsfm.metrics._cocoeval import check_max_detections, coco_precision, mean_valid, percent_or_none
 
 __all__ = ["DetectionMAP"]
-
-
-def _score(value: float) -> float | None:
-    """COCO's -1 (nothing to evaluate) → None; else the value in percent."""
-    return None if value < 0 or math.isnan(value) else 100.0 * float(value)
 
 
 class DetectionMAP:
@@ -37,21 +33,24 @@ class DetectionMAP:
 
     Args:
         class_names: the ``K`` class names, in label order.
-        max_detections: detections per image and class considered (COCO's 100; raise it for dense
-            scenes such as DOTA's).
+        max_detections: detections per image and class considered, the best-scoring ones
+            (COCOeval's ``maxDets``; COCO's 100, raise it for dense scenes such as DOTA's).
+
+    Raises:
+        ValueError: if ``max_detections`` is not an integer of at least 1.
 
     Example:
         >>> m = DetectionMAP(["oilwell"])
         >>> m.update([{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "scores": torch.tensor([0.9]),
         ...            "labels": torch.tensor([0])}],
         ...          [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([0])}])
-        >>> m.compute()["mAP50"]
+        >>> round(m.compute()["mAP50"], 6)  # COCOeval's precision is tp / (tp + fp + eps)
         100.0
     """
 
     def __init__(self, class_names: Sequence[str], max_detections: int = 100) -> None:
+        self.max_detections = check_max_detections(max_detections)
         self.class_names = list(class_names)
-        self.max_detections = int(max_detections)
         self.reset()
 
     def reset(self) -> None:
@@ -122,40 +121,34 @@ class DetectionMAP:
         num_objects = torch.zeros(len(self.class_names), dtype=torch.int64)
         for t in targets:
             num_objects += torch.bincount(t["labels"][t["iscrowd"] == 0], minlength=len(self.class_names))
-        r: dict[str, Any] = {}
-        if preds:
-            coco = MeanAveragePrecision(
-                box_format="xyxy",
-                iou_type="bbox",
-                class_metrics=True,
-                extended_summary=True,
-                max_detection_thresholds=[1, 10, self.max_detections],
-                sync_on_compute=False,  # the images of every rank are already here
-            )
-            coco.update(preds, targets)
-            r = coco.compute()
         per_class: dict[str, dict[str, Any]] = {
             n: {"AP50": None, "AP50_95": None, "num_objects": int(c)}
             for n, c in zip(self.class_names, num_objects.tolist(), strict=True)
         }
-        if r:
-            classes = r["classes"].reshape(-1).tolist()
-            per_class_map = r["map_per_class"].reshape(-1).tolist()
-            # COCOeval precision: (IoU thresholds, recall points, classes, areas, max dets);
-            # IoU index 0 is 0.5, area 0 is "all", the last max-dets entry is max_detections
-            precision = r["precision"]
-            for k, cls in enumerate(classes):
-                entry = per_class[self.class_names[cls]]
-                if entry["num_objects"] == 0:
-                    continue  # COCO would report 0 from its false positives alone; VOC has no AP here
-                p = precision[0, :, k, 0, -1]
-                p = p[p > -1]
-                entry["AP50"] = _score(float(p.mean())) if p.numel() else None
-                entry["AP50_95"] = _score(per_class_map[k])
-        return {
-            "mAP50": _score(float(r["map_50"])) if r else None,
-            "mAP50_95": _score(float(r["map"])) if r else None,
-            "per_class": per_class,
-            "num_images": len(preds),
-            "max_detections": self.max_detections,
-        }
+        out: dict[str, Any] = {"mAP50": None, "mAP50_95": None}
+        if preds and int(num_objects.sum()) > 0:
+            images = [
+                {
+                    "pred": {
+                        "boxes": p["boxes"].double().numpy(),
+                        "scores": p["scores"].double().numpy(),
+                        "labels": p["labels"].numpy(),
+                    },
+                    "target": {
+                        "boxes": t["boxes"].double().numpy(),
+                        "labels": t["labels"].numpy(),
+                        "iscrowd": t["iscrowd"].bool().numpy(),
+                    },
+                }
+                for p, t in zip(preds, targets, strict=True)
+            ]
+            # (IoU thresholds, recall points, classes) at the cap; IoU index 0 is 0.5
+            precision = coco_precision(images, self.class_names, "bbox", self.max_detections)
+            out["mAP50"] = percent_or_none(mean_valid(precision[0]))
+            out["mAP50_95"] = percent_or_none(mean_valid(precision))
+            for c, name in enumerate(self.class_names):
+                if per_class[name]["num_objects"] == 0:
+                    continue  # COCO leaves a class without ground truth out of the mean
+                per_class[name]["AP50"] = percent_or_none(mean_valid(precision[0, :, c]))
+                per_class[name]["AP50_95"] = percent_or_none(mean_valid(precision[:, :, c]))
+        return {**out, "per_class": per_class, "num_images": len(preds), "max_detections": self.max_detections}

@@ -14,15 +14,20 @@ against, or as oriented boxes (``obbs``, ``(N, 5)`` ``(cx, cy, w, h, θ)``, pixe
 Detections likewise. The IoU is exact (shapely's polygon intersection, double precision);
 pairs whose enclosing horizontal boxes do not overlap are 0 without computing it, as the
 devkit's pre-filter does. A self-intersecting quadrilateral (corners in "bow-tie" order) is
-replaced by its convex hull.
+replaced by its convex hull. Here rsfm departs from the devkit, whose ``polyiou`` sums signed
+areas: a square against its own corners in crossed order has IoU 1 in rsfm and 0 in the
+devkit. A rotated box (``obbs``) is never self-intersecting, so this only concerns
+quadrilaterals given as corners.
 
 Difficult objects are handled as the DOTA devkit's ``dota_evaluation_task1.py`` does: a
 detection whose best match is a difficult object is neither a true nor a false positive, and
 difficult objects do not count among the positives. The differences from the devkit listed in
 :mod:`rsfm.metrics.voc` (a match needs ``IoU >=`` the threshold, where the devkit uses ``>``;
 exact 11 recall points ``i / 10``, where its ``np.arange`` makes 0.3, 0.6 and 0.7 slightly
-larger; a stable sort of equal scores) apply here too; apart from them the AP equals the
-devkit's (``tests/metrics/test_dota.py`` checks it on real DOTA annotations).
+larger; a stable sort of equal scores) apply here too. Apart from them, and for simple
+(not self-intersecting) quadrilaterals, the AP equals the devkit's to 1e-6
+(``tests/metrics/test_dota.py`` checks it against the real devkit's printed figures on real
+DOTA and HIT-UAV annotations).
 
 .. versionadded:: 0.3
 """
@@ -34,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rsfm.metrics.voc import ArrayLike, VOCMeanAP, _boxes
+from rsfm.metrics.voc import ArrayLike, VOCMeanAP, _boxes, _finite_boxes
 
 __all__ = ["DOTAMeanAP", "polygon_iou"]
 
@@ -129,16 +134,21 @@ class DOTAMeanAP(VOCMeanAP):
         super().__init__(class_names, iou_threshold, use_07_metric, max_detections, pixel_offset=0.0)
 
     def _read_boxes(self, d: dict[str, Any], what: str) -> np.ndarray:
-        """``(N, 8)`` float64 polygons of one image, from ``polygons`` or converted from ``obbs``."""
+        """``(N, 8)`` float64 polygons of one image, from ``polygons`` or converted from ``obbs``.
+
+        Raises:
+            ValueError: naming ``what`` and the field if both keys are missing, the shape is
+                wrong or a value is NaN or infinite.
+        """
         if d.get("polygons") is not None:
-            return _boxes(d["polygons"], f"{what}['polygons']", 8)
+            return _finite_boxes(d["polygons"], f"{what}['polygons']", 8)
         if d.get("obbs") is None:
             raise ValueError(f"{what} lacks ['polygons'] or ['obbs']")
         import torch
 
         from rsfm.ops.obb import obb2poly
 
-        obbs = _boxes(d["obbs"], f"{what}['obbs']", 5)
+        obbs = _finite_boxes(d["obbs"], f"{what}['obbs']", 5)
         return obb2poly(torch.from_numpy(obbs)).numpy().reshape(-1, 8)
 
     def _iou(self, det: np.ndarray, gt: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:

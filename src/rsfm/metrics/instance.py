@@ -20,15 +20,14 @@ torchmetrics' ``MeanAveragePrecision`` sets them.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from rsfm.metrics._cocoeval import check_max_detections, coco_precision, mean_valid, percent_or_none
 
 __all__ = ["InstanceSegmentationMAP", "encode_masks"]
 
@@ -88,17 +87,6 @@ def encode_masks(masks: Tensor | np.ndarray) -> list[dict[str, Any]]:
     return out
 
 
-def _score(value: float) -> float | None:
-    """COCO's -1 / nan (nothing to evaluate) → None; else the value in percent."""
-    return None if value < 0 or math.isnan(value) else 100.0 * float(value)
-
-
-def _mean_valid(p: np.ndarray) -> float:
-    """Mean of COCOeval precision entries that are defined (> -1); -1 when none is."""
-    p = p[p > -1]
-    return float(p.mean()) if p.size else -1.0
-
-
 class InstanceSegmentationMAP:
     """Accumulate instance masks and ground truth over images; compute COCO mask and box AP.
 
@@ -121,10 +109,8 @@ class InstanceSegmentationMAP:
     """
 
     def __init__(self, class_names: Sequence[str], max_detections: int = 100) -> None:
-        if int(max_detections) < 1:
-            raise ValueError(f"max_detections must be at least 1, got {max_detections}")
+        self.max_detections = check_max_detections(max_detections)
         self.class_names = list(class_names)
-        self.max_detections = int(max_detections)
         self.reset()
 
     def reset(self) -> None:
@@ -201,68 +187,6 @@ class InstanceSegmentationMAP:
         """The images added on this process (picklable: numpy arrays and RLE bytes)."""
         return self._images
 
-    def _coco(self, images: list[dict[str, Any]], iou_type: str) -> tuple[Any, Any]:
-        """Ground-truth and result ``COCO`` objects of ``images`` for one IoU type.
-
-        Results are built as ``COCO.loadRes`` builds them (ids from 1, ``iscrowd`` 0, the box's
-        or the mask's area, the mask's enclosing box), without its deep copy of every annotation.
-        """
-        from pycocotools import mask as mask_utils
-        from pycocotools.coco import COCO
-
-        info = [{"id": i + 1, "height": im["size"][0], "width": im["size"][1]} for i, im in enumerate(images)]
-        cats = [{"id": k + 1, "name": n} for k, n in enumerate(self.class_names)]
-        gts, dts = [], []
-        for i, im in enumerate(images):
-            t, p = im["target"], im["pred"]
-            for box, label, crowd, rle in zip(t["boxes"], t["labels"], t["iscrowd"], t["rles"], strict=True):
-                xywh = [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
-                area = float(mask_utils.area(rle)) if iou_type == "segm" else xywh[2] * xywh[3]
-                gts.append(
-                    {
-                        "id": len(gts) + 1,
-                        "image_id": i + 1,
-                        "category_id": int(label) + 1,
-                        "bbox": xywh,
-                        "area": area,
-                        "iscrowd": int(crowd),
-                        "segmentation": rle,
-                    }
-                )
-            for box, score, label, rle in zip(p["boxes"], p["scores"], p["labels"], p["rles"], strict=True):
-                ann = {"id": len(dts) + 1, "image_id": i + 1, "category_id": int(label) + 1, "score": float(score)}
-                if iou_type == "segm":
-                    ann.update(segmentation=rle, area=float(mask_utils.area(rle)))
-                    ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
-                else:
-                    xywh = [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]
-                    ann.update(bbox=xywh, area=xywh[2] * xywh[3])
-                ann["iscrowd"] = 0
-                dts.append(ann)
-        out = []
-        for anns in (gts, dts):
-            coco = COCO()
-            coco.dataset = {"images": info, "categories": cats, "annotations": anns}
-            with contextlib.redirect_stdout(io.StringIO()):
-                coco.createIndex()
-            out.append(coco)
-        return out[0], out[1]
-
-    def _evaluate(self, images: list[dict[str, Any]], iou_type: str) -> np.ndarray:
-        """COCOeval's precision table ``(T, R, K, A)`` of one IoU type at :attr:`max_detections`."""
-        from pycocotools.cocoeval import COCOeval
-
-        gt, dt = self._coco(images, iou_type)
-        ev = COCOeval(gt, dt, iouType=iou_type)
-        # COCOeval sorts maxDets; the cap's entry is found after that
-        ev.params.maxDets = sorted({1, 10, self.max_detections})
-        ev.params.catIds = list(range(1, len(self.class_names) + 1))
-        ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e10]], ["all"]  # COCO's "all"; no size ranges
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev.evaluate()
-            ev.accumulate()
-        return np.asarray(ev.eval["precision"])[..., ev.params.maxDets.index(self.max_detections)]
-
     def compute(self, world_gather: Callable[[Any], Sequence[Any]] | None = None) -> dict[str, Any]:
         """The metrics of the images added so far (on every process, with ``world_gather``).
 
@@ -292,13 +216,13 @@ class InstanceSegmentationMAP:
         out: dict[str, Any] = {"mask_mAP50": None, "mask_mAP50_95": None, "box_mAP50": None, "box_mAP50_95": None}
         if images and num_objects.sum() > 0:
             for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
-                # (IoU thresholds, recall points, classes, areas); IoU index 0 is 0.5, area 0 is "all"
-                precision = self._evaluate(images, iou_type)[:, :, :, 0]
-                out[f"{prefix}_mAP50"] = _score(_mean_valid(precision[0]))
-                out[f"{prefix}_mAP50_95"] = _score(_mean_valid(precision))
+                # (IoU thresholds, recall points, classes); IoU index 0 is 0.5
+                precision = coco_precision(images, self.class_names, iou_type, self.max_detections)
+                out[f"{prefix}_mAP50"] = percent_or_none(mean_valid(precision[0]))
+                out[f"{prefix}_mAP50_95"] = percent_or_none(mean_valid(precision))
                 for c, name in enumerate(self.class_names):
                     if per_class[name]["num_objects"] == 0:
                         continue  # COCO leaves a class without ground truth out of the mean
-                    per_class[name][f"{prefix}_AP50"] = _score(_mean_valid(precision[0, :, c]))
-                    per_class[name][f"{prefix}_AP50_95"] = _score(_mean_valid(precision[:, :, c]))
+                    per_class[name][f"{prefix}_AP50"] = percent_or_none(mean_valid(precision[0, :, c]))
+                    per_class[name][f"{prefix}_AP50_95"] = percent_or_none(mean_valid(precision[:, :, c]))
         return {**out, "per_class": per_class, "num_images": len(images), "max_detections": self.max_detections}

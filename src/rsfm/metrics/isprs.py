@@ -54,7 +54,9 @@ def isprs_scores(confmat: Tensor | np.ndarray | Any, include_clutter_rows: bool 
       as clutter is an error; ``FP_k`` = column ``k`` over the five true-class rows, minus ``TP_k``;
     * ``F1_k = 2 TP_k / (2 TP_k + FP_k + FN_k)``, ``IoU_k = TP_k / (TP_k + FP_k + FN_k)``, also
       ``precision_k = TP_k / (TP_k + FP_k)`` and ``recall_k = TP_k / (TP_k + FN_k)``, for the five classes;
-    * ``mF1``, ``mIoU``: means over the five classes (over those defined, as MMSegmentation's means);
+    * ``mF1``, ``mIoU``: means over the five classes (over those defined, as MMSegmentation's means; a class with
+      ``TP_k = 0`` has F1 0 and counts in ``mF1``, where MMSegmentation's Fscore is undefined and left out, see
+      :mod:`rsfm.metrics.segmentation`);
     * ``OA`` = ``Σ_k TP_k / Σ M[:5, :]``: accuracy over the pixels whose true class is one of the five.
 
     With ``include_clutter_rows=True`` the clutter row stays in: true-clutter pixels predicted as class ``k`` count
@@ -68,8 +70,10 @@ def isprs_scores(confmat: Tensor | np.ndarray | Any, include_clutter_rows: bool 
 
     Returns:
         ``{"F1", "IoU", "precision", "recall": {class: float | None} for the five classes, "mF1", "mIoU", "OA":
-        float | None, "classes": [the five names], "pixels": int (pixels behind the OA)}``; scores are plain
-        floats in percent (0–100), None where a denominator is 0 (a class absent from both truth and prediction,
+        float | None, "classes": [the five names], "pixels": int}``. ``pixels`` counts the pixels behind the OA:
+        those whose true class is one of the five, or with ``include_clutter_rows`` every pixel of the matrix
+        (``segmentation_report``'s ``pixels`` always counts the whole matrix). Scores are plain floats in percent
+        (0–100), None where a denominator is 0 (a class absent from both truth and prediction,
         or no pixel at all).
 
     Raises:

@@ -14,6 +14,16 @@ A class with a zero denominator (absent from both the ground truth and the predi
 NaN scores and is left out of the means, as in MMSegmentation. Pixels whose label is the
 ignore index never enter the matrix.
 
+Against MMSegmentation's ``IoUMetric``: per-class IoU, ``mIoU`` and ``OA`` are the same
+numbers, and so are per-class precision and recall. ``F1`` and ``mF1`` are not always: rsfm's
+``F1_k`` is the textbook ``2 TP / (2 TP + FP + FN)``, so a class with ``TP_k = 0`` that is in
+the ground truth or the prediction scores 0 and pulls ``mF1`` down, while MMSegmentation's
+``mFscore`` computes F from precision and recall, gets NaN (0/0) for such a class and leaves
+it out of its mean. Example: target ``[0, 0, 1, 1]``, prediction ``[0, 0, 0, 2]`` (K = 3):
+F1 = (0.8, 0, 0), ``mF1`` = 0.2667 here; MMSegmentation gives (0.8, NaN, NaN), ``mFscore``
+0.8; both give IoU (2/3, 0, 0), ``mIoU`` 0.2222. With ``TP_k > 0`` for every class present,
+the two F1 agree.
+
 Some benchmarks score a subset of the classes (ISPRS: five, without clutter). With
 ``score_classes`` only pixels whose *true* label is scored count: a scored pixel predicted as
 an unscored class is a miss (FN), an unscored pixel is left out entirely (no FP), and OA is
@@ -51,9 +61,10 @@ def segmentation_scores(confmat: Tensor, score_classes: Sequence[int] | None = N
 
     Returns:
         ``IoU``, ``F1``, ``precision``, ``recall``: ``(K,)`` float64 (NaN for a class with a
-        zero denominator or not scored); ``mIoU``, ``mF1``: 0-d float64, means over the
-        scored classes that are not NaN (NaN if all are); ``OA``: 0-d float64 over scored
-        pixels (NaN for an empty matrix).
+        zero denominator or not scored; ``F1`` is 0, not NaN, for a class with ``TP = 0`` and
+        ``FP + FN > 0``, where MMSegmentation's Fscore is NaN, see the module docstring);
+        ``mIoU``, ``mF1``: 0-d float64, means over the scored classes that are not NaN (NaN
+        if all are); ``OA``: 0-d float64 over scored pixels (NaN for an empty matrix).
 
     Raises:
         ValueError: if ``confmat`` is not square or a scored label is out of range.
@@ -108,7 +119,10 @@ def segmentation_report(
     Returns:
         ``{"mIoU", "OA", "mF1": percent | None, "IoU", "F1", "precision", "recall":
         {name: percent | None}, "pixels": int, "classes": [names], "scored_classes":
-        [names], "confusion_matrix": K × K ints}``; None stands for NaN.
+        [names], "confusion_matrix": K × K ints}``; None stands for NaN. ``pixels`` is every
+        pixel in the matrix (its sum), the rows of unscored classes included; with
+        ``score_classes`` the OA runs over fewer, the pixels whose true class is scored
+        (:func:`rsfm.metrics.isprs.isprs_scores`' ``pixels`` counts only those).
 
     Raises:
         ValueError: if the number of names is not ``K``.
@@ -137,8 +151,11 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
     :meth:`scores` and :meth:`report` score it.
 
     ``update(preds, target)`` takes ``preds`` ``(B, H, W)`` int64 labels in ``[0, K)`` or
-    ``(B, K, H, W)`` float logits/probabilities (arg-maxed), and ``target`` ``(B, H, W)`` int64;
-    target pixels equal to ``ignore_index`` are skipped.
+    ``(B, K, H, W)`` float logits/probabilities (arg-maxed), and ``target`` ``(B, H, W)`` int64
+    in ``[0, K)``; target pixels equal to ``ignore_index`` are skipped. A label outside
+    ``[0, K)`` (other than the ignore index in ``target``) raises ValueError naming the tensor,
+    the value and ``K`` (one min/max pass per tensor; torchmetrics' own per-pixel checks stay
+    off).
 
     Args:
         num_classes: number of classes ``K``.
@@ -152,6 +169,28 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
         # and predictions are arg-maxes, in range by construction.
         kwargs.setdefault("validate_args", False)
         super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None, **kwargs)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add a batch (see the class docstring).
+
+        Raises:
+            ValueError: if a prediction label, or a target label other than ``ignore_index``, is
+                outside ``[0, K)`` (such a pixel would be miscounted or break the matrix).
+        """
+        k = self.num_classes
+        if not preds.is_floating_point() and preds.numel():
+            lo, hi = torch.aminmax(preds)
+            if int(lo) < 0 or int(hi) >= k:
+                bad = int(lo) if int(lo) < 0 else int(hi)
+                raise ValueError(f"prediction holds label {bad}; expected labels in [0, {k}) for K = {k} classes")
+        if target.numel():
+            valid = target if self.ignore_index is None else target.masked_fill(target == self.ignore_index, 0)
+            lo, hi = torch.aminmax(valid)
+            if int(lo) < 0 or int(hi) >= k:
+                bad = int(lo) if int(lo) < 0 else int(hi)
+                allowed = "" if self.ignore_index is None else f" or the ignore index {self.ignore_index}"
+                raise ValueError(f"target holds label {bad}; expected labels in [0, {k}){allowed} for K = {k} classes")
+        super().update(preds, target)
 
     def compute_matrix(self) -> Tensor:
         """The accumulated ``(K, K)`` matrix, summed over ranks under DDP (same as ``compute()``)."""

@@ -90,6 +90,16 @@ def _boxes(x: ArrayLike, what: str, width: int = 4) -> np.ndarray:
     return a
 
 
+def _finite_boxes(x: ArrayLike, what: str, width: int = 4) -> np.ndarray:
+    """:func:`_boxes`, and ValueError naming ``what`` and the first bad row if a coordinate is NaN or infinite."""
+    a = _boxes(x, what, width)
+    bad = ~np.isfinite(a).all(1)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{what} must hold finite coordinates; row {j} is {a[j].tolist()}")
+    return a
+
+
 def _vector(x: ArrayLike, dtype: type | np.dtype, n: int, what: str) -> np.ndarray:
     """``x`` as an ``(n,)`` array of ``dtype``; ValueError if its length is not ``n``."""
     a = _as_numpy(x, dtype, what).reshape(-1)
@@ -495,11 +505,12 @@ class VOCMeanAP:
         """The boxes of one image's predictions or targets: ``d['boxes']`` as ``(N, 4)`` float64.
 
         Raises:
-            ValueError: naming ``what`` if the key is missing or the shape is wrong.
+            ValueError: naming ``what`` if the key is missing, the shape is wrong or a
+                coordinate is NaN or infinite.
         """
         if "boxes" not in d:
             raise ValueError(f"{what} lacks ['boxes']")
-        return _boxes(d["boxes"], f"{what}['boxes']")
+        return _finite_boxes(d["boxes"], f"{what}['boxes']")
 
     def _iou(self, det: np.ndarray, gt: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
         """``(M, N)`` IoU of one image's detections and ground truth (:func:`box_iou`)."""
@@ -516,8 +527,10 @@ class VOCMeanAP:
                 int64 in ``[0, K)`` and optionally ``difficult`` ``(N,)`` bool (absent: none).
 
         Raises:
-            ValueError: if the lists differ in length, a key is missing, an array has the
-                wrong shape or length, a score is NaN, or a label is outside ``[0, K)``.
+            ValueError: naming the image (``preds[i]`` / ``targets[i]``) and the field, if the
+                lists differ in length, a key is missing, an array has the wrong shape or length,
+                a box coordinate is NaN or infinite, a score is NaN, or a label is outside
+                ``[0, K)``.
         """
         if len(preds) != len(targets):
             raise ValueError(f"got {len(preds)} predictions for {len(targets)} targets")

@@ -58,6 +58,9 @@ class DetectionMetricSet(HeadMetrics):
         metric: ``voc12``, ``voc07`` or ``coco``.
         max_detections: detections per image scored (None: all; COCO needs a number, uses 1000
             and caps per image and class).
+
+    Raises:
+        ValueError: with ``metric="coco"``, if ``max_detections`` is less than 1.
     """
 
     def __init__(self, classes: list[str], metric: str = "voc12", max_detections: int | None = None) -> None:
@@ -67,7 +70,7 @@ class DetectionMetricSet(HeadMetrics):
         if metric == "coco":
             from rsfm.metrics.coco import DetectionMAP
 
-            self.coco = DetectionMAP(self.classes, max_detections or 1000)
+            self.coco = DetectionMAP(self.classes, 1000 if max_detections is None else max_detections)
         else:
             from rsfm.metrics.voc import VOCMeanAP
 
@@ -102,11 +105,19 @@ class DetectionMetricSet(HeadMetrics):
         return self._result
 
     def compute(self) -> dict[str, float]:
-        """``mAP50`` (and ``mAP50_95`` with COCO), percent; 0 when no object was seen."""
+        """``mAP50`` (and ``mAP50_95`` with COCO), percent; 0 when no ground-truth object was seen.
+
+        Raises:
+            RuntimeError: if a score is undefined although ground truth was seen (a metric
+                defect: it is not logged as 0).
+        """
         r = self._compute()
-        out = {"mAP50": float(r["mAP50"] or 0.0)}
-        if self.metric == "coco":
-            out["mAP50_95"] = float(r["mAP50_95"] or 0.0)
+        seen = sum(c["num_objects"] for c in r["per_class"].values()) > 0
+        out = {}
+        for name in self.names:
+            if r[name] is None and seen:
+                raise RuntimeError(f"{name} is undefined although {self.metric} metrics saw ground-truth objects")
+            out[name] = 0.0 if r[name] is None else float(r[name])
         return out
 
     def report(self) -> dict[str, Any]:
