@@ -15,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,7 @@ from torch import Tensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "BadImageError",
     "RasterRule",
     "UnsupportedImageError",
@@ -41,6 +42,17 @@ _JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 _TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 # libtiff messages when a header or directory ends before its declared size
 _TRUNCATED_TIFF_HINTS = ("IO error", "directory", "Cannot read", "truncated", "Read error")
+
+#: Largest image, in pixels (width x height), :func:`read_image` decodes: 2**32, a 65536 x 65536
+#: scene (12 GiB as RGB uint8). Pillow's own bound (``PIL.Image.MAX_IMAGE_PIXELS``, about 89
+#: megapixels; it warns above it and refuses a "decompression bomb" above twice it) is left as
+#: it is: larger PNGs are decoded by GDAL instead, so that a large local scene can be read (and
+#: sliced by ``rsfm curate``).
+MAX_IMAGE_PIXELS = 2**32
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# IHDR colour types decoded at 16 bits per sample by torchvision (Pillow cuts RGB/RGBA/LA to 8)
+_PNG16_COLOUR_TYPES = frozenset({2, 4, 6})
 
 #: Values of :attr:`BadImageError.reason`.
 BAD_IMAGE_REASONS = ("zero_byte", "truncated", "not_an_image", "unreadable", "unsupported_bands")
@@ -153,7 +165,14 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
     rejects truncated streams); PNG, BMP, WEBP and JPEGs that libjpeg cannot handle go through
     PIL with a forced full decode, so truncated files fail here rather than in a transform.
     PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False for that. TIFF and GeoTIFF go
-    through rasterio (any dtype, any number of bands, nodata masks).
+    through rasterio (any dtype, any number of bands, nodata masks); a 1-band raster with a
+    colour map (palette TIFF) gives its colours, as a palette PNG does. 16-bit RGB, RGBA and
+    grey+alpha PNGs (which PIL cuts to 8 bit) are decoded at full depth by
+    :func:`torchvision.io.decode_png` and stretched like 16-bit TIFFs. PNGs over PIL's
+    decompression-bomb bound (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 megapixels) are decoded
+    by GDAL; images over :data:`MAX_IMAGE_PIXELS` (2**32 pixels) are refused
+    (``reason='unreadable'``). EXIF orientation is not applied by any decoder: pixels are
+    used in the order they are stored.
 
     A text file named ``x.jpg`` raises ``reason='not_an_image'``: its content is identified
     as not being an image. ``'unreadable'`` is kept for files that look like an image but fail
@@ -272,7 +291,40 @@ def _read_pil(path: Path, rule: RasterRule) -> Tensor:
     return _decode_pil(path, path, rule)
 
 
+def _png_header(source: Path | BinaryIO, path: Path) -> tuple[int, int, int, int] | None:
+    """``(width, height, bit depth, colour type)`` from a PNG's IHDR, or None if not a PNG."""
+    try:
+        if isinstance(source, Path):
+            with open(source, "rb") as f:
+                head = f.read(26)
+        else:
+            start = source.tell()
+            head = source.read(26)
+            source.seek(start)
+    except OSError as err:
+        raise BadImageError(path, "unreadable", f"cannot read file ({err})") from err
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return width, height, head[24], head[25]
+
+
 def _decode_pil(source: Path | BinaryIO, path: Path, rule: RasterRule) -> Tensor:
+    header = _png_header(source, path)
+    if header is not None:
+        width, height, depth, colour = header
+        if width * height > MAX_IMAGE_PIXELS:
+            raise BadImageError(
+                path,
+                "unreadable",
+                f"image is {width} x {height} = {width * height} pixels, over rsfm's bound of "
+                f"{MAX_IMAGE_PIXELS} pixels (rsfm.data.io.MAX_IMAGE_PIXELS); cut it into smaller files first",
+            )
+        if depth == 16 and colour in _PNG16_COLOUR_TYPES:
+            return _decode_png16(source, path, rule)
+        if width * height > Image.MAX_IMAGE_PIXELS:
+            # over Pillow's decompression-bomb bound: GDAL's PNG driver has none
+            return _read_raster(source, rule, name=path)
     try:
         with Image.open(source) as img:
             img.load()
@@ -315,7 +367,26 @@ def _pil_to_array(img: Image.Image) -> tuple[npt.NDArray[np.generic], bool]:
     return array, has_alpha
 
 
-def _read_raster(path: Path, rule: RasterRule) -> Tensor:
+def _decode_png16(source: Path | BinaryIO, path: Path, rule: RasterRule) -> Tensor:
+    """A 16-bit RGB, RGBA or grey+alpha PNG at full depth (torchvision/libpng), then scaled."""
+    from torchvision.io import ImageReadMode, decode_png  # imported here: torchvision is slow to load
+
+    try:
+        data = source.read_bytes() if isinstance(source, Path) else source.read()
+    except OSError as err:
+        raise BadImageError(path, "unreadable", f"cannot read file ({err})") from err
+    try:
+        image = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    except RuntimeError as err:
+        msg = str(err)
+        reason = "truncated" if any(k in msg.lower() for k in ("truncat", "end of", "eof")) else "unreadable"
+        raise BadImageError(path, reason, f"cannot decode 16-bit PNG ({msg})") from err
+    array = image.numpy()
+    return _to_rgb_uint8(array, path, rule, has_alpha=array.shape[0] in (2, 4), mask=None)
+
+
+def _read_raster(source: Path | BinaryIO, rule: RasterRule, name: Path | None = None) -> Tensor:
+    path = Path(source) if name is None else name  # type: ignore[arg-type]
     # Imported here: GDAL is slow to load and only TIFF/GeoTIFF inputs need it.
     import rasterio
     import rasterio.errors
@@ -330,7 +401,7 @@ def _read_raster(path: Path, rule: RasterRule) -> Tensor:
         ):
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             try:
-                src = rasterio.open(path)
+                src = rasterio.open(source)
             except rasterio.errors.RasterioIOError as err:
                 msg = str(err)
                 if "not recognized" in msg or "not a supported" in msg.lower():
@@ -343,6 +414,8 @@ def _read_raster(path: Path, rule: RasterRule) -> Tensor:
             with src:
                 count = src.count
                 interp = list(src.colorinterp)
+                if count == 1 and interp[0] == ColorInterp.palette:
+                    return _read_palette(src, path, rule)
                 has_alpha = count in (2, 4) and interp[-1] == ColorInterp.alpha
                 indexes = _raster_indexes(count, rule, path, has_alpha)
                 try:
@@ -362,6 +435,28 @@ def _read_raster(path: Path, rule: RasterRule) -> Tensor:
     array = np.ma.getdata(data)
     # bands were already selected when reading (only those are read from disk)
     return _to_rgb_uint8(array, path, rule, has_alpha=False, mask=mask, selected=True)
+
+
+def _read_palette(src: Any, path: Path, rule: RasterRule) -> Tensor:
+    """A 1-band raster with a colour map, as RGB (RGBA when the map has transparency) like PIL's ``P``."""
+    import rasterio.errors
+
+    try:
+        data = src.read(1, masked=True)
+        colormap = src.colormap(1)
+    except (rasterio.errors.RasterioIOError, ValueError) as err:
+        raise BadImageError(path, "truncated", f"raster data cannot be read, file likely truncated ({err})") from err
+    table = np.zeros((max(256, int(np.ma.getdata(data).max()) + 1), 4), dtype=np.uint8)
+    table[:, 3] = 255  # indices missing from the map: opaque black, as PIL
+    for index, colour in colormap.items():
+        if 0 <= index < len(table):
+            table[index] = colour
+    has_alpha = bool((table[:, 3] < 255).any())
+    array = table[np.ma.getdata(data).astype(np.int64)].transpose(2, 0, 1)
+    if not has_alpha:
+        array = array[:3]
+    array[:, np.ma.getmaskarray(data)] = 0  # nodata pixels become 0
+    return _to_rgb_uint8(array, path, rule, has_alpha=has_alpha, mask=None)
 
 
 def raster_band_indexes(count: int, rule: RasterRule, path: str | os.PathLike[str], has_alpha: bool) -> list[int]:
