@@ -302,6 +302,16 @@ def test_palette_tiff_decodes_like_palette_png(tmp_path: Path, aid_jpeg: Path) -
     np.testing.assert_array_equal(read_image(tmp_path / "p.tif", RasterRule(bands=(1, 0))).numpy(), expected[[1, 0]])
 
 
+def test_uint8_nodata_becomes_zero(tmp_path: Path, rgb: np.ndarray) -> None:
+    data = rgb.copy()
+    data[:, :20, :30] = 7
+    path = write_tif(tmp_path / "nd.tif", data, nodata=7)
+    image = read_image(path).numpy()
+    expected = np.where(data == 7, 0, data)
+    np.testing.assert_array_equal(image, expected)
+    assert (image[:, :20, :30] == 0).all()
+
+
 def test_png_over_pillows_pixel_bound_is_read(tmp_path: Path, rgb: np.ndarray, aid_jpeg: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     Image.fromarray(rgb.transpose(1, 2, 0)).save(tmp_path / "big.png")

@@ -552,10 +552,11 @@ def _scale_to_uint8(
     array: npt.NDArray[np.generic], rule: RasterRule, mask: npt.NDArray[np.bool_] | None
 ) -> npt.NDArray[np.uint8]:
     """Scale a (C, H, W) array of any dtype to uint8 following ``rule``."""
-    if array.dtype == np.uint8:
-        return array  # type: ignore[return-value]
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * np.uint8(255)  # type: ignore[no-any-return]
+    if array.dtype in (np.uint8, np.bool_):
+        out8 = array if array.dtype == np.uint8 else array.astype(np.uint8) * np.uint8(255)
+        if mask is not None and mask.any():
+            out8 = np.where(mask, np.uint8(0), out8)  # nodata pixels become 0, as for other dtypes
+        return out8  # type: ignore[return-value]
     data = array.astype(np.float32)
     invalid = ~np.isfinite(data)
     if mask is not None:
