@@ -330,3 +330,16 @@ def test_png_over_pillows_pixel_bound_is_read(tmp_path: Path, rgb: np.ndarray, a
     with pytest.raises(BadImageError, match=r"150 x 150 = 22500 pixels, over rsfm's bound") as err:
         read_image(tmp_path / "big.png")
     assert err.value.reason == "unreadable" and err.value.path == str(tmp_path / "big.png")
+
+
+def test_curate_reads_palette_tiff_and_16_bit_png_as_read_image(
+    tmp_path: Path, rgb: np.ndarray, aid_jpeg: Path
+) -> None:
+    from rsfm.curation.ingest import OpenedSource
+
+    Image.open(aid_jpeg).convert("RGB").quantize(colors=32).save(tmp_path / "p.tif")
+    write_png16(tmp_path / "x.png", rgb.astype(np.uint16) * 16 + 3)
+    for path in (tmp_path / "p.tif", tmp_path / "x.png"):
+        with OpenedSource(path, RasterRule()) as source:
+            tile, _ = source.read((10, 20, 64, 48))
+        np.testing.assert_array_equal(tile, read_image(path).numpy()[:, 20:68, 10:74])
