@@ -206,3 +206,14 @@ def test_scan_folder_and_check_image_root(bad_tree: Path, tmp_path: Path) -> Non
         check_image_root(tmp_path / "only_text")
     with pytest.raises(FileNotFoundError, match="not found"):
         scan_folder(tmp_path / "nowhere")
+
+
+def test_broken_symlink_is_counted_unreadable(bad_tree: Path) -> None:
+    (bad_tree / "class_b" / "gone.jpg").symlink_to(bad_tree / "class_b" / "deleted.jpg")
+    (bad_tree / "class_b" / "gone_folder").symlink_to(bad_tree / "no_such_folder")
+    for dataset in (ImageFolder(bad_tree), LabeledImageFolder(bad_tree)):
+        skipped = {Path(p).name: r for p, r in dataset.scan_skipped}
+        assert skipped["gone.jpg"] == "unreadable" and skipped["gone_folder"] == "unreadable"
+        assert str(bad_tree / "class_b" / "gone.jpg") in dict(dataset.scan_skipped)
+        assert len(dataset) == 10
+

@@ -55,7 +55,8 @@ def _walk(root: Path) -> Iterable[tuple[str, str, int | None]]:
     """Yield ``(path, relative posix path, size or None if not an image)`` for visible files.
 
     Hidden entries (name starting with '.') are ignored. Symlinked folders are followed once.
-    Folders that cannot be listed are yielded with size -1.
+    Folders that cannot be listed, broken symlinks and files that cannot be stat'ed are yielded
+    with size -1 (counted as unreadable).
     """
     root_str = os.fspath(root)
     stack = [root_str]
@@ -80,6 +81,8 @@ def _walk(root: Path) -> Iterable[tuple[str, str, int | None]]:
                         stack.append(entry.path)
                     continue
                 if not entry.is_file():
+                    if entry.is_symlink():  # a link whose target is missing
+                        yield entry.path, rel, -1
                     continue
                 if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
                     yield entry.path, rel, None
