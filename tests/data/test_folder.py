@@ -217,3 +217,18 @@ def test_broken_symlink_is_counted_unreadable(bad_tree: Path) -> None:
         assert str(bad_tree / "class_b" / "gone.jpg") in dict(dataset.scan_skipped)
         assert len(dataset) == 10
 
+
+def test_class_folder_alias_is_refused_naming_both(bad_tree: Path) -> None:
+    from rsfm.data.folder_base import list_classes
+    from rsfm.data.scene import SceneClassificationDataModule
+    from rsfm.utils.errors import DataError
+
+    (bad_tree / "class_a_alias").symlink_to(bad_tree / "class_a", target_is_directory=True)
+    pattern = r"class folders .*class_a and .*class_a_alias are the same directory"
+    with pytest.raises(DataError, match=pattern):
+        list_classes(bad_tree)
+    with pytest.raises(DataError, match=pattern):
+        LabeledImageFolder(bad_tree)
+    with pytest.raises(DataError, match=pattern):
+        SceneClassificationDataModule(str(bad_tree))
+    ImageFolder(bad_tree)  # unlabeled: the alias is read once, no class names to shift
