@@ -32,6 +32,7 @@ __all__ = [
     "decode_image",
     "raster_band_indexes",
     "read_image",
+    "read_image_masked",
     "scale_to_uint8",
 ]
 
@@ -194,13 +195,7 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
 
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise BadImageError(path, "unreadable", f"cannot open file ({err})") from err
-    if size == 0:
-        raise BadImageError(path, "zero_byte", "file is empty (0 bytes), expected an image")
-
+    _check_size(path)
     suffix = path.suffix.lower()
     if suffix in _TIFF_EXTENSIONS:
         return _read_raster(path, rule)
@@ -209,6 +204,48 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
         if image is not None:
             return image
     return _read_pil(path, rule)
+
+
+def _check_size(path: Path) -> None:
+    """Raise for a file that cannot be stat'ed or is empty."""
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise BadImageError(path, "unreadable", f"cannot open file ({err})") from err
+    if size == 0:
+        raise BadImageError(path, "zero_byte", "file is empty (0 bytes), expected an image")
+
+
+def read_image_masked(
+    path: str | os.PathLike[str],
+    rule: RasterRule = RasterRule(),  # noqa: B008
+) -> tuple[Tensor, npt.NDArray[np.bool_] | None]:
+    """Read an image as :func:`read_image` does, with the mask of its nodata pixels.
+
+    Only TIFF/GeoTIFF files (read through rasterio) have nodata: a declared nodata value, an
+    internal mask or NaN. Their nodata pixels are 0 in the image, like real zeros; the mask
+    tells them apart (``rsfm stats`` leaves them out).
+
+    Args:
+        path: image file.
+        rule: band selection and 8-bit scaling rule, see :class:`RasterRule`.
+
+    Returns:
+        image: as :func:`read_image`, ``(C, H, W)`` uint8.
+        nodata: ``(C, H, W)`` bool, True where a pixel is nodata; None when no pixel is (and
+            for every format other than TIFF).
+
+    Raises:
+        BadImageError: as :func:`read_image`.
+        UnsupportedImageError: as :func:`read_image`.
+
+    .. versionadded:: 0.3
+    """
+    path = Path(path)
+    if path.suffix.lower() in _TIFF_EXTENSIONS:
+        _check_size(path)
+        return _read_raster_masked(path, rule)
+    return read_image(path, rule), None
 
 
 def decode_image(data: bytes, name: str, rule: RasterRule = RasterRule()) -> Tensor:  # noqa: B008
@@ -386,6 +423,13 @@ def _decode_png16(source: Path | BinaryIO, path: Path, rule: RasterRule) -> Tens
 
 
 def _read_raster(source: Path | BinaryIO, rule: RasterRule, name: Path | None = None) -> Tensor:
+    return _read_raster_masked(source, rule, name)[0]
+
+
+def _read_raster_masked(
+    source: Path | BinaryIO, rule: RasterRule, name: Path | None = None
+) -> tuple[Tensor, npt.NDArray[np.bool_] | None]:
+    """The image, and its ``(C, H, W)`` nodata mask (None when no pixel is nodata)."""
     path = Path(source) if name is None else name  # type: ignore[arg-type]
     # Imported here: GDAL is slow to load and only TIFF/GeoTIFF inputs need it.
     import rasterio
@@ -415,7 +459,8 @@ def _read_raster(source: Path | BinaryIO, rule: RasterRule, name: Path | None = 
                 count = src.count
                 interp = list(src.colorinterp)
                 if count == 1 and interp[0] == ColorInterp.palette:
-                    return _read_palette(src, path, rule)
+                    image, nodata = _read_palette(src, path, rule)
+                    return image, _mask_like(nodata[None], image)
                 has_alpha = count in (2, 4) and interp[-1] == ColorInterp.alpha
                 indexes = _raster_indexes(count, rule, path, has_alpha)
                 try:
@@ -434,11 +479,24 @@ def _read_raster(source: Path | BinaryIO, rule: RasterRule, name: Path | None = 
     mask = np.ma.getmaskarray(data)
     array = np.ma.getdata(data)
     # bands were already selected when reading (only those are read from disk)
-    return _to_rgb_uint8(array, path, rule, has_alpha=False, mask=mask, selected=True)
+    image = _to_rgb_uint8(array, path, rule, has_alpha=False, mask=mask, selected=True)
+    return image, _mask_like(mask, image)
 
 
-def _read_palette(src: Any, path: Path, rule: RasterRule) -> Tensor:
-    """A 1-band raster with a colour map, as RGB (RGBA when the map has transparency) like PIL's ``P``."""
+def _mask_like(mask: npt.NDArray[np.bool_], image: Tensor) -> npt.NDArray[np.bool_] | None:
+    """A nodata mask of 1 or C bands as ``image``'s ``(C, H, W)``; None when nothing is masked."""
+    if not mask.any():
+        return None
+    if mask.shape[0] != image.shape[0]:  # a grey band repeated to RGB, or one mask for all bands
+        mask = mask.any(axis=0, keepdims=True)
+    return np.ascontiguousarray(np.broadcast_to(mask, image.shape))
+
+
+def _read_palette(src: Any, path: Path, rule: RasterRule) -> tuple[Tensor, npt.NDArray[np.bool_]]:
+    """A 1-band raster with a colour map, as RGB (RGBA when the map has transparency) like PIL's ``P``.
+
+    Returns the image and its ``(H, W)`` nodata mask.
+    """
     import rasterio.errors
 
     try:
@@ -455,8 +513,9 @@ def _read_palette(src: Any, path: Path, rule: RasterRule) -> Tensor:
     array = table[np.ma.getdata(data).astype(np.int64)].transpose(2, 0, 1)
     if not has_alpha:
         array = array[:3]
-    array[:, np.ma.getmaskarray(data)] = 0  # nodata pixels become 0
-    return _to_rgb_uint8(array, path, rule, has_alpha=has_alpha, mask=None)
+    nodata = np.ma.getmaskarray(data)
+    array[:, nodata] = 0  # nodata pixels become 0
+    return _to_rgb_uint8(array, path, rule, has_alpha=has_alpha, mask=None), nodata
 
 
 def raster_band_indexes(count: int, rule: RasterRule, path: str | os.PathLike[str], has_alpha: bool) -> list[int]:
