@@ -44,7 +44,7 @@ _TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 # libtiff messages when a header or directory ends before its declared size
 _TRUNCATED_TIFF_HINTS = ("IO error", "directory", "Cannot read", "truncated", "Read error")
 
-#: Largest image, in pixels (width x height), :func:`read_image` decodes: 2**32, a 65536 x 65536
+#: Largest PNG, in pixels (width x height), :func:`read_image` decodes: 2**32, a 65536 x 65536
 #: scene (12 GiB as RGB uint8). Pillow's own bound (``PIL.Image.MAX_IMAGE_PIXELS``, about 89
 #: megapixels; it warns above it and refuses a "decompression bomb" above twice it) is left as
 #: it is: larger PNGs are decoded by GDAL instead, so that a large local scene can be read (and
@@ -171,7 +171,7 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
     grey+alpha PNGs (which PIL cuts to 8 bit) are decoded at full depth by
     :func:`torchvision.io.decode_png` and stretched like 16-bit TIFFs. PNGs over PIL's
     decompression-bomb bound (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 megapixels) are decoded
-    by GDAL; images over :data:`MAX_IMAGE_PIXELS` (2**32 pixels) are refused
+    by GDAL; PNGs over :data:`MAX_IMAGE_PIXELS` (2**32 pixels) are refused
     (``reason='unreadable'``). EXIF orientation is not applied by any decoder: pixels are
     used in the order they are stored.
 
