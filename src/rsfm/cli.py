@@ -366,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cv.set_defaults(func=_convert)
 
-    st = sub.add_parser("stats", help="per-channel mean/std of a folder of images (for data.mean/std)")
+    st = sub.add_parser(
+        "stats", help="per-channel mean/std of a folder of images (for data.mean/std; TIFF nodata pixels left out)"
+    )
     st.add_argument("folder")
     st.add_argument("--max-images", type=int, default=None)
     st.add_argument("--bands", default=None, help="comma list of 0-based bands, as data.bands (default: RGB)")

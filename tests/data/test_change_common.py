@@ -112,3 +112,15 @@ def test_augmentation_moves_both_images_and_mask_together(levir: Path) -> None:
         PairedAugment(crop_size=0)
     still = PairedAugment(None, hflip=False, vflip=False, rot90=False)(s)
     assert torch.equal(still["image_a"], s["image_a"]) and torch.equal(still["mask"], s["mask"])
+
+
+def test_hidden_files_are_not_pairs(levir: Path, tmp_path: Path) -> None:
+    names = sorted(p.name for p in (levir / "A").glob("*.png"))[:2]
+    root = copy_levir(levir, tmp_path / "levir", names)
+    # macOS copies leave AppleDouble files beside each image; only some folders have them
+    (root / "A" / f"._{names[0]}").write_bytes(b"\x00\x05\x16\x07" + bytes(78))
+    shutil.copy(levir / "B" / names[1], root / "B" / f".{names[1]}")
+    (root / "label" / ".DS_Store").write_bytes(bytes(64))
+    assert find_pairs(root) == names
+    dataset = _dataset(root, find_pairs(root))
+    assert len(dataset) == 2 and all("skipped" not in dataset[i] for i in range(2))

@@ -206,3 +206,29 @@ def test_scan_folder_and_check_image_root(bad_tree: Path, tmp_path: Path) -> Non
         check_image_root(tmp_path / "only_text")
     with pytest.raises(FileNotFoundError, match="not found"):
         scan_folder(tmp_path / "nowhere")
+
+
+def test_broken_symlink_is_counted_unreadable(bad_tree: Path) -> None:
+    (bad_tree / "class_b" / "gone.jpg").symlink_to(bad_tree / "class_b" / "deleted.jpg")
+    (bad_tree / "class_b" / "gone_folder").symlink_to(bad_tree / "no_such_folder")
+    for dataset in (ImageFolder(bad_tree), LabeledImageFolder(bad_tree)):
+        skipped = {Path(p).name: r for p, r in dataset.scan_skipped}
+        assert skipped["gone.jpg"] == "unreadable" and skipped["gone_folder"] == "unreadable"
+        assert str(bad_tree / "class_b" / "gone.jpg") in dict(dataset.scan_skipped)
+        assert len(dataset) == 10
+
+
+def test_class_folder_alias_is_refused_naming_both(bad_tree: Path) -> None:
+    from rsfm.data.folder_base import list_classes
+    from rsfm.data.scene import SceneClassificationDataModule
+    from rsfm.utils.errors import DataError
+
+    (bad_tree / "class_a_alias").symlink_to(bad_tree / "class_a", target_is_directory=True)
+    pattern = r"class folders .*class_a and .*class_a_alias are the same directory"
+    with pytest.raises(DataError, match=pattern):
+        list_classes(bad_tree)
+    with pytest.raises(DataError, match=pattern):
+        LabeledImageFolder(bad_tree)
+    with pytest.raises(DataError, match=pattern):
+        SceneClassificationDataModule(str(bad_tree))
+    ImageFolder(bad_tree)  # unlabeled: the alias is read once, no class names to shift

@@ -8,11 +8,13 @@ import torch
 from PIL import Image, ImageFile
 from rasterio.transform import Affine
 
+import rsfm.data.io
 from rsfm.data.io import (
     IMAGE_EXTENSIONS,
     BadImageError,
     RasterRule,
     UnsupportedImageError,
+    decode_image,
     read_image,
 )
 
@@ -260,3 +262,84 @@ def test_uint16_multiband_stretched_per_band(tmp_path: Path, rgb: np.ndarray) ->
     assert np.abs(image - np.stack([stretch(b) for b in four])).max() <= 1
     scaled = read_image(path, RasterRule(bands=(3,), scale=10000)).numpy().astype(int)
     assert np.abs(scaled[0] - np.rint(np.clip(four[3] / 10000, 0, 1) * 255)).max() <= 1
+
+
+def write_png16(path: Path, array: np.ndarray) -> Path:
+    """A 16-bit-per-sample PNG (GDAL's PNG driver; Pillow cannot write 48/64-bit PNGs)."""
+    with rasterio.open(path, "w", driver="PNG", width=array.shape[2], height=array.shape[1], count=array.shape[0],
+                       dtype="uint16") as dst:  # fmt: skip
+        dst.write(array)
+    return path
+
+
+@pytest.mark.parametrize("alpha", [False, True], ids=["rgb48", "rgba64"])
+def test_png_16_bit_colour_read_at_full_depth(tmp_path: Path, rgb: np.ndarray, alpha: bool) -> None:
+    # the real pixels x16 plus a low-order ramp: cutting to the top byte would lose the ramp
+    data = rgb.astype(np.uint16) * 16 + (np.arange(rgb.shape[2], dtype=np.uint16) % 16)
+    if alpha:
+        data = np.concatenate([data, np.full((1, *data.shape[1:]), 65535, np.uint16)])
+    png = write_png16(tmp_path / "x.png", data)
+    tif = write_tif(tmp_path / "x.tif", data[:3])
+    expected = read_image(tif).numpy()
+    got = read_image(png).numpy()
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, np.stack([stretch(b) for b in data[:3]]))
+    # shards holding the source bytes decode the same way
+    np.testing.assert_array_equal(decode_image(png.read_bytes(), "x.png").numpy(), expected)
+    # bands select among the full-depth bands
+    np.testing.assert_array_equal(read_image(png, RasterRule(bands=(2,))).numpy()[0], expected[2])
+
+
+def test_palette_tiff_decodes_like_palette_png(tmp_path: Path, aid_jpeg: Path) -> None:
+    palette = Image.open(aid_jpeg).convert("RGB").quantize(colors=32)
+    palette.save(tmp_path / "p.png")
+    palette.save(tmp_path / "p.tif")  # a 1-band TIFF with a colour map (photometric palette)
+    with rasterio.open(tmp_path / "p.tif") as src:
+        assert src.colorinterp[0] == rasterio.enums.ColorInterp.palette
+    expected = read_image(tmp_path / "p.png").numpy()
+    np.testing.assert_array_equal(expected, np.asarray(palette.convert("RGB")).transpose(2, 0, 1))
+    np.testing.assert_array_equal(read_image(tmp_path / "p.tif").numpy(), expected)
+    np.testing.assert_array_equal(read_image(tmp_path / "p.tif", RasterRule(bands=(1, 0))).numpy(), expected[[1, 0]])
+
+
+def test_uint8_nodata_becomes_zero(tmp_path: Path, rgb: np.ndarray) -> None:
+    data = rgb.copy()
+    data[:, :20, :30] = 7
+    path = write_tif(tmp_path / "nd.tif", data, nodata=7)
+    image = read_image(path).numpy()
+    expected = np.where(data == 7, 0, data)
+    np.testing.assert_array_equal(image, expected)
+    assert (image[:, :20, :30] == 0).all()
+
+
+def test_png_over_pillows_pixel_bound_is_read(tmp_path: Path, rgb: np.ndarray, aid_jpeg: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    Image.fromarray(rgb.transpose(1, 2, 0)).save(tmp_path / "big.png")
+    palette = Image.open(aid_jpeg).convert("RGB").quantize(colors=32)
+    palette.save(tmp_path / "pal.png")
+    expected_palette = read_image(tmp_path / "pal.png").numpy()
+    # as if the image were larger than Pillow's decompression-bomb bound (~179 megapixels)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "big.png").numpy(), rgb)
+    np.testing.assert_array_equal(decode_image((tmp_path / "big.png").read_bytes(), "big.png").numpy(), rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "pal.png").numpy(), expected_palette)
+    # rsfm's own bound (2**32 pixels) is checked from the header, before decoding
+    monkeypatch.setattr(rsfm.data.io, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(BadImageError, match=r"150 x 150 = 22500 pixels, over rsfm's bound") as err:
+        read_image(tmp_path / "big.png")
+    assert err.value.reason == "unreadable" and err.value.path == str(tmp_path / "big.png")
+
+
+def test_curate_reads_palette_tiff_and_16_bit_png_as_read_image(
+    tmp_path: Path, rgb: np.ndarray, aid_jpeg: Path
+) -> None:
+    from rsfm.curation.ingest import OpenedSource
+
+    Image.open(aid_jpeg).convert("RGB").quantize(colors=32).save(tmp_path / "p.tif")
+    write_png16(tmp_path / "x.png", rgb.astype(np.uint16) * 16 + 3)
+    for path in (tmp_path / "p.tif", tmp_path / "x.png"):
+        with OpenedSource(path, RasterRule()) as source:
+            tile, _ = source.read((10, 20, 64, 48))
+        np.testing.assert_array_equal(tile, read_image(path).numpy()[:, 20:68, 10:74])

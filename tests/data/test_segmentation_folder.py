@@ -144,3 +144,25 @@ def test_multispectral_statistics_are_required(four_band: Path) -> None:
     dm.setup("test")
     with pytest.raises(UnsupportedImageError, match=r"2\.tif.*band index 4"):
         dm.datasets["test"][0]
+
+
+def test_binary_0_255_masks_without_classes_are_refused_clearly(datasets: Path) -> None:
+    levir = datasets / "levir_cd"  # real change labels: 0 and 255
+    module = SegmentationFolderDataModule(
+        str(levir), images_dir="A", masks_dir="label", test_split=["test_2_0000_0000"]
+    )
+    with pytest.raises(DataError) as err:
+        module.classes()
+    message = str(err.value)
+    assert str(levir / "label") in message and "[0, 255]" in message and "255 is the ignore index" in message
+    assert "data.classes" in message and "data.label_map: {0: 0, 255: 1}" in message
+    # the advice works: two classes, 255 read as the second
+    fixed = SegmentationFolderDataModule(
+        str(levir), images_dir="A", masks_dir="label", test_split=["test_2_0000_0000"], label_map={0: 0, 255: 1}
+    )
+    assert fixed.classes() == ["0", "1"]
+    fixed.setup("test")
+    mask = fixed.datasets["test"][0]["mask"]
+    assert set(mask.unique().tolist()) <= {0, 1} and int(mask.max()) == 1
+    with pytest.raises(DataError, match="gives the classes"):
+        SegmentationFolderDataModule(str(levir), images_dir="A", masks_dir="label", label_map={0: 0}).classes()

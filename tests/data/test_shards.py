@@ -237,3 +237,21 @@ def test_open_source() -> None:
     assert open_source("some/folder", "") == "some/folder"
     with pytest.raises(DataError, match="data.root is required"):
         open_source(None, None)
+
+
+def test_truncated_chunk_is_named(corpus: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(corpus, tmp_path / "copy"))
+    chunks = sorted((copy / SHARDS).glob("chunk-*.bin"))
+    assert len(chunks) > 1
+    data = chunks[1].read_bytes()
+    chunks[1].write_bytes(data[: len(data) // 2])  # an interrupted copy
+    pattern = f"shard chunk {chunks[1]} is {len(data) // 2} bytes, .*index.json records {len(data)}: .*truncated"
+    with pytest.raises(DataError, match=pattern):
+        ShardCorpus.open(copy)
+    with pytest.raises(DataError, match=pattern):
+        PretrainDataModule(shards=str(copy), **SETTINGS)
+    chunks[1].unlink()
+    with pytest.raises(DataError, match=f"shard chunk {chunks[1]} listed in .* cannot be read"):
+        ShardCorpus.open(copy)

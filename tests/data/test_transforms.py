@@ -133,3 +133,21 @@ def test_compute_mean_std_of_selected_bands(tmp_path: Path, datasets: Path) -> N
 def test_format_stats() -> None:
     text = format_stats((0.39771, 0.40931, 0.368911), (0.2, 0.18264, 0.1813))
     assert text == "mean: [0.3977, 0.4093, 0.3689]\nstd: [0.2000, 0.1826, 0.1813]"
+
+
+def test_compute_mean_std_leaves_nodata_out(tmp_path: Path, datasets: Path) -> None:
+    from rsfm.data.io import read_image_masked
+
+    scene = datasets / "scenes" / "RGB.byte.tif"  # a real Landsat scene, about a third nodata
+    shutil.copy(scene, tmp_path / "scene.tif")
+    with rasterio.open(scene) as src:
+        data = src.read(masked=True)
+    assert data.mask.mean() > 0.3
+    image, nodata = read_image_masked(tmp_path / "scene.tif")
+    assert nodata is not None and np.array_equal(nodata, np.ma.getmaskarray(data))
+    assert (image.numpy()[nodata] == 0).all()
+    mean, std = compute_mean_std(tmp_path)
+    np.testing.assert_allclose(mean, [band.compressed().mean() / 255 for band in data], rtol=1e-9)
+    np.testing.assert_allclose(std, [band.compressed().std() / 255 for band in data], rtol=1e-6)
+    # a JPEG has no nodata: its zeros count
+    assert read_image_masked(datasets / "aid" / "Airport" / "airport_10.jpg")[1] is None

@@ -173,6 +173,18 @@ class OpenedSource:
             raise BadImageError(self.path, reason, f"cannot open raster ({msg})") from err
         src = self._src
         interp = list(src.colorinterp)
+        if src.count == 1 and interp[0] == ColorInterp.palette:
+            # a colour-mapped raster: decoded once with its colours, as read_image gives them
+            if src.crs is not None:
+                epsg = src.crs.to_epsg()
+                self.crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
+                self.transform = [float(v) for v in tuple(src.transform)[:6]]
+            src.close()
+            self._src = None
+            image = read_image(self.path, self.rule).numpy()
+            self._array = image
+            self.height, self.width, self.channels = int(image.shape[1]), int(image.shape[2]), int(image.shape[0])
+            return
         has_alpha = src.count in (2, 4) and interp[-1] == ColorInterp.alpha
         try:
             self.indexes = raster_band_indexes(src.count, self.rule, self.path, has_alpha)

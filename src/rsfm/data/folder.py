@@ -23,12 +23,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from rsfm.utils.errors import DataError
+
 from .device_decode import DeferredAugment, deferred_item, is_jpeg
 from .io import IMAGE_EXTENSIONS, BadImageError, RasterRule, decode_image, read_image
 from .samplers import parse_key, sample_seed
 from .splits import check_fraction, stratified_split
 
-__all__ = ["ImageFolder", "LabeledImageFolder", "check_image_root", "scan_folder"]
+__all__ = ["ImageFolder", "LabeledImageFolder", "check_distinct_classes", "check_image_root", "scan_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ def _walk(root: Path) -> Iterable[tuple[str, str, int | None]]:
     """Yield ``(path, relative posix path, size or None if not an image)`` for visible files.
 
     Hidden entries (name starting with '.') are ignored. Symlinked folders are followed once.
-    Folders that cannot be listed are yielded with size -1.
+    Folders that cannot be listed, broken symlinks and files that cannot be stat'ed are yielded
+    with size -1 (counted as unreadable).
     """
     root_str = os.fspath(root)
     stack = [root_str]
@@ -80,6 +83,8 @@ def _walk(root: Path) -> Iterable[tuple[str, str, int | None]]:
                         stack.append(entry.path)
                     continue
                 if not entry.is_file():
+                    if entry.is_symlink():  # a link whose target is missing
+                        yield entry.path, rel, -1
                     continue
                 if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
                     yield entry.path, rel, None
@@ -87,6 +92,35 @@ def _walk(root: Path) -> Iterable[tuple[str, str, int | None]]:
                     yield entry.path, rel, entry.stat().st_size
             except OSError:  # broken symlink, permission denied
                 yield entry.path, rel, -1
+
+
+def check_distinct_classes(root: str | os.PathLike[str]) -> None:
+    """Refuse two first-level (class) folders of ``root`` that are the same directory.
+
+    A symlinked alias of a class folder (``Airport_alias -> Airport``) would otherwise make the
+    class list of the data module (every visible folder) and the scanned samples (each real
+    folder once) disagree, shifting class names.
+
+    Args:
+        root: a labeled folder, ``root/<class>/...``.
+
+    Raises:
+        DataError: naming both folders, if two visible class folders resolve to the same
+            directory.
+    """
+    first: dict[str, str] = {}
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        real = os.path.realpath(entry.path)
+        if real in first:
+            raise DataError(
+                f"class folders {first[real]} and {entry.path} are the same directory ({real}); each class "
+                "needs its own folder (remove the symlinked alias, or copy the images if both classes are meant)"
+            )
+        first[real] = entry.path
 
 
 def scan_folder(
@@ -237,6 +271,7 @@ class ImageFolder(Dataset[dict[str, Any]]):
         self.raster = raster
         self.seed = seed
 
+        self._check_root()
         samples, relative, self.scan_skipped = scan_folder(self.root)
         if not samples:
             raise FileNotFoundError(
@@ -253,6 +288,9 @@ class ImageFolder(Dataset[dict[str, Any]]):
             keep = train if split == "train" else val
         self.samples: list[Path] = [samples[i] for i in keep]
         self.groups: list[int] = [ids[names[i]] for i in keep]
+
+    def _check_root(self) -> None:
+        """Checks of the folder's layout before it is scanned (none for unlabeled folders)."""
 
     def _group_name(self, relative: str) -> str:
         """Group of a file: the first component of its relative path, ``''`` directly in root."""
@@ -330,7 +368,8 @@ class LabeledImageFolder(ImageFolder):
     held-out files are those :class:`ImageFolder` holds out on the same folder. Items also
     carry ``'label': int`` (skipped items too, so a batch of only skipped items still has an
     empty ``'label'`` tensor). An image directly in ``root`` (no class folder) raises
-    :class:`ValueError`.
+    :class:`ValueError`; two class folders that are the same directory (a symlinked alias)
+    raise :class:`~rsfm.utils.errors.DataError`, naming both.
 
     .. versionadded:: 0.1
 
@@ -345,6 +384,10 @@ class LabeledImageFolder(ImageFolder):
     def targets(self) -> list[int]:
         """Class index of each sample of this split (the same list as ``groups``)."""
         return self.groups
+
+    def _check_root(self) -> None:
+        if self.root.is_dir():
+            check_distinct_classes(self.root)
 
     def _group_name(self, relative: str) -> str:
         name, sep, _ = relative.partition("/")

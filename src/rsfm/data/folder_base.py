@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rsfm.data.base import DataInfo, DataModule, check_folder
-from rsfm.data.folder import ImageFolder, check_image_root
+from rsfm.data.folder import ImageFolder, check_distinct_classes, check_image_root
 from rsfm.data.io import IMAGE_EXTENSIONS
 from rsfm.data.shards import ShardCorpus, ShardDataset
 from rsfm.data.skips import collate_skipping
@@ -25,8 +25,10 @@ def list_classes(root: Path) -> list[str]:
     """Class folders (first level, visible, holding an image) of a labeled tree.
 
     Raises:
-        DataError: if an image lies directly in ``root`` (it would have no class).
+        DataError: if an image lies directly in ``root`` (it would have no class), or if two
+            class folders are the same directory (a symlinked alias; both are named).
     """
+    check_distinct_classes(root)
     classes = []
     with os.scandir(root) as it:
         entries = sorted(it, key=lambda e: e.name)

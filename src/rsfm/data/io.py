@@ -15,7 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +25,14 @@ from torch import Tensor
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "BadImageError",
     "RasterRule",
     "UnsupportedImageError",
     "decode_image",
     "raster_band_indexes",
     "read_image",
+    "read_image_masked",
     "scale_to_uint8",
 ]
 
@@ -41,6 +43,17 @@ _JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 _TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 # libtiff messages when a header or directory ends before its declared size
 _TRUNCATED_TIFF_HINTS = ("IO error", "directory", "Cannot read", "truncated", "Read error")
+
+#: Largest PNG, in pixels (width x height), :func:`read_image` decodes: 2**32, a 65536 x 65536
+#: scene (12 GiB as RGB uint8). Pillow's own bound (``PIL.Image.MAX_IMAGE_PIXELS``, about 89
+#: megapixels; it warns above it and refuses a "decompression bomb" above twice it) is left as
+#: it is: larger PNGs are decoded by GDAL instead, so that a large local scene can be read (and
+#: sliced by ``rsfm curate``).
+MAX_IMAGE_PIXELS = 2**32
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# IHDR colour types decoded at 16 bits per sample by torchvision (Pillow cuts RGB/RGBA/LA to 8)
+_PNG16_COLOUR_TYPES = frozenset({2, 4, 6})
 
 #: Values of :attr:`BadImageError.reason`.
 BAD_IMAGE_REASONS = ("zero_byte", "truncated", "not_an_image", "unreadable", "unsupported_bands")
@@ -153,7 +166,14 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
     rejects truncated streams); PNG, BMP, WEBP and JPEGs that libjpeg cannot handle go through
     PIL with a forced full decode, so truncated files fail here rather than in a transform.
     PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False for that. TIFF and GeoTIFF go
-    through rasterio (any dtype, any number of bands, nodata masks).
+    through rasterio (any dtype, any number of bands, nodata masks); a 1-band raster with a
+    colour map (palette TIFF) gives its colours, as a palette PNG does. 16-bit RGB, RGBA and
+    grey+alpha PNGs (which PIL cuts to 8 bit) are decoded at full depth by
+    :func:`torchvision.io.decode_png` and stretched like 16-bit TIFFs. PNGs over PIL's
+    decompression-bomb bound (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 megapixels) are decoded
+    by GDAL; PNGs over :data:`MAX_IMAGE_PIXELS` (2**32 pixels) are refused
+    (``reason='unreadable'``). EXIF orientation is not applied by any decoder: pixels are
+    used in the order they are stored.
 
     A text file named ``x.jpg`` raises ``reason='not_an_image'``: its content is identified
     as not being an image. ``'unreadable'`` is kept for files that look like an image but fail
@@ -175,13 +195,7 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
 
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        raise BadImageError(path, "unreadable", f"cannot open file ({err})") from err
-    if size == 0:
-        raise BadImageError(path, "zero_byte", "file is empty (0 bytes), expected an image")
-
+    _check_size(path)
     suffix = path.suffix.lower()
     if suffix in _TIFF_EXTENSIONS:
         return _read_raster(path, rule)
@@ -190,6 +204,48 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
         if image is not None:
             return image
     return _read_pil(path, rule)
+
+
+def _check_size(path: Path) -> None:
+    """Raise for a file that cannot be stat'ed or is empty."""
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise BadImageError(path, "unreadable", f"cannot open file ({err})") from err
+    if size == 0:
+        raise BadImageError(path, "zero_byte", "file is empty (0 bytes), expected an image")
+
+
+def read_image_masked(
+    path: str | os.PathLike[str],
+    rule: RasterRule = RasterRule(),  # noqa: B008
+) -> tuple[Tensor, npt.NDArray[np.bool_] | None]:
+    """Read an image as :func:`read_image` does, with the mask of its nodata pixels.
+
+    Only TIFF/GeoTIFF files (read through rasterio) have nodata: a declared nodata value, an
+    internal mask or NaN. Their nodata pixels are 0 in the image, like real zeros; the mask
+    tells them apart (``rsfm stats`` leaves them out).
+
+    Args:
+        path: image file.
+        rule: band selection and 8-bit scaling rule, see :class:`RasterRule`.
+
+    Returns:
+        image: as :func:`read_image`, ``(C, H, W)`` uint8.
+        nodata: ``(C, H, W)`` bool, True where a pixel is nodata; None when no pixel is (and
+            for every format other than TIFF).
+
+    Raises:
+        BadImageError: as :func:`read_image`.
+        UnsupportedImageError: as :func:`read_image`.
+
+    .. versionadded:: 0.3
+    """
+    path = Path(path)
+    if path.suffix.lower() in _TIFF_EXTENSIONS:
+        _check_size(path)
+        return _read_raster_masked(path, rule)
+    return read_image(path, rule), None
 
 
 def decode_image(data: bytes, name: str, rule: RasterRule = RasterRule()) -> Tensor:  # noqa: B008
@@ -272,7 +328,40 @@ def _read_pil(path: Path, rule: RasterRule) -> Tensor:
     return _decode_pil(path, path, rule)
 
 
+def _png_header(source: Path | BinaryIO, path: Path) -> tuple[int, int, int, int] | None:
+    """``(width, height, bit depth, colour type)`` from a PNG's IHDR, or None if not a PNG."""
+    try:
+        if isinstance(source, Path):
+            with open(source, "rb") as f:
+                head = f.read(26)
+        else:
+            start = source.tell()
+            head = source.read(26)
+            source.seek(start)
+    except OSError as err:
+        raise BadImageError(path, "unreadable", f"cannot read file ({err})") from err
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return width, height, head[24], head[25]
+
+
 def _decode_pil(source: Path | BinaryIO, path: Path, rule: RasterRule) -> Tensor:
+    header = _png_header(source, path)
+    if header is not None:
+        width, height, depth, colour = header
+        if width * height > MAX_IMAGE_PIXELS:
+            raise BadImageError(
+                path,
+                "unreadable",
+                f"image is {width} x {height} = {width * height} pixels, over rsfm's bound of "
+                f"{MAX_IMAGE_PIXELS} pixels (rsfm.data.io.MAX_IMAGE_PIXELS); cut it into smaller files first",
+            )
+        if depth == 16 and colour in _PNG16_COLOUR_TYPES:
+            return _decode_png16(source, path, rule)
+        if width * height > Image.MAX_IMAGE_PIXELS:
+            # over Pillow's decompression-bomb bound: GDAL's PNG driver has none
+            return _read_raster(source, rule, name=path)
     try:
         with Image.open(source) as img:
             img.load()
@@ -315,7 +404,33 @@ def _pil_to_array(img: Image.Image) -> tuple[npt.NDArray[np.generic], bool]:
     return array, has_alpha
 
 
-def _read_raster(path: Path, rule: RasterRule) -> Tensor:
+def _decode_png16(source: Path | BinaryIO, path: Path, rule: RasterRule) -> Tensor:
+    """A 16-bit RGB, RGBA or grey+alpha PNG at full depth (torchvision/libpng), then scaled."""
+    from torchvision.io import ImageReadMode, decode_png  # imported here: torchvision is slow to load
+
+    try:
+        data = source.read_bytes() if isinstance(source, Path) else source.read()
+    except OSError as err:
+        raise BadImageError(path, "unreadable", f"cannot read file ({err})") from err
+    try:
+        image = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    except RuntimeError as err:
+        msg = str(err)
+        reason = "truncated" if any(k in msg.lower() for k in ("truncat", "end of", "eof")) else "unreadable"
+        raise BadImageError(path, reason, f"cannot decode 16-bit PNG ({msg})") from err
+    array = image.numpy()
+    return _to_rgb_uint8(array, path, rule, has_alpha=array.shape[0] in (2, 4), mask=None)
+
+
+def _read_raster(source: Path | BinaryIO, rule: RasterRule, name: Path | None = None) -> Tensor:
+    return _read_raster_masked(source, rule, name)[0]
+
+
+def _read_raster_masked(
+    source: Path | BinaryIO, rule: RasterRule, name: Path | None = None
+) -> tuple[Tensor, npt.NDArray[np.bool_] | None]:
+    """The image, and its ``(C, H, W)`` nodata mask (None when no pixel is nodata)."""
+    path = Path(source) if name is None else name  # type: ignore[arg-type]
     # Imported here: GDAL is slow to load and only TIFF/GeoTIFF inputs need it.
     import rasterio
     import rasterio.errors
@@ -330,7 +445,7 @@ def _read_raster(path: Path, rule: RasterRule) -> Tensor:
         ):
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             try:
-                src = rasterio.open(path)
+                src = rasterio.open(source)
             except rasterio.errors.RasterioIOError as err:
                 msg = str(err)
                 if "not recognized" in msg or "not a supported" in msg.lower():
@@ -343,6 +458,9 @@ def _read_raster(path: Path, rule: RasterRule) -> Tensor:
             with src:
                 count = src.count
                 interp = list(src.colorinterp)
+                if count == 1 and interp[0] == ColorInterp.palette:
+                    image, nodata = _read_palette(src, path, rule)
+                    return image, _mask_like(nodata[None], image)
                 has_alpha = count in (2, 4) and interp[-1] == ColorInterp.alpha
                 indexes = _raster_indexes(count, rule, path, has_alpha)
                 try:
@@ -361,7 +479,43 @@ def _read_raster(path: Path, rule: RasterRule) -> Tensor:
     mask = np.ma.getmaskarray(data)
     array = np.ma.getdata(data)
     # bands were already selected when reading (only those are read from disk)
-    return _to_rgb_uint8(array, path, rule, has_alpha=False, mask=mask, selected=True)
+    image = _to_rgb_uint8(array, path, rule, has_alpha=False, mask=mask, selected=True)
+    return image, _mask_like(mask, image)
+
+
+def _mask_like(mask: npt.NDArray[np.bool_], image: Tensor) -> npt.NDArray[np.bool_] | None:
+    """A nodata mask of 1 or C bands as ``image``'s ``(C, H, W)``; None when nothing is masked."""
+    if not mask.any():
+        return None
+    if mask.shape[0] != image.shape[0]:  # a grey band repeated to RGB, or one mask for all bands
+        mask = mask.any(axis=0, keepdims=True)
+    return np.ascontiguousarray(np.broadcast_to(mask, image.shape))
+
+
+def _read_palette(src: Any, path: Path, rule: RasterRule) -> tuple[Tensor, npt.NDArray[np.bool_]]:
+    """A 1-band raster with a colour map, as RGB (RGBA when the map has transparency) like PIL's ``P``.
+
+    Returns the image and its ``(H, W)`` nodata mask.
+    """
+    import rasterio.errors
+
+    try:
+        data = src.read(1, masked=True)
+        colormap = src.colormap(1)
+    except (rasterio.errors.RasterioIOError, ValueError) as err:
+        raise BadImageError(path, "truncated", f"raster data cannot be read, file likely truncated ({err})") from err
+    table = np.zeros((max(256, int(np.ma.getdata(data).max()) + 1), 4), dtype=np.uint8)
+    table[:, 3] = 255  # indices missing from the map: opaque black, as PIL
+    for index, colour in colormap.items():
+        if 0 <= index < len(table):
+            table[index] = colour
+    has_alpha = bool((table[:, 3] < 255).any())
+    array = table[np.ma.getdata(data).astype(np.int64)].transpose(2, 0, 1)
+    if not has_alpha:
+        array = array[:3]
+    nodata = np.ma.getmaskarray(data)
+    array[:, nodata] = 0  # nodata pixels become 0
+    return _to_rgb_uint8(array, path, rule, has_alpha=has_alpha, mask=None), nodata
 
 
 def raster_band_indexes(count: int, rule: RasterRule, path: str | os.PathLike[str], has_alpha: bool) -> list[int]:
@@ -457,10 +611,11 @@ def _scale_to_uint8(
     array: npt.NDArray[np.generic], rule: RasterRule, mask: npt.NDArray[np.bool_] | None
 ) -> npt.NDArray[np.uint8]:
     """Scale a (C, H, W) array of any dtype to uint8 following ``rule``."""
-    if array.dtype == np.uint8:
-        return array  # type: ignore[return-value]
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * np.uint8(255)  # type: ignore[no-any-return]
+    if array.dtype in (np.uint8, np.bool_):
+        out8 = array if array.dtype == np.uint8 else array.astype(np.uint8) * np.uint8(255)
+        if mask is not None and mask.any():
+            out8 = np.where(mask, np.uint8(0), out8)  # nodata pixels become 0, as for other dtypes
+        return out8  # type: ignore[return-value]
     data = array.astype(np.float32)
     invalid = ~np.isfinite(data)
     if mask is not None:

@@ -47,6 +47,7 @@ __all__ = [
     "SHARDS",
     "ShardCorpus",
     "ShardDataset",
+    "check_chunks",
     "encode_tile",
     "is_url",
     "write_shards",
@@ -151,6 +152,45 @@ def write_shards(
     return n
 
 
+def check_chunks(shards: str | os.PathLike[str]) -> None:
+    """Check that every chunk file of a local LitData folder has the size its ``index.json`` records.
+
+    A chunk cut short (an interrupted copy, a full disk) would otherwise make LitData wait for
+    it as if it were still downloading ("Timed out ... waiting for chunk"). Only sizes are
+    compared (a stat per chunk, no read).
+
+    Args:
+        shards: the folder holding ``index.json`` and the ``chunk-*.bin`` files.
+
+    Raises:
+        DataError: naming the chunk file, if it is missing or its size differs from the
+            ``chunk_bytes`` recorded for it (truncated or corrupt), or if ``index.json`` cannot
+            be read.
+    """
+    import json
+
+    shards = Path(shards)
+    index = shards / "index.json"
+    try:
+        chunks = json.loads(index.read_text())["chunks"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"data.shards: cannot read {index} ({err}); expected LitData's chunk index") from None
+    for chunk in chunks:
+        if not isinstance(chunk, dict) or "filename" not in chunk:
+            raise DataError(f"data.shards: {index} lists a chunk without a filename: {chunk!r}")
+        path = shards / str(chunk["filename"])
+        expected = chunk.get("chunk_bytes")
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise DataError(f"data.shards: shard chunk {path} listed in {index} cannot be read ({err})") from None
+        if isinstance(expected, int) and size != expected:
+            raise DataError(
+                f"data.shards: shard chunk {path} is {size} bytes, {index} records {expected}: the chunk is "
+                f"truncated or corrupt (copy the corpus again, or re-run `rsfm curate`)"
+            )
+
+
 @dataclass
 class ShardCorpus:
     """The kept tiles of a corpus, in shard order, as its manifest lists them.
@@ -199,6 +239,7 @@ class ShardCorpus:
                         f"data.shards: {root / need} is missing; expected a corpus written by "
                         "`rsfm curate` (shards/index.json and manifest.parquet)"
                     )
+            check_chunks(root / SHARDS)
         path = f"{location.rstrip('/')}/{MANIFEST}"
         try:
             names = pq.read_schema(path).names

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .folder import ImageFolder
-from .io import BadImageError, RasterRule, UnsupportedImageError, read_image
+from .io import BadImageError, RasterRule, UnsupportedImageError, read_image_masked
 from .skips import SkipReport
 
 __all__ = ["compute_mean_std", "format_stats"]
@@ -33,7 +33,9 @@ def compute_mean_std(
     ``raster``) and reduced to a per-channel histogram of their 8-bit values, from which the
     sums of values and of squares are exact integers: memory does not grow with the folder and
     the result does not depend on the order. Every
-    pixel counts the same (larger images weigh more). The std is the population std.
+    pixel counts the same (larger images weigh more). The std is the population std. Nodata
+    pixels of TIFF/GeoTIFF rasters (a declared nodata value, an internal mask, NaN) are left
+    out (:func:`~rsfm.data.io.read_image_masked`): they are 0 in the images, not data.
 
     Args:
         root: folder of images, at any depth.
@@ -71,21 +73,24 @@ def compute_mean_std(
     for i in indices:
         path = dataset.samples[int(i)]
         try:
-            image = read_image(path, raster)
+            image, nodata = read_image_masked(path, raster)
         except UnsupportedImageError:
             raise  # a band the setting asks for is missing: a setting to fix, as in training
         except BadImageError as err:
             skipped.add([(str(path), err.reason)])
             continue
-        for channel, values in enumerate(image.numpy().reshape(channels, -1)):
-            histogram[channel] += np.bincount(values, minlength=256)
+        pixels = image.numpy().reshape(channels, -1)
+        valid = None if nodata is None else ~nodata.reshape(channels, -1)
+        for channel, values in enumerate(pixels):
+            # nodata pixels (read as 0) are no data: left out, as NaN would be
+            histogram[channel] += np.bincount(values if valid is None else values[valid[channel]], minlength=256)
     if skipped.total:
         log.warning("%s under %s", skipped.summary(), root)
     if report is not None:
         report.merge(skipped)
-    pixels = int(histogram[0].sum())
-    if pixels == 0:
-        raise ValueError(f"No readable image under {root} ({skipped.summary()})")
+    pixels = histogram.sum(axis=1)  # per channel: nodata pixels may differ between bands
+    if int(pixels.min()) == 0:
+        raise ValueError(f"No readable image (or only nodata pixels) under {root} ({skipped.summary()})")
 
     levels = np.arange(256, dtype=np.int64)
     total = histogram @ levels  # exact integer sums

@@ -117,6 +117,9 @@ def find_pairs(root: str | os.PathLike[str], folders: Sequence[str] = ("A", "B",
         root: folder in the LEVIR-CD layout (or CDD's, with ``folders=("A", "B", "OUT")``).
         folders: names of the before, after and mask folders.
 
+    Hidden files (``.DS_Store``, macOS ``._x.png`` resource forks) are not images and are
+    passed over, as in the other folder datasets.
+
     Returns:
         The sorted file names (e.g. ``"test_2_0000_0000.png"``).
 
@@ -131,7 +134,11 @@ def find_pairs(root: str | os.PathLike[str], folders: Sequence[str] = ("A", "B",
         d = root / folder
         if not d.is_dir():
             raise DataError(f"change-detection folder {d} not found; expected {root}/{{{','.join(folders)}}}")
-        found[folder] = {p.name for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+        found[folder] = {
+            p.name
+            for p in d.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        }
     return complete_pairs(root, found)
 
 

@@ -325,15 +325,40 @@ def infer_classes(pairs: Sequence[tuple[Path, Path]], ignore_index: int = IGNORE
 
     A mask that cannot be read is passed over here (its pair is skipped and reported when the
     loaders reach it).
+
+    Args:
+        pairs: ``(image, mask)`` paths.
+        ignore_index: the mask value that is no class (not counted).
+
+    Returns:
+        ``K >= 2`` class names, ``"0"`` to ``"K-1"``.
+
+    Raises:
+        DataError: if fewer than 2 classes are found (e.g. binary 0/255 masks, whose 255 is the
+            ignore index): naming the mask folder(s), the values found and how to set
+            ``data.classes`` / ``data.label_map`` or re-encode the masks.
     """
     labels: list[int] = []
+    values_found: set[int] = set()
     for _, mask in pairs:
         try:
             values = np.unique(read_single_band(mask))
         except READ_ERRORS:
             continue
+        values_found.update(int(v) for v in values)
         labels += [int(v) for v in values if int(v) != ignore_index]
-    return [str(i) for i in range(max(labels) + 1 if labels else 0)]
+    classes = [str(i) for i in range(max(labels) + 1 if labels else 0)]
+    if len(classes) < 2:
+        folders = ", ".join(sorted({str(Path(mask).parent) for _, mask in pairs})) or "(no masks)"
+        found = sorted(values_found)
+        raise DataError(
+            f"segmentation masks in {folders} hold the values {found} "
+            f"({len(pairs)} masks read); {ignore_index} is the ignore index (not a class), so the classes "
+            f"inferred from them are {classes}, and training needs at least 2. Binary 0/{ignore_index} masks: "
+            f"set data.label_map: {{0: 0, {ignore_index}: 1}} and data.classes: [background, foreground] "
+            f"(your names); otherwise set data.classes, or re-encode the masks as labels 0..K-1"
+        )
+    return classes
 
 
 # --------------------------------------------------------------------------- augmentation

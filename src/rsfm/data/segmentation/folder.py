@@ -83,6 +83,12 @@ class SegmentationFolderDataModule(SegmentationDataModule):
             if self.label_map is not None:
                 labels = [v for v in self.label_map.values() if v != IGNORE_INDEX]
                 self._classes = [str(i) for i in range(max(labels) + 1 if labels else 0)]
+                if len(self._classes) < 2:
+                    raise DataError(
+                        f"data.label_map {self.label_map} gives the classes {self._classes} "
+                        f"({IGNORE_INDEX} is the ignore index); training needs at least 2: map the values "
+                        "to labels 0..K-1 (K >= 2) or set data.classes"
+                    )
             else:
                 pairs = self._pairs()
                 self._classes = infer_classes(pairs["train"] + pairs["val"] + pairs["test"])
