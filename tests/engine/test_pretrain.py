@@ -281,6 +281,11 @@ def test_gersp_recipes_build_from_the_natural_classes(datasets: Path) -> None:
         module = PretrainTask(r["model"], r["optim"], data.info().to_dict(), batch_size=4)
         assert module.model.classifier.out_features == 10  # CIFAR-10 classes
         assert r["optim"]["name"] == "sgd" and r["optim"]["restarts"] >= 1
+        if recipe.name == "gersp_resnet50.yaml":  # the paper's: each of 5 cycles falls from 0.007 to 0.001
+            opt = r["optim"]
+            assert (opt["restarts"], opt["blr"]) == (5, 0.007)
+            ends = [warmup_cosine_restarts(s, 0, 500, 5, opt["min_lr_ratio"]) * opt["blr"] for s in (99, 199, 499)]
+            assert ends == pytest.approx([0.001] * 3, abs=2e-6)
 
 
 def test_gersp_cli_exports_a_resnet_that_evaluation_and_fine_tuning_accept(

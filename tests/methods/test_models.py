@@ -217,3 +217,8 @@ def test_bad_method_options_raise_config_errors() -> None:
         MAE("tiny", img_size=60, patch_size=16)
     with pytest.raises(ConfigError, match="mask_ratio"):
         MAE("tiny", img_size=64, mask_ratio=1.0)
+    # nothing masked (the loss, a mean over masked patches, was NaN), or nothing left visible
+    with pytest.raises(ConfigError, match=r"model.mask_ratio must be in \(0, 1\), got 0.0"):
+        MAE("tiny", img_size=64, mask_ratio=0.0)
+    with pytest.raises(ConfigError, match="of 16 patches keeps 0: MAE needs at least one visible patch"):
+        MAE("tiny", img_size=64, patch_size=16, mask_ratio=0.99)

@@ -52,8 +52,13 @@ class MAE(MaskedImageModel):
         from timm.models.vision_transformer import Block
 
         super().__init__(size, img_size, patch_size, in_chans, norm_pix_loss, token_weight_decay)
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ConfigError(f"model.mask_ratio must be in [0, 1), got {mask_ratio}")
+        if not 0.0 < mask_ratio < 1.0:  # 0 masks nothing: the loss, a mean over masked patches, is undefined
+            raise ConfigError(f"model.mask_ratio must be in (0, 1), got {mask_ratio}")
+        if int(self.num_patches * (1 - mask_ratio)) == 0:
+            raise ConfigError(
+                f"model.mask_ratio {mask_ratio} of {self.num_patches} patches keeps "
+                f"{int(self.num_patches * (1 - mask_ratio))}: MAE needs at least one visible patch"
+            )
         self.mask_ratio = mask_ratio
         dd, dh = self._build_decoder_io(decoder_embed_dim, decoder_num_heads)
         self.decoder_blocks = nn.Sequential(
