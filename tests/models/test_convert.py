@@ -330,6 +330,18 @@ def test_mtp_mmseg_checkpoint_converts_to_the_same_rvsa(tmp_path: Path, aid) -> 
     assert report.resampled["pos_embed"] == ((14, 14), (16, 16))
 
 
+def test_rvsa_repository_checkpoint_names_its_global_tables_as_mtp_does() -> None:
+    """The RVSA paper's repository names the global blocks' tables attn.rel_pos_h/w (MTP: full_attn_rel_pos_h/w)."""
+    _, sd = rvsa_state()
+    renamed = {("backbone." + k).replace("attn.full_attn_rel_pos", "attn.rel_pos"): v for k, v in sd.items()}
+    assert "backbone.blocks.2.attn.rel_pos_h" in renamed and "backbone.blocks.0.attn.rel_pos_h" in renamed
+    renamed["decode_head.conv_seg.weight"] = torch.zeros(7, 512, 1, 1)
+    state, meta, report = convert_state_dict({"state_dict": renamed, "meta": {}}, None)
+    assert meta["arch"] == "vit_rvsa" and report.dropped == ["decode_head.conv_seg.weight"] and not report.missing
+    assert set(state) == set(sd) and all(torch.equal(state[k], sd[k]) for k in sd)
+    assert "backbone.blocks.2.attn.rel_pos_h" in report.used  # reported under the file's own names
+
+
 def test_mtp_encoder_file_without_global_tables(tmp_path: Path) -> None:
     """MTP's encoder files are unprefixed; the "branches" variant has no global tables (filled with zeros)."""
     _, sd = rvsa_state()

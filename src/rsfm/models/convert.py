@@ -40,7 +40,9 @@ Sources (``--source``), the container each release uses, and what is kept:
     release's); everything outside the backbone is dropped. Window size and global-attention
     interval are read from the tables' shapes and which blocks hold them. Global blocks
     without ``full_attn_rel_pos_{h,w}`` (mmdet's "branches" variant) get zero tables, which
-    is the same attention without the relative-position term.
+    is the same attention without the relative-position term. The RVSA paper's own fine-tuned
+    checkpoints (github.com/ViTAE-Transformer/Remote-Sensing-RVSA) name the global blocks'
+    tables ``attn.rel_pos_{h,w}``; they are read as MTP's ``full_attn_rel_pos_{h,w}``.
 ``gersp``
     Huang et al., "Generic Knowledge Boosted Pre-training For Remote Sensing Images",
     arXiv 2401.04614 (GeRSP): a ResNet-50 saved by mmselfsup (``{"state_dict":
@@ -337,6 +339,40 @@ def _numpy_globals() -> list[Any]:
     return allowed
 
 
+def _rvsa_global_table_names(
+    state: dict[str, Tensor], names: dict[str, str]
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """MTP's names for the global blocks' relative-position tables.
+
+    The RVSA paper's own repository (Wang et al., TGRS 2023) names them ``attn.rel_pos_h/w``,
+    as its RVSA blocks name theirs; MTP renamed the global blocks' ones
+    ``attn.full_attn_rel_pos_h/w`` (MTP.md §0), the names rsfm's ViT+RVSA uses. A block is
+    global when it has no Swin bias table (``attn.relative_position_bias_table``).
+    """
+    windowed = {
+        k.split(".")[1] for k in state if k.startswith("blocks.") and k.endswith(".attn.relative_position_bias_table")
+    }
+    out: dict[str, Tensor] = {}
+    renamed = dict(names)
+    for k, v in state.items():
+        parts = k.split(".")
+        if (
+            len(parts) == 4
+            and parts[0] == "blocks"
+            and parts[1] not in windowed
+            and parts[2:]
+            in (
+                ["attn", "rel_pos_h"],
+                ["attn", "rel_pos_w"],
+            )
+        ):
+            new = f"blocks.{parts[1]}.attn.full_attn_{parts[3]}"
+            out[new], renamed[new] = v, names[k]
+        else:
+            out[k] = v
+    return out, renamed
+
+
 def _is_state_dict(d: Any) -> bool:
     return isinstance(d, Mapping) and len(d) > 0 and all(isinstance(v, Tensor) for v in d.values())
 
@@ -625,6 +661,8 @@ def convert_state_dict(
             state = {k[len(prefix) :]: state[k] for k in inner}
             break
     family = _arch_of(set(state))
+    if family == "vit_rvsa":
+        state, names = _rvsa_global_table_names(state, names)
     if family not in info.archs:
         found = family or "no ViT, ViT+RVSA or ResNet"
         raise CheckpointError(
