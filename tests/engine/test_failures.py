@@ -218,6 +218,7 @@ def _finetune_args(out: Path, datasets: Path) -> list[str]:
         "does_not_fit",
         "misspelt",
         "no_data",
+        "fsdp_finetune",
     ],
 )
 def test_user_errors_are_one_line_with_exit_2(case: str, tmp_path: Path, datasets: Path, capsys) -> None:
@@ -254,6 +255,9 @@ def test_user_errors_are_one_line_with_exit_2(case: str, tmp_path: Path, dataset
         argv, expect = ["test", "--config", str(recipe), *args, "--checkpoint", str(other)], "missing"
     elif case == "misspelt":
         argv, expect = ["finetune", "--config", str(recipe), *args, "trainer.max_epoch=2"], "trainer.max_epoch"
+    elif case == "fsdp_finetune":  # it trained, then its test crashed on the unwrapped model
+        argv = ["finetune", "--config", str(recipe), *args, "trainer.strategy=fsdp", "trainer.devices=2"]
+        expect = "trainer.strategy=fsdp: FSDP applies to pretraining"
     else:
         argv, expect = ["finetune", "--config", str(recipe), *args, "data.init_args.root=/no/such/folder"], "data.root"
     capsys.readouterr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -340,3 +341,17 @@ def test_cosine_restarts_schedule() -> None:
     assert values[2] == values[6] == values[10] == 1.0  # each cycle restarts at the peak
     assert values[4] == pytest.approx(0.5) and values[5] < values[4]
     assert all(warmup_cosine_restarts(s, 2, 14, 1) == warmup_cosine(s, 2, 14) for s in range(14))
+
+
+@pytest.mark.slow  # two processes, then a fine-tuning protocol
+def test_ddp_pretraining_then_a_fine_tuning_evaluation(tmp_path: Path, datasets: Path, aid_subset) -> None:
+    """Rank 0 evaluates alone after a DDP run: the fine-tuning protocol's one-device trainer used
+    to sync its metrics over the finished run's process group (gloo: 'Connection closed by peer')."""
+    root = aid_subset(["Beach", "Forest", "Port"], 6)
+    extra = [f"data.init_args.root={root}", "data.init_args.batch_size=2", "trainer.max_epochs=1", "resume=none"]
+    extra += ["evaluate.enabled=true", "evaluate.protocols=[knn,finetune]", "evaluate.finetune_epochs=1"]
+    extra += ["evaluate.num_workers=0", "evaluate.batch_size=8"]
+    proc = _ddp(["--config", str(MIM), *mim_args(tmp_path, datasets, *extra)])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert set(metrics["protocols"]) == {"knn", "finetune"}

@@ -210,8 +210,15 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
     result.update(encoder=str(encoder), checkpoint=str(out / "checkpoints" / "last.ckpt"))
     print(f"encoder exported to {encoder}")
     if ev.get("enabled"):
+        import torch.distributed as dist
+
         from rsfm.engine.evaluate import evaluate
 
+        if dist.is_available() and dist.is_initialized():
+            # rank 0 evaluates alone (the other ranks have returned): the fine-tuning protocols
+            # build a one-device trainer, whose metrics would otherwise sync over the finished
+            # run's process group and wait for ranks that are gone
+            dist.destroy_process_group()
         fraction = getattr(data, "test_fraction", 0.2)
         if fraction <= 0:
             fraction = 0.2
@@ -348,6 +355,12 @@ def train_task(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> tu
         raise ConfigError(
             "trainer.compile applies to pretraining (rsfm pretrain: MAE, SelectiveMAE); "
             "fine-tuning runs eagerly: set trainer.compile=false"
+        )
+    strategy = recipe["trainer"].get("strategy")
+    if isinstance(strategy, str) and strategy.lower().startswith("fsdp"):
+        raise ConfigError(
+            f"trainer.strategy={strategy}: FSDP applies to pretraining (rsfm pretrain: MAE, SelectiveMAE); "
+            "fine-tune data-parallel with trainer.strategy=ddp"
         )
     module, data = _downstream(recipe, seed=True)
 
