@@ -136,3 +136,18 @@ def test_bad_specifications_are_named(data: MultiTaskDataModule) -> None:
         build(data, neck=None)
     with pytest.raises(ConfigError, match="hituav"):
         build(data, heads={**HEADS, "rotated": None})
+
+
+def test_one_crop_per_subset_needs_synchronised_batchnorm(data: MultiTaskDataModule) -> None:
+    """Batch 1 trains semantics only with SyncBN over several devices (2 ranks without it: each
+    rank's BatchNorm saw one crop and PyTorch's 'Expected more than 1 value per channel')."""
+    model = build(data)
+    with pytest.raises(ConfigError, match="per step on one device"):
+        model.check_setup(1, 1)
+    with pytest.raises(ConfigError, match="per step on each of 2 devices without SyncBN"):
+        model.check_setup(1, 2)
+    model.check_setup(2, 2)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    synced.check_setup(1, 2)
+    with pytest.raises(ConfigError, match="on one device"):
+        synced.check_setup(1, 1)

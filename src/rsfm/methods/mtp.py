@@ -207,17 +207,21 @@ class MTP(PretrainMethod):
         """Refuse a run whose semantic decoder would see one sample per BatchNorm call.
 
         MTP's UperNet normalises each subset's batch separately (the release: SyncBN over 32
-        GPUs, one crop per subset each); on one device that needs two crops per subset.
+        GPUs, one crop per subset each); without SyncBN (one device, or several without
+        ``trainer.sync_batchnorm``) that needs two crops per subset and device.
 
         Raises:
-            ConfigError: if ``batch_size`` is 1 on a single device and a subset trains semantics.
+            ConfigError: if ``batch_size`` is 1, a subset trains semantics and its BatchNorm
+                is not synchronised over several devices.
         """
         semantic = [n for n, tasks in self.subset_tasks.items() if "semantic" in tasks]
-        if semantic and batch_size < 2 and world_size == 1:
+        synced = world_size > 1 and any(isinstance(m, nn.SyncBatchNorm) for m in self.modules())
+        if semantic and batch_size < 2 and not synced:
+            where = "on one device" if world_size == 1 else f"on each of {world_size} devices without SyncBN"
             raise ConfigError(
                 f"data.batch_size=1: the semantic decoder's BatchNorm needs at least 2 crops of a subset "
-                f"({', '.join(semantic)}) per step on one device; raise data.batch_size, or train on several "
-                "devices with trainer.sync_batchnorm=true"
+                f"({', '.join(semantic)}) per step {where}; raise data.batch_size, or train on several "
+                "GPUs with trainer.sync_batchnorm=true"
             )
 
     def pyramid(self, x: Tensor) -> list[Tensor]:
