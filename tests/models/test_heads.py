@@ -419,3 +419,41 @@ def test_a_head_without_its_loss_or_metrics_cannot_be_made():
     for cls, missing in ((NoLoss, "loss"), (NoCompute, "compute"), (NoForward, "forward")):
         with pytest.raises(TypeError, match=missing):
             cls()
+
+
+def _change_report_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from rsfm.models.heads.change import ChangeMetricSet
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        metrics = ChangeMetricSet()
+        n = 2 if rank == 0 else 1  # 3 test pairs over 2 ranks, unpadded
+        mask = torch.zeros(n, 4, 4, dtype=torch.int64)
+        mask[:, :2] = 1
+        metrics.update(torch.ones(n, 4, 4, dtype=torch.int64), {"mask": mask, "id": [f"r{rank}p{i}" for i in range(n)]})
+        report = metrics.report()
+        if rank == 0:
+            torch.save({"pairs": report["pairs"], "ids": [p["id"] for p in report["per_image"]]}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_change_report_lists_every_ranks_pairs(tmp_path: Path) -> None:
+    """Under DDP the report's per-pair scores come from all ranks (it said 2 pairs of 3)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "report.pt"
+    mp.spawn(_change_report_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    saved = torch.load(out)
+    assert saved == {"pairs": 3, "ids": ["r0p0", "r0p1", "r1p0"]}

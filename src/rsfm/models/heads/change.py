@@ -119,8 +119,18 @@ class ChangeMetricSet(HeadMetrics):
         return {k: 100.0 * v for k, v in self.confmat.scores().items()}
 
     def report(self) -> dict[str, Any]:
-        """Scores, counts, per-class scores and per-pair scores (this rank's pairs under DDP)."""
+        """Scores, counts, per-class scores and per-pair scores (every rank's pairs under DDP).
+
+        Under DDP every rank must call it (the per-pair scores are gathered).
+        """
+        import torch.distributed as dist
+
         from rsfm.metrics.change_detection import change_scores
+        from rsfm.metrics.voc import distributed_gather
+
+        per_image = self.per_image
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            per_image = [p for part in distributed_gather(self.per_image) for p in part]
 
         report = self.confmat.report()
         cm = torch.tensor(report["confusion"])
@@ -129,8 +139,8 @@ class ChangeMetricSet(HeadMetrics):
             "metrics": {k: report[k] for k in ("precision", "recall", "F1", "IoU", "OA")},
             "per_class": {"no_change": pct(change_scores(cm.flip(0, 1))), "change": pct(change_scores(cm))},
             "counts": {k: report[k] for k in ("TP", "FP", "FN", "TN")},
-            "pairs": len(self.per_image),
-            "per_image": self.per_image,
+            "pairs": len(per_image),
+            "per_image": per_image,
         }
 
     def reset(self) -> None:
