@@ -316,9 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     te = recipe_command("test", "evaluate a fine-tuned checkpoint on the recipe's test split", _test)
     te.add_argument("--checkpoint", required=True)
     pr = recipe_command("predict", "run a fine-tuned model on an image or GeoTIFF of any size", _predict)
-    pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("--input", required=True, help="image file; 'before,after' for change detection")
-    pr.add_argument("--output", required=True, help="output file or folder")
+    pr.add_argument("--checkpoint", required=True, action=_Once)
+    pr.add_argument("--input", required=True, action=_Once, help="image file; 'before,after' for change detection")
+    pr.add_argument("--output", required=True, action=_Once, help="output file or folder")
     pr.add_argument("--head", default=None, help="head to predict with (default: the first evaluated one)")
 
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tuning of an encoder on a labeled folder")
@@ -428,6 +428,21 @@ def _options_optional(parser: argparse.ArgumentParser) -> None:
                 for option in sub._actions:
                     if option.required and option.option_strings and "--config" not in option.option_strings:
                         option.required = False
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: a second value is an error, not a silent replacement.
+
+    (``rsfm predict --input a.tif --input b.tif`` predicted ``b.tif`` alone.)
+    """
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        if getattr(namespace, self.dest, None) not in (None, self.default):
+            hint = " (two images of a change pair: --input before,after)" if self.dest == "input" else ""
+            parser.error(f"{option} given twice: {getattr(namespace, self.dest)} and {values}{hint}")
+        setattr(namespace, self.dest, values)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -340,3 +340,16 @@ def test_a_loader_workers_data_error_is_one_line_naming_the_file(kind: str, monk
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"rsfm finetune: error: {path}") and "worker" not in err and len(err.splitlines()) == 1
     assert ("found [1]" if kind == "data_error" else "data.bands asks for band 3") in err
+
+
+def test_predict_refuses_an_input_given_twice(capsys) -> None:
+    """argparse keeps the last of a repeated option: rsfm predict predicted the second file alone."""
+    recipe = REPO / "configs" / "finetune" / "change_detection_levir.yaml"
+    argv = ["predict", "--config", str(recipe), "--checkpoint", "x.ckpt", "--input", "a.png", "--input", "b.png"]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--output", "o.tif"])
+    assert info.value.code == 2
+    assert (
+        "--input given twice: a.png and b.png (two images of a change pair: --input before,after)"
+        in capsys.readouterr().err
+    )
