@@ -462,7 +462,7 @@ def test_torchgeo_multispectral_weights_keep_their_bands(tmp_path: Path, aid) ->
         assert (ours.forward_features(x) - ref.forward_features(x)).abs().max().item() <= 1e-5
 
 
-def test_timm_vit_weights(tmp_path: Path, aid) -> None:
+def test_timm_vit_weights(tmp_path: Path, aid, monkeypatch) -> None:
     import timm
     from safetensors.torch import save_file
 
@@ -472,7 +472,12 @@ def test_timm_vit_weights(tmp_path: Path, aid) -> None:
     ours = load_encoder(tmp_path / "vit_small.safetensors", source="timm").eval()
     assert set(ours.conversion_report.dropped) == {"head.weight", "head.bias"}
     card = render_model_card(ours.rsfm_meta)
-    assert "the position embedding timm learned, kept fixed by rsfm" in card and "sin-cos" not in card
+    assert "the position embedding timm learned" in card and "sin-cos" not in card
+    # fine-tuned as timm's ViTs are: the learned position embedding goes on training
+    from rsfm.models.encoders.vit import ViT
+
+    monkeypatch.setenv("RSFM_CACHE", str(tmp_path / "cache"))  # where the conversion is kept
+    assert ViT(weights=f"timm:{tmp_path / 'vit_small.safetensors'}").model.pos_embed.requires_grad
     x = aid(224)
     with torch.no_grad():
         assert (ours.forward_features(x) - vit.forward_features(x)).abs().max().item() <= 1e-5

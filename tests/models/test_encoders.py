@@ -145,7 +145,15 @@ def test_vit_layer_decay_groups() -> None:
     trainable = {n for n, p in params.items() if p.requires_grad}
     assert {n for n, p in params.items() if id(p) in lr_of} == trainable  # every trainable one, once
     assert sum(len(g["params"]) for g in groups) == len(trainable)
-    assert "model.pos_embed" not in trainable  # fixed sin-cos
+    # the position embedding trains (MAE's fine-tuning), at the stem's rate and without decay
+    assert "model.pos_embed" in trainable
+    assert lr_of[id(params["model.pos_embed"])] == pytest.approx(1e-3 * 0.75**12)
+    assert wd_of[id(params["model.pos_embed"])] == 0.0
+    fixed = ViT("tiny", img_size=64, patch_size=16, pos_embed="fixed")
+    assert not fixed.model.pos_embed.requires_grad
+    assert id(fixed.model.pos_embed) not in {id(p) for g in fixed.param_groups(1e-3, 0.05, 0.75) for p in g["params"]}
+    with pytest.raises(ConfigError, match=r"model.encoder.pos_embed must be one of \('learn', 'fixed'\), got 'frozen'"):
+        ViT("tiny", img_size=64, patch_size=16, pos_embed="frozen")
     # the last block (and the final norm) at the full rate, each earlier one 0.75 lower
     for i in range(12):
         assert lr_of[id(params[f"model.blocks.{i}.attn.qkv.weight"])] == pytest.approx(1e-3 * 0.75 ** (11 - i))

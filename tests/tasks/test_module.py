@@ -278,10 +278,11 @@ def test_layer_decay_applies_to_the_encoder_only(dubai) -> None:
     assert lr_of[id(task.model.neck.fpn1[0].weight)] == pytest.approx(1e-3)
     assert lr_of[id(task.model.heads["segmentation"].decoder.classifier.weight)] == pytest.approx(1e-3)
     assert lr_of[id(task.model.heads["auxiliary"].classifier.weight)] == pytest.approx(1e-3)
-    # no weight decay on biases and norms; the sin-cos position embedding is frozen
+    # no weight decay on biases, norms and the position embedding, which trains with the patch
+    # embedding's rate (MAE's fine-tuning: layer 0 of timm's groups)
     wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     assert wd_of[id(vit.blocks[3].norm1.weight)] == 0 and wd_of[id(vit.blocks[3].mlp.fc1.weight)] == 0.05
-    assert id(vit.pos_embed) not in lr_of
+    assert wd_of[id(vit.pos_embed)] == 0 and lr_of[id(vit.pos_embed)] == pytest.approx(1e-3 * 0.75**12)
 
 
 def test_training_lowers_the_loss_on_real_crops(dubai, tmp_path) -> None:

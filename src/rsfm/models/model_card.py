@@ -67,7 +67,7 @@ def _architecture(meta: Mapping[str, Any]) -> str:
         )
     source = (meta.get("converted_from") or {}).get("source")
     position = (
-        f"the position embedding {source} learned, kept fixed by rsfm"
+        f"the position embedding {source} learned"
         if source in ("timm", "torchgeo")
         else "fixed 2-D sin-cos position embedding"
     )

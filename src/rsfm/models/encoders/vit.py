@@ -20,7 +20,10 @@ from rsfm.models.encoders.base import Encoder
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import ENCODERS
 
-__all__ = ["VIT_SIZES", "ViT", "ViTSize", "build_vit", "evenly_spaced_blocks", "sincos_pos_embed_2d"]
+__all__ = ["POS_EMBED", "VIT_SIZES", "ViT", "ViTSize", "build_vit", "evenly_spaced_blocks", "sincos_pos_embed_2d"]
+
+#: what :class:`ViT` does with its position embedding when fine-tuned: train it, or keep it
+POS_EMBED = ("learn", "fixed")
 
 
 @dataclass(frozen=True)
@@ -158,11 +161,15 @@ def evenly_spaced_blocks(depth: int, n: int = 4) -> tuple[int, ...]:
 
 @ENCODERS.register
 class ViT(Encoder):
-    """Vision Transformer (tiny to large) with a fixed 2-D sin-cos position embedding.
+    """Vision Transformer (tiny to large), the downstream tasks' and probes' encoder.
 
-    Built at random, or from an rsfm export (``weights``), whose architecture (size, patch,
-    image size) wins over the arguments. Inputs of any size that is a multiple of the patch
-    are accepted (the position embedding is resampled), as dense fine-tuning on crops needs.
+    Built at random (its position embedding the 2-D sin-cos table MAE starts from), or from an
+    rsfm export (``weights``), whose architecture (size, patch, image size) wins over the
+    arguments. Inputs of any size that is a multiple of the patch are accepted (the position
+    embedding is resampled), as dense fine-tuning on crops needs. The position embedding is
+    trained with the rest (``pos_embed: learn``), as MAE's fine-tuning (He et al. 2022, whose
+    fine-tuned ViT loads the fixed pretraining table into a learnable one) and timm's ViTs do;
+    ``pos_embed: fixed`` keeps it as loaded.
 
     Args:
         size: ``tiny`` | ``small`` | ``base`` | ``large`` (:data:`VIT_SIZES`).
@@ -179,10 +186,13 @@ class ViT(Encoder):
         frozen: freeze the encoder.
         out_indices: blocks of :meth:`forward_intermediates`; None: four evenly spaced
             (3, 5, 7, 11 for depth 12, as ViTDet/RVSA/MTP).
+        pos_embed: ``learn`` (trained, with no weight decay) or ``fixed`` (kept as built or
+            loaded, as earlier rsfm versions always did; resume a fine-tuning run they started
+            with ``fixed``).
 
     Raises:
-        ConfigError: on an unknown size, a patch that does not divide the image, or
-            ``weights`` that hold another architecture.
+        ConfigError: on an unknown size or ``pos_embed``, a patch that does not divide the
+            image, or ``weights`` that hold another architecture.
         CheckpointError: if ``weights`` cannot be read.
     """
 
@@ -197,8 +207,11 @@ class ViT(Encoder):
         weights: str | None = None,
         frozen: bool = False,
         out_indices: list[int] | None = None,
+        pos_embed: str = "learn",
     ) -> None:
         super().__init__(frozen, out_indices)
+        if pos_embed not in POS_EMBED:
+            raise ConfigError(f"model.encoder.pos_embed must be one of {POS_EMBED}, got {pos_embed!r}")
         if weights:
             self._load_export(
                 weights,
@@ -231,6 +244,7 @@ class ViT(Encoder):
                 "in_chans": in_chans or 3,
                 "method": "random-init",
             }
+        self.model.pos_embed.requires_grad_(pos_embed == "learn")
         self._finish()
 
     @property
