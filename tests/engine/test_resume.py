@@ -183,3 +183,10 @@ def test_resuming_with_a_changed_model_is_one_line(tmp_path: Path, aid_subset, o
     with pytest.raises(CheckpointError, match=r"last.ckpt does not fit the model the recipe builds \(.*another shape"):
         train_task(changed)
     assert (tmp_path / "run" / "config.yaml").read_text() == config  # the run's record is untouched
+    # same weights, one tensor less trained (a run of an rsfm that kept the position embedding fixed)
+    fixed = finetune_recipe("classification_aid", tmp_path, *longer, "model.encoder.init_args.pos_embed=fixed")
+    with pytest.raises(
+        CheckpointError, match=r"it trained \d+ parameter tensors, the recipe's model trains \d+; .*pos_embed=fixed"
+    ):
+        train_task(fixed)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config

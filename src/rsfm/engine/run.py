@@ -79,11 +79,13 @@ def _resume(recipe: dict[str, Any], out: Path) -> tuple[str | None, int | None]:
     return ckpt, (checkpoint_step(Path(ckpt)) if ckpt else None)
 
 
-def _check_resume_fits(module: Any, ckpt: str | None) -> None:
+def _check_resume_fits(module: Any, ckpt: str | None, trained_tensors: bool = False) -> None:
     """Refuse, in one line, a checkpoint to resume whose weights do not fit the recipe's model.
 
     Lightning would stop mid-start with PyTorch's many-line ``load_state_dict`` error; this
-    runs before anything of the run folder (its ``config.yaml``) is rewritten.
+    runs before anything of the run folder (its ``config.yaml``) is rewritten. With
+    ``trained_tensors`` (fine-tuning, whose optimiser holds every trainable parameter) the
+    checkpoint's optimiser must also hold as many tensors as the model trains.
 
     Raises:
         CheckpointError: naming the checkpoint, the mismatched tensors and what to do.
@@ -102,6 +104,17 @@ def _check_resume_fits(module: Any, ckpt: str | None) -> None:
     if not isinstance(weights, dict):
         return
     mismatch = weights_mismatch(module, weights)
+    if not mismatch and trained_tensors:
+        # the optimiser's state must cover the same parameters: a fine-tuning run started when
+        # rsfm kept the ViT's position embedding fixed trained one tensor fewer
+        groups = [g for opt in state.get("optimizer_states") or () for g in opt.get("param_groups", ())]
+        saved = sum(len(g.get("params", ())) for g in groups)
+        now = sum(1 for p in module.parameters() if p.requires_grad)
+        if groups and saved != now:
+            mismatch = (
+                f"it trained {saved} parameter tensors, the recipe's model trains {now}; a run started before rsfm "
+                "trained the ViT's position embedding resumes with model.encoder.init_args.pos_embed=fixed"
+            )
     if mismatch:
         raise CheckpointError(
             f"{ckpt} does not fit the model the recipe builds ({mismatch}): "
@@ -368,7 +381,7 @@ def train_task(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> tu
     from rsfm.engine.trainer import build_trainer
 
     ckpt, step = _resume(recipe, out)  # before the run folder: a wrong resume path leaves none
-    _check_resume_fits(module, ckpt)
+    _check_resume_fits(module, ckpt, trained_tensors=True)
     _make_run_dir(out)
     has_val = data.val_dataloader() != []
     trainer = build_trainer(
