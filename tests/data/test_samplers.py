@@ -39,6 +39,8 @@ def test_evaluation_shards_hold_every_sample_once() -> None:
         ]
     few = [[i for i, _ in EpochSampler(1, False, num_replicas=2, rank=r, drop_last=False, pad=False)] for r in (0, 1)]
     assert few == [[0], [0]]
+    none = EpochSampler(0, False, num_replicas=2, rank=1, drop_last=False, pad=False)
+    assert list(none) == [] and len(none) == 0
 
 
 def test_evaluation_loaders_of_two_ranks_score_each_test_image_once(aid_subset) -> None:

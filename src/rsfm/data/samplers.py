@@ -193,7 +193,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
             order = list(range(n))
         if not self.drop_last and not self.pad:
             mine = order[self.rank :: self.num_replicas]
-            return mine or order[self.rank % n : self.rank % n + 1]  # fewer samples than ranks: one repeat
+            if mine or n == 0:
+                return mine
+            return order[self.rank % n : self.rank % n + 1]  # fewer samples than ranks: one repeat
         total = len(self) * self.num_replicas
         if total > n and n > 0:
             order = (order * math.ceil(total / n))[:total]
