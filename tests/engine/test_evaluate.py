@@ -138,9 +138,9 @@ def test_evaluate_random_init_encoder(aid_folder, tmp_path, monkeypatch) -> None
     # A random-init baseline is normalised with the statistics the caller passes.
     used, real = [], ev.extract
 
-    def spy(encoder, data, split, device, pool, mean, std):
+    def spy(encoder, data, split, device, pool, mean, std, skipped=None):
         used.append((split, list(mean), list(std)))
-        return real(encoder, data, split, device, pool, mean, std)
+        return real(encoder, data, split, device, pool, mean, std, skipped)
 
     monkeypatch.setattr(ev, "extract", spy)
     mean, std = [0.4, 0.41, 0.42], [0.2, 0.21, 0.22]
