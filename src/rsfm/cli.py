@@ -48,6 +48,13 @@ def _recipe(args: argparse.Namespace, rest: list[str]) -> dict[str, Any] | None:
     return recipe
 
 
+def _global_zero() -> bool:
+    """Whether this process is rank 0 of the run that just ended (always, without DDP)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
+
+
 def _pretrain(args: argparse.Namespace, rest: list[str]) -> int:
     recipe = _recipe(args, rest)
     if recipe is None:
@@ -67,7 +74,8 @@ def _finetune(args: argparse.Namespace, rest: list[str]) -> int:
     from rsfm.engine.run import finetune
 
     result = finetune(recipe)
-    print(f"test metrics (percent): {json.dumps(result['metrics'], indent=1)}\nrun folder: {result['run_dir']}")
+    if _global_zero():  # every rank holds the gathered scores; one prints them
+        print(f"test metrics (percent): {json.dumps(result['metrics'], indent=1)}\nrun folder: {result['run_dir']}")
     return 0
 
 
@@ -78,7 +86,8 @@ def _test(args: argparse.Namespace, rest: list[str]) -> int:
     from rsfm.engine.run import test
 
     result = test(recipe, args.checkpoint)
-    print(f"test metrics (percent): {json.dumps(result['metrics'], indent=1)}")
+    if _global_zero():
+        print(f"test metrics (percent): {json.dumps(result['metrics'], indent=1)}")
     return 0
 
 

@@ -179,6 +179,15 @@ def test_compile_with_fsdp_is_refused_before_anything_runs(strategy: str) -> Non
     assert load_recipe("pretrain", recipe, ["trainer.compile=true", "trainer.strategy=ddp"])["trainer"]["compile"]
 
 
+def test_an_unknown_strategy_is_refused_when_the_recipe_is_read() -> None:
+    """It was refused by Lightning after the data was scanned (about 30 s), leaving an empty run folder."""
+    recipe = PRETRAIN / "selective_mae_vit_tiny.yaml"
+    with pytest.raises(ConfigError, match=r"trainer.strategy: unknown strategy 'dpp'; did you mean ddp\?"):
+        load_recipe("pretrain", recipe, ["trainer.strategy=dpp"])
+    for name in ("auto", "ddp", "fsdp_activation_checkpointing", "ddp_find_unused_parameters_true"):
+        assert load_recipe("pretrain", recipe, [f"trainer.strategy={name}"])["trainer"]["strategy"] == name
+
+
 def test_format_parse_error_joins_nested_messages() -> None:
     nested = (
         'Parser key "model":\n  Does not validate against any of the Union subtypes\n  Subtypes: [...]\n  Errors:\n'

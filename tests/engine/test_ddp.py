@@ -60,7 +60,7 @@ def test_rsfm_test_on_two_processes_scores_each_image_once(tmp_path: Path, aid_s
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
-    def rsfm(*args: str) -> dict:
+    def rsfm(*args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [sys.executable, "-m", "rsfm.cli", *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
         )
@@ -72,8 +72,9 @@ def test_rsfm_test_on_two_processes_scores_each_image_once(tmp_path: Path, aid_s
     scores = {}
     for devices in (1, 2):
         strategy = "ddp" if devices > 1 else "auto"
-        rsfm("test", *common, f"run_name=t{devices}", f"trainer.devices={devices}", f"trainer.strategy={strategy}",
-             "--checkpoint", ckpt)  # fmt: skip
+        proc = rsfm("test", *common, f"run_name=t{devices}", f"trainer.devices={devices}",
+                    f"trainer.strategy={strategy}", "--checkpoint", ckpt)  # fmt: skip
+        assert proc.stdout.count("test metrics (percent)") == 1  # printed by rank 0 alone
         details = json.loads((tmp_path / f"t{devices}" / "test" / "metrics.json").read_text())
         scores[devices] = (details["metrics"], details["heads"]["classification"]["n"])
     assert scores[2] == scores[1] and scores[1][1] == 3

@@ -580,6 +580,19 @@ def check_sections(recipe: dict[str, Any]) -> None:
     if recipe.get("optim") is not None:
         OptimConfig(**recipe["optim"])
     trainer = recipe.get("trainer") or {}
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, str):  # checked here, not when the trainer is built after the data
+        import difflib
+
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        from rsfm.engine.trainer import FSDP_STRATEGIES
+
+        known = ["auto", *FSDP_STRATEGIES, *StrategyRegistry.available_strategies()]
+        if strategy not in known:
+            close = difflib.get_close_matches(strategy, known, n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else f"; e.g. {', '.join(known[:4])}"
+            raise ConfigError(f"trainer.strategy: unknown strategy {strategy!r}{hint}")
     if trainer.get("compile") and str(trainer.get("strategy")).startswith("fsdp"):
         # FSDP gathers each block's weights in hooks around the block's forward: inside one fullgraph
         # graph they cannot run (torch.compile stops on FSDP's stream handling)
