@@ -430,6 +430,7 @@ def _change_report_worker(rank: int, world: int, port: int, out: str) -> None:
     from rsfm.models.heads.change import ChangeMetricSet
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         metrics = ChangeMetricSet()
@@ -438,8 +439,8 @@ def _change_report_worker(rank: int, world: int, port: int, out: str) -> None:
         mask[:, :2] = 1
         metrics.update(torch.ones(n, 4, 4, dtype=torch.int64), {"mask": mask, "id": [f"r{rank}p{i}" for i in range(n)]})
         report = metrics.report()
-        if rank == 0:
-            torch.save({"pairs": report["pairs"], "ids": [p["id"] for p in report["per_image"]]}, out)
+        torch.save({"pairs": report["pairs"], "ids": [p["id"] for p in report["per_image"]]}, f"{out}.rank{rank}")
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
@@ -455,5 +456,5 @@ def test_change_report_lists_every_ranks_pairs(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     out = tmp_path / "report.pt"
     mp.spawn(_change_report_worker, args=(2, port, str(out)), nprocs=2, join=True)
-    saved = torch.load(out)
-    assert saved == {"pairs": 3, "ids": ["r0p0", "r0p1", "r1p0"]}
+    for rank in (0, 1):  # every rank's report holds every pair
+        assert torch.load(f"{out}.rank{rank}") == {"pairs": 3, "ids": ["r0p0", "r0p1", "r1p0"]}

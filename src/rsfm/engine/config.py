@@ -43,6 +43,17 @@ __all__ = [
     "normalise_overrides",
 ]
 
+#: ``trainer.strategy`` names accepted without asking Lightning's registry (rsfm's FSDP ones
+#: included); any other must be a registered Lightning strategy
+COMMON_STRATEGIES = (
+    "auto",
+    "ddp",
+    "ddp_spawn",
+    "ddp_find_unused_parameters_true",
+    "fsdp",
+    "fsdp_activation_checkpointing",
+)
+
 
 @dataclass
 class TrainerConfig:
@@ -581,14 +592,14 @@ def check_sections(recipe: dict[str, Any]) -> None:
         OptimConfig(**recipe["optim"])
     trainer = recipe.get("trainer") or {}
     strategy = trainer.get("strategy")
-    if isinstance(strategy, str):  # checked here, not when the trainer is built after the data
+    if isinstance(strategy, str) and strategy not in COMMON_STRATEGIES:
+        # checked here, not when the trainer is built after the data scan; Lightning's registry
+        # (a heavy import) only for a name that is not one of the usual ones
         import difflib
 
         from lightning.pytorch.strategies import StrategyRegistry
 
-        from rsfm.engine.trainer import FSDP_STRATEGIES
-
-        known = ["auto", *FSDP_STRATEGIES, *StrategyRegistry.available_strategies()]
+        known = list(dict.fromkeys([*COMMON_STRATEGIES, *StrategyRegistry.available_strategies()]))
         if strategy not in known:
             close = difflib.get_close_matches(strategy, known, n=3)
             hint = f"; did you mean {' or '.join(close)}?" if close else f"; e.g. {', '.join(known[:4])}"
