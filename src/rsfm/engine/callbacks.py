@@ -75,14 +75,16 @@ class SkipReportCallback(L.Callback):
         else:
             self.report.add(scanned)
 
-    def _add_batch(self, batch: Any) -> None:
+    def _add_batch(self, batch: Any, report: SkipReport | None = None) -> None:
+        """Add a batch's skipped files to ``report`` (the fit's by default)."""
+        report = self.report if report is None else report
         if not isinstance(batch, Mapping):
             return
         if batch.get("skipped"):
-            self.report.add(batch["skipped"])
+            report.add(batch["skipped"])
         for value in batch.values():  # one batch per subset (multi-task pretraining)
             if isinstance(value, Mapping) and value.get("skipped"):
-                self.report.add(value["skipped"])
+                report.add(value["skipped"])
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -111,11 +113,10 @@ class SkipReportCallback(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Record the test batch's skipped files."""
+        """Record the test batch's skipped files (in the test's own report)."""
         if self.test_report is None:
             self.test_report = SkipReport()
-        if isinstance(batch, Mapping) and batch.get("skipped"):
-            self.test_report.add(batch["skipped"])
+        self._add_batch(batch, self.test_report)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Merge the test reports of all ranks; rank 0 prints the summary and writes the JSON."""

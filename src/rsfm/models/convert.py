@@ -346,7 +346,8 @@ def _rvsa_global_table_names(
 
     The RVSA paper's own repository (Wang et al., TGRS 2023) names them ``attn.rel_pos_h/w``,
     as its RVSA blocks name theirs; MTP renamed the global blocks' ones
-    ``attn.full_attn_rel_pos_h/w`` (MTP.md §0), the names rsfm's ViT+RVSA uses. A block is
+    ``attn.full_attn_rel_pos_h/w`` (Wang et al., JSTARS 2024, released backbone; see
+    docs/methods/mtp.md), the names rsfm's ViT+RVSA uses. A block is
     global when it has no Swin bias table (``attn.relative_position_bias_table``).
     """
     windowed = {

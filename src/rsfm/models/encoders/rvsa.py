@@ -584,7 +584,7 @@ class VisionTransformerRVSA(nn.Module):
         self.fpn2 = nn.Sequential(nn.ConvTranspose2d(embed_dim, embed_dim, 2, 2))
         self.fpn3 = nn.Identity()
         self.fpn4 = nn.MaxPool2d(2, 2)
-        # MTP's backbone builds a final norm and never uses it (MTP.md §1.5); kept so that its
+        # MTP's released backbone builds a final norm and never uses it (docs/methods/mtp.md); kept so its
         # checkpoints load key for key, frozen so that no optimiser or DDP reducer waits on it
         self.norm: nn.Module = nn.LayerNorm(embed_dim, eps=1e-6)
         self.norm.requires_grad_(False)
