@@ -8,7 +8,9 @@ same encoder on the same batch of real AID images, resized to the input size, sc
 pretraining module does per batch: normalise the images with the data's mean/std (ImageNet's,
 the datamodules' default), the method's ``training_step`` (forward and loss), backward, and an
 AdamW step (lr 1e-4, weight decay 0.05, betas 0.9/0.95, groups of :func:`rsfm.optim.param_groups`,
-fused as rsfm builds it by default: ``optim.fused``).
+fused as rsfm builds it by default: ``optim.fused``). Precision (``--precision``): bf16 autocast
+on a GPU, fp32 on the CPU by default; ``--precision bf16`` on a CPU with bf16 matrix units
+(AVX512-BF16, AMX) runs every variant under CPU autocast to bf16, Lightning's ``bf16-mixed``.
 Timed rounds alternate between the methods (MAE, SelectiveMAE, MAE, ...) so that machine noise
 hits both alike; the table gives the median images/s per method and the throughput ratio
 SelectiveMAE / MAE. Peak memory is measured per method in a fresh process: on GPU
@@ -22,8 +24,8 @@ convolutions and attention, 2 FLOPs per multiply-add; the selection's HOG convol
 similarities included; the optimiser's element-wise update is not), and the achieved TFLOP/s is
 that count times the measured images/s. MFU is achieved over peak: on a GPU the dense bf16 peak
 of the device's data sheet (:data:`GPU_PEAK_TFLOPS`; ``--peak-tflops`` for others), on the CPU
-the fp32 matrix-product peak measured here (the best of repeated 2048 x 2048 products on the same
-threads), so a CPU's MFU is relative to what its BLAS reaches, not to a data sheet.
+the matrix-product peak in the run's precision measured here (the best of repeated 2048 x 2048
+products on the same threads), so a CPU's MFU is relative to what its BLAS reaches, not to a data sheet.
 
 ``--compile`` adds rsfm's steps compiled as ``trainer.compile: true`` compiles them (one
 ``torch.compile(fullgraph=True)`` graph of forward and loss; compilation happens in the untimed
@@ -33,13 +35,20 @@ Fengxiang23/SelectiveMAE), never shipped with rsfm: built as their ``main_pretra
 them (:func:`official_variant`) and trained with their optimiser on the same normalised batch, at
 the same precision, in the same interleaved rounds; the ratios rsfm / authors' are printed. Two
 compatibility shims, for today's libraries only: timm's ``Block`` without ``qk_scale`` and NumPy's
-``np.float`` while MAE's model is built. ``--selection`` times SelectiveMAE's token selection
+``np.float`` while MAE's model is built; in bf16 on the CPU a third runs the release's HOG layer
+in fp32, as CUDA autocast does (:func:`_hog_fp32`). ``--official-attention released explicit``
+times the authors' models twice: with their attention as released (fused SDPA on today's
+PyTorch and timm) and with the explicit products their layers also hold, which is what rsfm
+runs in bf16 on the CPU (:mod:`rsfm.models.attention`), so the table separates that choice from
+the rest of rsfm's step. ``--selection`` times SelectiveMAE's token selection
 alone (HOG, seeds, PSTS, targets; rsfm eager, rsfm compiled, the release's ``random_masking``)
 beside the whole step.
 
     python benchmarks/throughput.py                      # ViT-Base/16, 224 px, CPU
     python benchmarks/throughput.py --compile --selection \
         --official-mae ../mae --official-smae ../SelectiveMAE/SelectiveMAE --batch-size 8 32   # vs the releases
+    python benchmarks/throughput.py --precision bf16 --compile --official-attention released explicit \
+        --official-mae ../mae --official-smae ../SelectiveMAE/SelectiveMAE --batch-size 8 32   # bf16 CPU
     python benchmarks/throughput.py --size tiny --patch-size 8 --img-size 112   # the CPU recipes' shape
     python benchmarks/throughput.py --device cuda --batch-size 128 256 512 --compile   # one table per batch size
     python benchmarks/throughput.py --size tiny --batch-size 4 --rounds 1 --steps 1   # smoke
@@ -162,7 +171,7 @@ class Variant:
 def rsfm_variant(method: str, args: argparse.Namespace, x: torch.Tensor, compiled: bool) -> Variant:
     """rsfm's step as :func:`train_steps` runs it; compiled as ``trainer.compile: true`` does."""
     task, opt = build(method, args.size, args.img_size, args.patch_size, x.shape[0], args.device)
-    amp = args.device == "cuda"
+    amp = args.precision == "bf16"
     count = step_flops(task, x, amp)  # counted eagerly: compiled kernels bypass the counter
     if compiled:
         task.model.compile_step()
@@ -215,7 +224,26 @@ def _timm_block_compat(mod: Any) -> None:
     mod.Block = Block
 
 
-def official_variant(method: str, folder: Path, args: argparse.Namespace, x: torch.Tensor) -> Variant:
+def _hog_fp32(model: Any) -> None:
+    """The release's HOG layer in fp32 under CPU autocast, as CUDA autocast runs it.
+
+    Its histogram accumulates the gradient norms into an fp32 buffer; CUDA autocast computes
+    ``norm`` in fp32, CPU autocast in bf16, where ``scatter_add_`` refuses the mixed dtypes. The
+    layer (no gradient, a few depthwise convolutions) runs with autocast off, on fp32 input.
+    """
+    hog = model.hog
+    forward = hog.forward
+
+    def fp32_forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float())
+
+    hog.forward = fp32_forward
+
+
+def official_variant(
+    method: str, folder: Path, args: argparse.Namespace, x: torch.Tensor, attention: str = "released"
+) -> Variant:
     """The authors' model and optimiser as their ``main_pretrain.py`` builds them, on the same batch.
 
     MAE (He et al.; ``models_mae.py`` of facebookresearch/mae, or the copy in SelectiveMAE's
@@ -226,6 +254,11 @@ def official_variant(method: str, folder: Path, args: argparse.Namespace, x: tor
     far stage, as rsfm's progress 0.5). Both: AdamW (betas 0.9/0.95, weight decay 0.05 on
     weights, timm's grouping), PyTorch's default implementation, as their script. On a GPU
     their forward's ``torch.cuda.amp.autocast()`` (fp16) is made bf16, rsfm's precision.
+
+    ``attention``: ``released`` runs their attention layers as they are on today's libraries
+    (MAE's are timm's ``Block``, fused SDPA; SelectiveMAE's own layers take SDPA on PyTorch 2);
+    ``explicit`` switches both to the explicit products they also contain (timm's
+    ``fused_attn`` False; the release's ``is_torch2`` False), rsfm's choice for bf16 on the CPU.
     """
     import contextlib
 
@@ -235,6 +268,8 @@ def official_variant(method: str, folder: Path, args: argparse.Namespace, x: tor
         raise SystemExit("the SelectiveMAE release's HOG layer assumes a 14 x 14 patch grid: use --img-size 224")
     mod = _import_official(folder, OFFICIAL_FILES[method].removesuffix(".py"))
     _timm_block_compat(mod)
+    if attention == "explicit" and "transformer_utils" in sys.modules:
+        sys.modules["transformer_utils"].is_torch2 = False  # read when their layers are built and run
     name = f"mae_vit_{args.size}_patch{args.patch_size}_dec512d8b"
     if not hasattr(mod, name):
         raise SystemExit(f"{folder / OFFICIAL_FILES[method]} has no {name}")
@@ -252,6 +287,10 @@ def official_variant(method: str, folder: Path, args: argparse.Namespace, x: tor
     finally:
         if lent:
             del np.float  # type: ignore[attr-defined]
+    if attention == "explicit":
+        for layer in model.modules():
+            if hasattr(layer, "fused_attn"):
+                layer.fused_attn = False
     if method == "selective_mae":
         select = _import_official(folder, "token_selected_smooth").TokenSelect_smooth
         keep = 1 - 0.85
@@ -259,20 +298,22 @@ def official_variant(method: str, folder: Path, args: argparse.Namespace, x: tor
             expansion_step=[0, 280, 300, 580, 600], keep_rate=[keep] * 5, initialization_keep_rate=keep / 2
         )
         model.token_select.update_current_stage(400)
+        if args.precision == "bf16" and args.device == "cpu":
+            _hog_fp32(model)
     opt = torch.optim.AdamW(timm.optim.param_groups_weight_decay(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
     mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
-    cuda = args.device == "cuda"
+    amp = args.precision == "bf16"
 
     @contextlib.contextmanager
     def precision() -> Any:
-        if not cuda:
+        if not amp:
             yield
             return
         saved = torch.cuda.amp.autocast
-        torch.cuda.amp.autocast = lambda *a, **k: torch.autocast("cuda", dtype=torch.bfloat16)  # type: ignore[assignment]
+        torch.cuda.amp.autocast = lambda *a, **k: contextlib.nullcontext()  # type: ignore[assignment]
         try:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(args.device, dtype=torch.bfloat16):
                 yield
         finally:
             torch.cuda.amp.autocast = saved  # type: ignore[assignment]
@@ -296,7 +337,8 @@ def official_variant(method: str, folder: Path, args: argparse.Namespace, x: tor
     with FlopCounterMode(display=False) as counter:
         loss_of((x - mean) / std).backward()
     model.zero_grad(set_to_none=True)
-    return Variant(f"{method} (authors')", method, step, int(counter.get_total_flops()), model)
+    label = "authors'" if attention == "released" else "authors', explicit attention"
+    return Variant(f"{method} ({label})", method, step, int(counter.get_total_flops()), model)
 
 
 def step_flops(task: PretrainTask, x: torch.Tensor, amp: bool) -> int:
@@ -312,12 +354,12 @@ def step_flops(task: PretrainTask, x: torch.Tensor, amp: bool) -> int:
     return int(counter.get_total_flops())
 
 
-def peak_tflops(device: str, given: float | None) -> tuple[float | None, str]:
+def peak_tflops(device: str, given: float | None, precision: str = "fp32") -> tuple[float | None, str]:
     """The peak MFU is measured against, and where it comes from.
 
     On a GPU: ``given``, else the data-sheet value of :data:`GPU_PEAK_TFLOPS` for its name (None
-    when unknown). On the CPU: ``given``, else the best fp32 rate of 2048 x 2048 matrix products
-    measured now on the same threads.
+    when unknown). On the CPU: ``given``, else the best rate of 2048 x 2048 matrix products in
+    ``precision`` (``fp32`` or ``bf16``) measured now on the same threads.
     """
     if given:
         return given, "--peak-tflops"
@@ -328,13 +370,14 @@ def peak_tflops(device: str, given: float | None) -> tuple[float | None, str]:
                 return value, f"dense bf16 data sheet of {key}"
         return None, f"unknown for {name}: pass --peak-tflops"
     n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     best = float("inf")
     for _ in range(20):
         t0 = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e12, f"fp32 matmul {n}x{n} measured, {torch.get_num_threads()} threads"
+    return 2 * n**3 / best / 1e12, f"{precision} matmul {n}x{n} measured, {torch.get_num_threads()} threads"
 
 
 def _proc_status_bytes(field: str) -> int:
@@ -348,7 +391,7 @@ def memory_probe(args: argparse.Namespace) -> None:
     """Child process: one method's peak memory; prints a JSON line."""
     x = load_batch(Path(args.data), args.batch_size, args.img_size).to(args.device)
     model, opt = build(args.probe, args.size, args.img_size, args.patch_size, args.batch_size, args.device)
-    amp = args.device == "cuda"
+    amp = args.precision == "bf16"
     # base: inputs, weights and an empty optimiser; peak: after training steps (adds the
     # optimiser state, activations and gradients)
     if args.device == "cuda":
@@ -423,7 +466,8 @@ def measure(args: argparse.Namespace, batch_size: int) -> dict[str, Any]:
             variants.append(rsfm_variant(m, args, x, compiled=True))
         folder = args.official_mae if m == "mae" else args.official_smae
         if folder:
-            variants.append(official_variant(m, Path(folder), args, x))
+            for attention in args.official_attention:
+                variants.append(official_variant(m, Path(folder), args, x, attention))
     flops = {v.name: v.flops / batch_size for v in variants}
     for v in variants:  # warm-up (compilation, allocator, kernels, optimiser state)
         t = v.run(args.warmup, device)
@@ -438,7 +482,7 @@ def measure(args: argparse.Namespace, batch_size: int) -> dict[str, Any]:
     for m in METHODS:
         cmd = [sys.executable, __file__, "--probe", m, "--data", args.data, "--size", args.size]
         cmd += ["--img-size", str(args.img_size), "--patch-size", str(args.patch_size)]
-        cmd += ["--batch-size", str(batch_size), "--device", device]
+        cmd += ["--batch-size", str(batch_size), "--device", device, "--precision", args.precision]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         mem[m] = json.loads(
@@ -459,10 +503,15 @@ def throughput_ratios(times: dict[str, list[float]]) -> tuple[dict[str, float], 
     spread: dict[str, tuple[float, float]] = {}
     pairs = [
         (f"SelectiveMAE / MAE, {x}", f"selective_mae ({x})", f"mae ({x})")
-        for x in ("rsfm eager", "rsfm compiled", "authors'")
+        for x in ("rsfm eager", "rsfm compiled", "authors'", "authors', explicit attention")
     ]
     pairs += [
         (f"{m}: {x} / authors'", f"{m} ({x})", f"{m} (authors')")
+        for m in METHODS
+        for x in ("rsfm eager", "rsfm compiled")
+    ]
+    pairs += [
+        (f"{m}: {x} / authors', explicit attention", f"{m} ({x})", f"{m} (authors', explicit attention)")
         for m in METHODS
         for x in ("rsfm eager", "rsfm compiled")
     ]
@@ -487,9 +536,22 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time rsfm's steps compiled (trainer.compile: true)")
     p.add_argument("--official-mae", default=None, help="folder with the authors' models_mae.py (MAE's repository)")
     p.add_argument("--official-smae", default=None, help="folder with the release's models_selectivemae.py")
+    p.add_argument(
+        "--official-attention",
+        nargs="+",
+        choices=("released", "explicit"),
+        default=["released"],
+        help="the authors' attention as released (SDPA), with its explicit products, or both",
+    )
     p.add_argument("--selection", action="store_true", help="also time SelectiveMAE's token selection alone")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="fp32, or bf16 autocast for every variant (default: bf16 on a GPU, fp32 on the CPU)",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for MFU (default: see above)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
@@ -497,13 +559,16 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.probe:
+        args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
         args.batch_size = args.batch_size[0]
         memory_probe(args)
         return
     device = args.device
-    amp = device == "cuda"
+    if args.precision is None:
+        args.precision = "bf16" if device == "cuda" else "fp32"
+    amp = args.precision == "bf16"
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    peak, peak_source = peak_tflops(device, args.peak_tflops)
+    peak, peak_source = peak_tflops(device, args.peak_tflops, args.precision)
     results: dict[str, Any] = {"device": name, "peak_tflops": peak, "peak_source": peak_source, "batches": {}}
     print(
         f"\nViT-{args.size}/{args.patch_size}, {args.img_size} px, {device} ({name}), {args.rounds} interleaved "
@@ -515,7 +580,7 @@ def main() -> None:
         res = measure(args, batch_size)
         if device == "cpu" and not args.peak_tflops:
             # a shared CPU's matmul rate varies: the best of the measurements so far
-            again, _ = peak_tflops(device, None)
+            again, _ = peak_tflops(device, None, args.precision)
             if again and peak and again > peak:
                 peak = again
                 print(f"(peak re-measured after the rounds: {peak:.3f} TFLOP/s, the best so far)")

@@ -11,6 +11,7 @@ from torch import nn
 
 from rsfm.methods.base import MaskedImageModel
 from rsfm.methods.masking import random_token_mask
+from rsfm.models.attention import choose_attention_kernels
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import METHODS
 
@@ -64,6 +65,7 @@ class MAE(MaskedImageModel):
         self.decoder_blocks = nn.Sequential(
             *[Block(dd, dh, mlp_ratio=4.0, qkv_bias=True, norm_layer=_ln) for _ in range(decoder_depth)]
         )
+        choose_attention_kernels(self.decoder_blocks)
         self._init_weights()
 
     def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:

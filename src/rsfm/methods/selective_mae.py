@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rsfm.methods.base import MaskedImageModel, StepContext
@@ -25,6 +24,7 @@ from rsfm.methods.selection import (
     select_targets,
     token_budget,
 )
+from rsfm.models.attention import attention
 from rsfm.utils.errors import CheckpointError, ConfigError
 from rsfm.utils.registry import METHODS
 
@@ -74,7 +74,7 @@ class CrossAttentionBlock(nn.Module):
         h = self.num_heads
         q = self.q(self.norm_q(x)).view(b, q_len, h, d // h).transpose(1, 2)
         k, v = self.kv(self.norm_kv(mem)).view(b, mem.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, q_len, d)
+        a = attention(q, k, v).transpose(1, 2).reshape(b, q_len, d)
         x = x + self.proj(a)
         return x + self.mlp(self.norm2(x))
 
@@ -129,7 +129,7 @@ class ReleasedCrossAttentionBlock(nn.Module):
         att = self.cross_attn
         q = att.q(self.norm1(x)).view(b, q_len, h, d // h).transpose(1, 2)
         k, v = att.kv(mem).view(b, mem.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, q_len, d)
+        a = attention(q, k, v).transpose(1, 2).reshape(b, q_len, d)
         x = x + att.proj(a)
         return x + self.mlp(self.norm2(x))
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rsfm.models.attention import choose_attention_kernels
 from rsfm.models.encoders.base import Encoder
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import ENCODERS
@@ -140,6 +141,7 @@ def build_vit(
     grid = model.patch_embed.grid_size
     model.pos_embed.data.copy_(sincos_pos_embed_2d(spec.embed_dim, grid, cls_token=True).unsqueeze(0))
     model.pos_embed.requires_grad_(False)
+    choose_attention_kernels(model)
     return model
 
 
