@@ -414,12 +414,14 @@ def selection_ms(args: argparse.Namespace, x: torch.Tensor, official: Path | Non
 
     rsfm's :meth:`~rsfm.methods.selective_mae.SelectiveMAE.select_tokens` eagerly and compiled
     (``fullgraph``), and the release's ``random_masking`` (its HOG, sampling and PSTS) when
-    ``official`` is given; median of ``args.rounds`` x 10 calls, no gradient.
+    ``official`` is given; median of ``args.rounds`` x 10 calls, no gradient, at the run's
+    precision (under autocast to bf16 when it is bf16, as in the training step).
     """
     task, _ = build("selective_mae", args.size, args.img_size, args.patch_size, x.shape[0], args.device)
     model = task.model
     imgs = task.normalise(x)
-    with torch.no_grad():
+    amp = args.precision == "bf16"
+    with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=amp):
         emb = model.embed_patches(imgs)
     calls: dict[str, Any] = {}
 
@@ -438,7 +440,7 @@ def selection_ms(args: argparse.Namespace, x: torch.Tensor, official: Path | Non
             rel_emb = rel.grid_patchify(imgs)
         calls["authors'"] = lambda i: rel.random_masking(rel_emb, 0.85, 0.25, imgs)
     out: dict[str, list[float]] = {k: [] for k in calls}
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=amp):
         for fn in calls.values():
             fn(0)
             fn(1)
@@ -558,14 +560,13 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.precision is None:
+        args.precision = "bf16" if args.device == "cuda" else "fp32"
     if args.probe:
-        args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
         args.batch_size = args.batch_size[0]
         memory_probe(args)
         return
     device = args.device
-    if args.precision is None:
-        args.precision = "bf16" if device == "cuda" else "fp32"
     amp = args.precision == "bf16"
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     peak, peak_source = peak_tflops(device, args.peak_tflops, args.precision)
