@@ -27,13 +27,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
 from rsfm.engine.callbacks import NonFiniteGuard, SkipReportCallback, StoreRecipe
 from rsfm.engine.checkpoint import AtomicCheckpointIO, load_checkpoint
 from rsfm.engine.csv_log import ResumableCSVLogger
-from rsfm.engine.precision import default_precision
+from rsfm.engine.precision import bf16_hint, default_precision
 from rsfm.utils.errors import CheckpointError, ConfigError
 
 __all__ = ["FSDP_STRATEGIES", "BlockFSDPStrategy", "block_types", "build_trainer"]
@@ -415,6 +416,9 @@ def build_trainer(
         )
     if t.get("precision") is None:
         t["precision"] = default_precision(t.get("accelerator", "auto"))
+        hint = bf16_hint(t["precision"]) if fitting else None
+        if hint:
+            rank_zero_info(f"[rsfm] {hint}")
     if isinstance(t.get("strategy"), str) and t["strategy"] in FSDP_STRATEGIES:
         t["strategy"] = BlockFSDPStrategy(activation_checkpointing=FSDP_STRATEGIES[t["strategy"]])
     ckpt_dir = run_dir / "checkpoints"
