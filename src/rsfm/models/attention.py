@@ -1,11 +1,12 @@
-"""The attention kernel of every rsfm transformer, chosen per call by device and precision.
+"""The attention kernel of rsfm's ViT encoders and MIM decoders, chosen per call by device and precision.
 
 PyTorch's fused ``scaled_dot_product_attention`` (SDPA) is the fastest kernel on GPUs and for
 fp32 on the CPU, but on the CPU in bf16 its flash kernel's backward is several times slower
 than the same attention written as two batched matrix products and a softmax, which the CPU's
 bf16 matrix units run at full rate: ``benchmarks/attention.py`` measures both for the ViT
-encoder's and MAE decoder's shapes, and ``docs/scaling.md`` gives the figures. rsfm therefore
-uses SDPA everywhere except for bf16 on the CPU (bf16 tensors, or CPU autocast to bf16).
+encoder's and MAE decoder's shapes (1.8–5× in bf16 on a 2-core AMD EPYC; the table is on the
+benchmarks page of the documentation). rsfm therefore uses SDPA except for bf16 on the CPU (bf16
+tensors, or CPU autocast to bf16). RVSA's window attention always computes explicit products.
 
 :func:`attention` is that choice for rsfm's own attention layers; :func:`choose_attention_kernels`
 makes timm's attention layers (the ViT encoders, MAE's decoder) follow it, through their
