@@ -123,6 +123,32 @@ class TrainingModule(L.LightningModule, metaclass=abc.ABCMeta):
         self.print(f"lr {lr:.3e} ({how}), {total} steps, {cfg.name}")
         return {"optimizer": optimizer, "lr_scheduler": entry}
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:
+        """``trainer.gradient_clip_val``, also with fused AdamW under bf16 autocast.
+
+        Lightning refuses to clip for an optimiser that unscales its gradients itself (fused
+        AdamW, rsfm's default) under mixed precision: with fp16's gradient scaler the gradients
+        are still scaled when clipped. bf16 autocast has no scaler, so the gradients are the true
+        ones and are clipped as in fp32 (the norm over all parameters, or each value, per
+        ``trainer.gradient_clip_algorithm``). fp16 keeps Lightning's refusal.
+        """
+        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+        from lightning.pytorch.utilities import GradClipAlgorithmType
+
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and type(plugin) is MixedPrecision and plugin.scaler is None:
+            algorithm = gradient_clip_algorithm or GradClipAlgorithmType.NORM
+            if not isinstance(algorithm, GradClipAlgorithmType):
+                algorithm = GradClipAlgorithmType(str(algorithm).lower())
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_train_start(self) -> None:
         """After a resume, continue with the recipe's learning rate if it changed since the checkpoint."""
         if self._configured_lrs is None or not self.trainer.lr_scheduler_configs:

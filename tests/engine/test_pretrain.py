@@ -355,3 +355,22 @@ def test_ddp_pretraining_then_a_fine_tuning_evaluation(tmp_path: Path, datasets:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert set(metrics["protocols"]) == {"knn", "finetune"}
+
+
+def test_bf16_run_clips_gradients_with_fused_adamw(tmp_path: Path, datasets: Path, monkeypatch) -> None:
+    """``trainer.gradient_clip_val`` under bf16 autocast with rsfm's fused AdamW (MTP's recipes clip).
+
+    Lightning refuses clipping for optimisers that unscale gradients themselves under mixed
+    precision; bf16 has no gradient scaler, so rsfm clips the true gradients, every step.
+    """
+    calls: list[float] = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *a, **k):
+        calls.append(float(max_norm))
+        return real(parameters, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    args = mim_args(tmp_path, datasets, "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=0.5")
+    assert main(["pretrain", "--config", str(MIM), *args]) == 0
+    assert calls == [0.5] * 8  # 2 epochs x 4 steps

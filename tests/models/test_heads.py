@@ -191,6 +191,25 @@ def test_tiled_detection_of_a_crop_sized_image_is_one_forward_pass(nepu_batch, o
     assert head.detect(model, image, score_thresh=1.1)["boxes"].shape == (0, 4)
 
 
+def test_faster_rcnn_head_under_bf16_autocast_decodes_boxes_in_float32(nepu_batch, one_thread):
+    """Losses and detections in float32 under CPU autocast to bf16 (bf16 boxes would be quantised)."""
+    batch, info = nepu_batch
+    torch.manual_seed(0)
+    opts = {"fpn_channels": 16, "rpn_post_nms_top_n_test": 50, "box_score_thresh": 0.0}
+    model = TaskModel(_vit(96), {"det": {"class_path": "FasterRCNNHead", "init_args": opts}}, PYRAMID, info)
+    head = model.heads["det"]
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = head.loss(model.features(batch, head), batch)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (pred,) = head.predict(model, {"image": [batch["image"][0]]})
+    assert pred["boxes"].dtype == pred["scores"].dtype == torch.float32 and len(pred["boxes"]) > 0
+    boxes = pred["boxes"]
+    assert (boxes != boxes.bfloat16().float()).any(), "box corners rounded to bf16"
+
+
 class OracleDetector(FasterRCNNHead):
     """Stand-in detector: in each tile, the boxes of the objects drawn whole in its last band.
 

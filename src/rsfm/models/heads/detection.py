@@ -290,16 +290,25 @@ class FasterRCNNHead(Head):
         return ImageList(ref.new_zeros(1).expand(shape), [tuple(s) for s in features.sizes])
 
     def forward(self, features: Features, batch: Mapping[str, Any] | None = None) -> Any:
-        """Training (with a batch): the four loss terms; evaluation: per-image detections (labels 0-based)."""
+        """Training (with a batch): the four loss terms; evaluation: per-image detections (labels 0-based).
+
+        The FPN follows the autocast dtype; the RPN and RoI heads run in float32, so boxes are
+        decoded and encoded in float32 pixels (bf16 keeps 8 significant bits: steps of 4 px at
+        512 to 1024 px) and evaluation returns float32 ``boxes`` and ``scores``.
+        """
         fpn = self._fpn(features)
         images = self._image_list(features)
-        if self.training and batch is not None:
-            targets = [{"boxes": b, "labels": lab + 1} for b, lab in zip(batch["boxes"], batch["labels"], strict=True)]
-            proposals, rpn_losses = self.rpn(images, fpn, targets)
-            _, box_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
-            return {**rpn_losses, **box_losses}
-        proposals, _ = self.rpn(images, fpn)
-        detections, _ = self.roi_heads(fpn, proposals, images.image_sizes)
+        with torch.autocast(fpn["0"].device.type, enabled=False):
+            fpn = type(fpn)((k, v.float()) for k, v in fpn.items())
+            if self.training and batch is not None:
+                targets = [
+                    {"boxes": b, "labels": lab + 1} for b, lab in zip(batch["boxes"], batch["labels"], strict=True)
+                ]
+                proposals, rpn_losses = self.rpn(images, fpn, targets)
+                _, box_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
+                return {**rpn_losses, **box_losses}
+            proposals, _ = self.rpn(images, fpn)
+            detections, _ = self.roi_heads(fpn, proposals, images.image_sizes)
         return [{**d, "labels": d["labels"] - 1} for d in detections]
 
     def loss(self, features: Features, batch: Mapping[str, Any]) -> dict[str, Tensor]:
