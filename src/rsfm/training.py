@@ -15,6 +15,7 @@ printed when a run diverges: lower the rate and rerun).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -112,8 +113,16 @@ class TrainingModule(L.LightningModule, metaclass=abc.ABCMeta):
         """Parameter groups with their ``lr`` and ``weight_decay`` (subclasses)."""
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """The optimiser of ``optim`` and its per-step warmup + cosine schedule."""
+        """The optimiser of ``optim`` and its per-step warmup + cosine schedule.
+
+        With fp16 autocast (``16-mixed``, the default on GPUs without bf16) and
+        ``trainer.gradient_clip_val``, ``optim.fused: null`` builds PyTorch's unfused AdamW: the
+        gradient scaler must unscale the gradients before they are clipped, which a fused
+        optimiser leaves to its own step (Lightning refuses the combination).
+        """
         cfg = self.optim_config
+        if cfg.fused is None and str(self.trainer.precision) == "16-mixed" and self.trainer.gradient_clip_val:
+            cfg = dataclasses.replace(cfg, fused=False)
         lr = peak_lr(cfg, self.effective_batch(), self.lr_scale)
         optimizer = build_optimizer(self.optimizer_groups(lr), cfg)
         self._configured_lrs = [float(g["lr"]) for g in optimizer.param_groups]

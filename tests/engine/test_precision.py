@@ -47,3 +47,30 @@ def test_a_fitting_trainer_left_at_fp32_says_it_once(tmp_path: Path, monkeypatch
         build_trainer(tmp_path / "c", {"accelerator": "cpu", "devices": 1}, {}, fitting=False)
     said = [r.getMessage() for r in caplog.records if "bf16 matrix units" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("[rsfm] this CPU has bf16 matrix units (avx512_bf16)")
+
+
+class _Trainer:
+    """What :meth:`rsfm.training.TrainingModule.configure_optimizers` reads of a Lightning trainer."""
+
+    def __init__(self, precision: str, gradient_clip_val: float | None) -> None:
+        self.precision, self.gradient_clip_val = precision, gradient_clip_val
+        self.world_size = self.accumulate_grad_batches = 1
+        self.datamodule, self.estimated_stepping_batches, self.max_epochs = None, 10, 1
+        self.is_global_zero, self.progress_bar_callback = True, None
+
+
+@pytest.mark.parametrize(
+    "precision, clip, fused",
+    [("16-mixed", 5.0, False), ("16-mixed", None, True), ("bf16-mixed", 5.0, True), ("32-true", 5.0, True)],
+)
+def test_fp16_with_clipping_builds_an_unfused_adamw(precision: str, clip: float | None, fused: bool) -> None:
+    """fp16's gradient scaler must unscale before clipping, which a fused AdamW leaves to its step."""
+    from rsfm.data.base import DataInfo
+    from rsfm.methods.module import PretrainTask
+
+    spec = {"class_path": "MAE", "init_args": {"size": "tiny", "patch_size": 8}}
+    optim = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.05, "betas": [0.9, 0.95]}
+    task = PretrainTask(model=spec, optim=optim, data=DataInfo(num_channels=3, img_size=32).to_dict(), batch_size=4)
+    task.trainer = _Trainer(precision, clip)
+    optimizer = task.configure_optimizers()["optimizer"]
+    assert bool(optimizer.defaults["fused"]) is fused
