@@ -298,18 +298,27 @@ class FasterRCNNHead(Head):
         """
         fpn = self._fpn(features)
         images = self._image_list(features)
-        with torch.autocast(fpn["0"].device.type, enabled=False):
+        device = fpn["0"].device
+        with torch.autocast(device.type, enabled=False):
             fpn = type(fpn)((k, v.float()) for k, v in fpn.items())
             if self.training and batch is not None:
-                targets = [
-                    {"boxes": b, "labels": lab + 1} for b, lab in zip(batch["boxes"], batch["labels"], strict=True)
-                ]
+                targets = self._targets(batch, device)
                 proposals, rpn_losses = self.rpn(images, fpn, targets)
-                _, box_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
-                return {**rpn_losses, **box_losses}
+                _, roi_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
+                return {**rpn_losses, **roi_losses}
             proposals, _ = self.rpn(images, fpn)
             detections, _ = self.roi_heads(fpn, proposals, images.image_sizes)
-        return [{**d, "labels": d["labels"] - 1} for d in detections]
+        return [self._output(d) for d in detections]
+
+    @staticmethod
+    def _targets(batch: Mapping[str, Any], device: torch.device) -> list[dict[str, Tensor]]:
+        """Targets as torchvision takes them: 1-based labels (0 is background)."""
+        return [{"boxes": b, "labels": lab + 1} for b, lab in zip(batch["boxes"], batch["labels"], strict=True)]
+
+    @staticmethod
+    def _output(detection: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One image's torchvision detections with 0-based labels."""
+        return {**detection, "labels": detection["labels"] - 1}
 
     def loss(self, features: Features, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """RPN objectness and box regression, box-head classification and regression."""

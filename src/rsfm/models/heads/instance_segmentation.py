@@ -412,26 +412,16 @@ class MaskRCNNHead(FasterRCNNHead):
             ``boxes`` ``(M, 4)`` float32 xyxy pixels of the (unpadded) input, ``scores``
             ``(M,)`` float32, ``labels`` ``(M,)`` int64 in ``[0, K)`` and ``mask_probs``
             ``(M, 28, 28)`` float32 probabilities over each box (:func:`paste_masks` makes image masks).
-            The FPN follows the autocast dtype; the RPN and RoI heads run in float32.
+            The FPN follows the autocast dtype; the RPN and RoI heads run in float32 (as
+            :meth:`FasterRCNNHead.forward`, which this is with the masks added).
         """
-        fpn = self._fpn(features)
-        images = self._image_list(features)
-        device = fpn["0"].device
-        # boxes are decoded, encoded and pasted in pixels: in float32 whatever the autocast dtype
-        # (bfloat16 keeps 8 significant bits, several pixels at 1000 px)
-        with torch.autocast(device.type, enabled=False):
-            fpn = type(fpn)((k, v.float()) for k, v in fpn.items())
-            if self.training and batch is not None:
-                targets = self._targets(batch, device)
-                proposals, rpn_losses = self.rpn(images, fpn, targets)
-                _, roi_losses = self.roi_heads(fpn, proposals, images.image_sizes, targets)
-                return {**rpn_losses, **roi_losses}
-            proposals, _ = self.rpn(images, fpn)
-            detections, _ = self.roi_heads(fpn, proposals, images.image_sizes)
-        return [
-            {"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1, "mask_probs": d["masks"][:, 0]}
-            for d in detections
-        ]
+        return super().forward(features, batch)
+
+    @staticmethod
+    def _output(detection: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One image's torchvision detections: 0-based labels, the box's 28 x 28 mask probabilities."""
+        d = detection
+        return {"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1, "mask_probs": d["masks"][:, 0]}
 
     def loss(self, features: Features, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """RPN objectness and box regression, box-head classification and regression, mask BCE (unweighted)."""
