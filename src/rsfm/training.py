@@ -115,13 +115,14 @@ class TrainingModule(L.LightningModule, metaclass=abc.ABCMeta):
     def configure_optimizers(self) -> dict[str, Any]:
         """The optimiser of ``optim`` and its per-step warmup + cosine schedule.
 
-        With fp16 autocast (``16-mixed``, the default on GPUs without bf16) and
-        ``trainer.gradient_clip_val``, ``optim.fused: null`` builds PyTorch's unfused AdamW: the
-        gradient scaler must unscale the gradients before they are clipped, which a fused
-        optimiser leaves to its own step (Lightning refuses the combination).
+        Under mixed precision (``bf16-mixed``, ``16-mixed``) with ``trainer.gradient_clip_val``,
+        ``optim.fused: null`` builds PyTorch's unfused AdamW: Lightning refuses to clip for an
+        optimiser that unscales its own gradients (fp16's scaler must unscale them before they
+        are clipped; it refuses bf16 alike). MTP's recipes clip.
         """
         cfg = self.optim_config
-        if cfg.fused is None and str(self.trainer.precision) == "16-mixed" and self.trainer.gradient_clip_val:
+        mixed = str(self.trainer.precision) in ("16-mixed", "bf16-mixed")
+        if cfg.fused is None and mixed and self.trainer.gradient_clip_val:
             cfg = dataclasses.replace(cfg, fused=False)
         lr = peak_lr(cfg, self.effective_batch(), self.lr_scale)
         optimizer = build_optimizer(self.optimizer_groups(lr), cfg)
@@ -131,32 +132,6 @@ class TrainingModule(L.LightningModule, metaclass=abc.ABCMeta):
         how = f"optim.lr {cfg.lr:g}" if cfg.lr is not None else f"optim.blr {cfg.blr:g} × {self.effective_batch()}/256"
         self.print(f"lr {lr:.3e} ({how}), {total} steps, {cfg.name}")
         return {"optimizer": optimizer, "lr_scheduler": entry}
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: Any = None,
-    ) -> None:
-        """``trainer.gradient_clip_val``, also with fused AdamW under bf16 autocast.
-
-        Lightning refuses to clip for an optimiser that unscales its gradients itself (fused
-        AdamW, rsfm's default) under mixed precision: with fp16's gradient scaler the gradients
-        are still scaled when clipped. bf16 autocast has no scaler, so the gradients are the true
-        ones and are clipped as in fp32 (the norm over all parameters, or each value, per
-        ``trainer.gradient_clip_algorithm``). fp16 keeps Lightning's refusal.
-        """
-        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-        from lightning.pytorch.utilities import GradClipAlgorithmType
-
-        plugin = self.trainer.precision_plugin
-        if gradient_clip_val and type(plugin) is MixedPrecision and plugin.scaler is None:
-            algorithm = gradient_clip_algorithm or GradClipAlgorithmType.NORM
-            if not isinstance(algorithm, GradClipAlgorithmType):
-                algorithm = GradClipAlgorithmType(str(algorithm).lower())
-            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_start(self) -> None:
         """After a resume, continue with the recipe's learning rate if it changed since the checkpoint."""

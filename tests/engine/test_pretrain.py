@@ -357,11 +357,11 @@ def test_ddp_pretraining_then_a_fine_tuning_evaluation(tmp_path: Path, datasets:
     assert set(metrics["protocols"]) == {"knn", "finetune"}
 
 
-def test_bf16_run_clips_gradients_with_fused_adamw(tmp_path: Path, datasets: Path, monkeypatch) -> None:
-    """``trainer.gradient_clip_val`` under bf16 autocast with rsfm's fused AdamW (MTP's recipes clip).
+def test_bf16_run_clips_gradients(tmp_path: Path, datasets: Path, monkeypatch) -> None:
+    """``trainer.gradient_clip_val`` under bf16 autocast (MTP's recipes clip), every step.
 
-    Lightning refuses clipping for optimisers that unscale gradients themselves under mixed
-    precision; bf16 has no gradient scaler, so rsfm clips the true gradients, every step.
+    Lightning refuses clipping for an optimiser that unscales its gradients itself (rsfm's
+    default fused AdamW) under mixed precision: rsfm builds the unfused one for such runs.
     """
     calls: list[float] = []
     real = torch.nn.utils.clip_grad_norm_
