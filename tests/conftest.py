@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -81,6 +82,27 @@ def aid_histograms(datasets: Path):
             feats += [histogram(f) for f in files]
             labels += [ci] * len(files)
         return torch.tensor(np.array(feats), dtype=torch.float32), torch.tensor(labels)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def damaged_jpeg(datasets: Path):
+    """Factory of JPEGs damaged in their middle: ``make(path)`` -> bytes.
+
+    300 bytes of the entropy-coded data from the middle of the file on are overwritten with
+    random values without 0xFF (so no marker appears), and the stream still ends with its
+    end-of-image marker: the damage a bad sector or a broken transfer leaves. libjpeg-turbo
+    decodes such a file with a "Corrupt JPEG data" warning and garbage blocks.
+    """
+
+    def make(path: Path) -> bytes:
+        data = bytearray(Path(path).read_bytes())
+        rng = np.random.default_rng(0)
+        middle = len(data) // 2
+        data[middle : middle + 300] = rng.integers(0, 255, 300, dtype=np.uint8).tobytes()
+        assert data.endswith(b"\xff\xd9")
+        return bytes(data)
 
     return make
 

@@ -27,7 +27,7 @@ TILING = Tiling(tile_size=256, overlap=0, max_size=512, min_size=64)
 INPUTS = ("aid", "loveda", "dubai", "dota", "scenes", "injected")
 
 
-def build_corpus(datasets: Path, root: Path) -> dict[str, object]:
+def build_corpus(datasets: Path, root: Path, damaged_jpeg) -> dict[str, object]:
     """Copy a mixed real corpus into ``root`` and inject bad files and copies; say what was injected."""
     for cls in ("Airport", "Beach", "Forest"):
         (root / "aid" / cls).mkdir(parents=True)
@@ -59,6 +59,8 @@ def build_corpus(datasets: Path, root: Path) -> dict[str, object]:
     ramp = np.tile(np.linspace(40, 200, 200, dtype=np.float32), (200, 1))
     Image.fromarray(np.stack([ramp] * 3, -1).astype(np.uint8)).save(inj / "smooth_ramp.png")
     (inj / "corrupt.jpg").write_bytes(beach.read_bytes()[:600])
+    # a copy of the Beach image damaged in its middle: garbage pixels, not a near duplicate to keep
+    (inj / "damaged_copy.jpg").write_bytes(damaged_jpeg(beach))
     with rasterio.open(inj / "two_band.tif", "w", driver="GTiff", width=96, height=96, count=2, dtype="uint8") as dst:
         dst.write(rng.integers(0, 255, (2, 96, 96), dtype=np.uint8))
     half = big.resize((big.width // 2, big.height // 2))
@@ -72,9 +74,9 @@ def run(root: Path, out: Path, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def corpus(datasets: Path, tmp_path_factory: pytest.TempPathFactory):
+def corpus(datasets: Path, tmp_path_factory: pytest.TempPathFactory, damaged_jpeg):
     root = tmp_path_factory.mktemp("mixed")
-    facts = build_corpus(datasets, root)
+    facts = build_corpus(datasets, root, damaged_jpeg)
     out = root / "corpus"
     result = run(root, out, shards=ShardConfig(keep_work=False, examples_per_rule=4))
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
@@ -109,11 +111,13 @@ def test_every_injected_file_is_dropped_by_its_rule_and_originals_are_kept(corpu
         "dark_noise.png": "dark",
         "smooth_ramp.png": "low_information",
         "corrupt.jpg": "unreadable",
+        "damaged_copy.jpg": "unreadable",
         "two_band.tif": "unsupported_bands",
     }
     for name, rule in expected.items():
         got = by_file[("injected", name)]
         assert {r["rule"] for r in got} == {rule}, (name, [(r["rule"], r["detail"]) for r in got])
+    assert "Corrupt JPEG data" in by_file[("injected", "damaged_copy.jpg")][0]["detail"]
     # the copies name the original they duplicate
     original = by_file[("aid", facts["beach"])][0]
     for name in ("exact_copy.jpg", "reencoded.jpg", "resized.png"):
@@ -136,7 +140,7 @@ def test_the_report_counts_each_rule_exactly(corpus) -> None:
     root, out, result, rows, facts = corpus
     nodata = rgb_byte_nodata_tiles(root / "scenes" / "RGB.byte.tif") + 1  # + the black file
     expected = {
-        "unreadable": 1,
+        "unreadable": 2,
         "unsupported_bands": 1,
         "nodata": nodata,
         "saturated": 1,

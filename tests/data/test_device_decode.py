@@ -21,13 +21,14 @@ SETTINGS = {"img_size": 48, "batch_size": 8, "seed": 7, "pin_memory": False, "te
 
 
 @pytest.fixture(scope="module")
-def tree(aid_subset) -> Path:
+def tree(aid_subset, damaged_jpeg) -> Path:
     """30 AID JPEGs of three classes, plus the files the device path must tell apart.
 
     ``Beach``: handed back to the workers, a PNG, a CMYK JPEG, a truncated JPEG (its first
     half) and a JPEG with bytes after its end-of-image marker; deferred to the device, a
-    greyscale JPEG and a JPEG whose entropy data is overwritten (header and end marker intact,
-    so only the decoder finds it broken).
+    greyscale JPEG, a JPEG whose entropy data is overwritten (header and end marker intact,
+    so only the decoder finds it broken) and one damaged in its middle (libjpeg-turbo decodes
+    it with a "Corrupt JPEG data" warning: rsfm's strict decoder refuses it).
     """
     root = aid_subset(("Beach", "Forest", "Port"), 10, copy=True)
     source = sorted((root / "Beach").glob("*.jpg"))[0]
@@ -40,6 +41,7 @@ def tree(aid_subset) -> Path:
     (root / "Beach" / "trailing.jpg").write_bytes(data + b"trailing bytes")
     start = data.index(b"\xff\xda")  # start of scan: header before it, entropy-coded data after
     (root / "Beach" / "garbled.jpg").write_bytes(data[: start + 2] + b"\x00\x01" * 64 + data[-2:])
+    (root / "Beach" / "damaged.jpg").write_bytes(damaged_jpeg(source))
     return root
 
 
@@ -70,7 +72,11 @@ def test_device_decoding_gives_the_worker_batches_on_cpu(tree: Path, workers: in
     _same_epochs(expected, got)
     skipped = dict(s for batch in got for s in batch["skipped"])
     # the truncated file is decoded (and rejected) in the worker, the garbled one on the device and then the CPU
-    assert {Path(p).name: r for p, r in skipped.items()} == {"truncated.jpg": "truncated", "garbled.jpg": "unreadable"}
+    assert {Path(p).name: r for p, r in skipped.items()} == {
+        "truncated.jpg": "truncated",
+        "garbled.jpg": "unreadable",
+        "damaged.jpg": "corrupt",
+    }
     # what travelled undecoded: the plain JPEGs; decoded in the worker: the PNG, CMYK, truncated, trailing files
     raw = {
         Path(name).name: item.ndim
@@ -78,7 +84,7 @@ def test_device_decoding_gives_the_worker_batches_on_cpu(tree: Path, workers: in
         for name, item in zip(batch["name"], batch["raw"], strict=True)
     }
     assert raw["as_png.png"] == raw["cmyk.jpg"] == raw["trailing.jpg"] == 3
-    assert raw["grey.jpg"] == raw["garbled.jpg"] == 1
+    assert raw["grey.jpg"] == raw["garbled.jpg"] == raw["damaged.jpg"] == 1
     assert sum(ndim == 1 for ndim in raw.values()) >= 20
 
 

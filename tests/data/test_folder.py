@@ -17,12 +17,13 @@ from rsfm.data.transforms import eval_transform, pretrain_transform
 from rsfm.engine.callbacks import SkipReportCallback
 
 
-def make_bad_tree(root: Path, aid: Path) -> Path:
+def make_bad_tree(root: Path, aid: Path, damaged: bytes) -> Path:
     """Two class folders of real AID images plus every kind of bad file.
 
-    Samples (10): class_a: 3 JPEGs, gray.png, four.tif, half.jpg (truncated), fake.jpg (text);
-    class_b: 3 JPEGs. Not samples: class_a/empty.jpg (zero_byte), class_b/notes.txt
-    (not_an_image), class_b/.hidden.jpg (ignored).
+    Samples (11): class_a: 3 JPEGs, gray.png, four.tif, half.jpg (truncated), damaged.jpg
+    (``damaged``: a JPEG corrupt in its middle), fake.jpg (text); class_b: 3 JPEGs. Not
+    samples: class_a/empty.jpg (zero_byte), class_b/notes.txt (not_an_image),
+    class_b/.hidden.jpg (ignored).
     """
     a, b = root / "class_a", root / "class_b"
     a.mkdir(parents=True)
@@ -49,6 +50,7 @@ def make_bad_tree(root: Path, aid: Path) -> Path:
         dst.write(four)
     data = real.read_bytes()
     (a / "half.jpg").write_bytes(data[: len(data) // 2])
+    (a / "damaged.jpg").write_bytes(damaged)
     (a / "fake.jpg").write_text("not an image at all\n")
     (a / "empty.jpg").touch()
     (b / "notes.txt").write_text("field notes\n")
@@ -56,23 +58,24 @@ def make_bad_tree(root: Path, aid: Path) -> Path:
     return root
 
 
-EXPECTED = {"not_an_image": 2, "truncated": 1, "zero_byte": 1}
+EXPECTED = {"corrupt": 1, "not_an_image": 2, "truncated": 1, "zero_byte": 1}
 
 
 @pytest.fixture
-def bad_tree(tmp_path: Path, datasets: Path) -> Path:
-    return make_bad_tree(tmp_path / "tree", datasets / "aid")
+def bad_tree(tmp_path: Path, datasets: Path, damaged_jpeg) -> Path:
+    damaged = damaged_jpeg(datasets / "aid" / "Forest" / "forest_10.jpg")
+    return make_bad_tree(tmp_path / "tree", datasets / "aid", damaged)
 
 
 def test_scan(bad_tree: Path) -> None:
     ds = ImageFolder(bad_tree)
     names = [p.relative_to(bad_tree).as_posix() for p in ds.samples]
     assert names == sorted(names)
-    assert len(ds) == 10
+    assert len(ds) == 11
     assert ".hidden.jpg" not in " ".join(names)
     skipped = {Path(p).name: r for p, r in ds.scan_skipped}
     assert skipped == {"empty.jpg": "zero_byte", "notes.txt": "not_an_image"}
-    assert ds.groups == [0] * 7 + [1] * 3 and ds.group_names == ["class_a", "class_b"]
+    assert ds.groups == [0] * 8 + [1] * 3 and ds.group_names == ["class_a", "class_b"]
 
 
 @pytest.mark.parametrize("labeled", [False, True])
@@ -92,7 +95,7 @@ def test_loader_skips_bad_files(bad_tree: Path, labeled: bool) -> None:
         report.add(batch["skipped"])
         seen += batch["index"].tolist()
     assert report.counts() == EXPECTED
-    assert report.total == 4
+    assert report.total == 5
     good = {ds.samples[i].name for i in seen}
     assert {"gray.png", "four.tif"} <= good
     assert len(seen) == 8
@@ -128,7 +131,7 @@ def test_skip_report_callback(bad_tree: Path, tmp_path: Path, capsys) -> None:
         cb.on_train_batch_end(trainer, None, None, batch, 0)
     cb.on_fit_end(trainer, None)
     assert cb.report.counts() == EXPECTED
-    assert "4 files skipped: 2 not_an_image, 1 truncated, 1 zero_byte" in capsys.readouterr().out
+    assert "5 files skipped: 2 not_an_image, 1 corrupt, 1 truncated, 1 zero_byte" in capsys.readouterr().out
     saved = json.loads((tmp_path / "logs" / "skipped_files.json").read_text())
     assert saved["counts"] == EXPECTED
     restored = SkipReportCallback()
@@ -154,7 +157,7 @@ def test_labeled_rejects_root_files(bad_tree: Path, datasets: Path) -> None:
     with pytest.raises(ValueError, match="stray.jpg"):
         LabeledImageFolder(bad_tree)
     unlabeled = ImageFolder(bad_tree)  # fine for an unlabeled folder: root files form the group ''
-    assert len(unlabeled) == 11 and unlabeled.group_names == ["", "class_a", "class_b"]
+    assert len(unlabeled) == 12 and unlabeled.group_names == ["", "class_a", "class_b"]
     assert unlabeled.groups[unlabeled.samples.index(bad_tree / "stray.jpg")] == 0
 
 
@@ -196,7 +199,7 @@ def test_deterministic_augmentation(bad_tree: Path) -> None:
 
 def test_scan_folder_and_check_image_root(bad_tree: Path, tmp_path: Path) -> None:
     samples, relative, skipped = scan_folder(bad_tree)
-    assert relative == sorted(relative) and len(samples) == len(relative) == 10
+    assert relative == sorted(relative) and len(samples) == len(relative) == 11
     assert [p.relative_to(bad_tree).as_posix() for p in samples] == relative
     assert sorted((Path(p).name, r) for p, r in skipped) == [("empty.jpg", "zero_byte"), ("notes.txt", "not_an_image")]
     assert check_image_root(bad_tree) == bad_tree
@@ -215,7 +218,7 @@ def test_broken_symlink_is_counted_unreadable(bad_tree: Path) -> None:
         skipped = {Path(p).name: r for p, r in dataset.scan_skipped}
         assert skipped["gone.jpg"] == "unreadable" and skipped["gone_folder"] == "unreadable"
         assert str(bad_tree / "class_b" / "gone.jpg") in dict(dataset.scan_skipped)
-        assert len(dataset) == 10
+        assert len(dataset) == 11
 
 
 def test_class_folder_alias_is_refused_naming_both(bad_tree: Path) -> None:

@@ -174,6 +174,39 @@ def test_truncated(tmp_path: Path, rgb: np.ndarray, aid_jpeg: Path, suffix: str)
     assert info.value.reason == "truncated"
 
 
+def test_jpeg_damaged_in_its_middle_is_corrupt(tmp_path: Path, aid_jpeg: Path, damaged_jpeg) -> None:
+    """A JPEG whose entropy-coded data is damaged but which ends properly is refused, not decoded to garbage."""
+    data = damaged_jpeg(aid_jpeg)
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(data)
+    # what PIL (and torchvision) return without a word: an image, with garbage blocks
+    garbage = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1).astype(int)
+    assert np.abs(garbage - read_image(aid_jpeg).numpy()).mean() > 5
+    with pytest.raises(BadImageError, match=r"damaged\.jpg: JPEG data is damaged.*Corrupt JPEG data") as info:
+        read_image(path)
+    assert info.value.reason == "corrupt"
+    with pytest.raises(BadImageError) as info:
+        decode_image(data, "damaged.jpg")
+    assert info.value.reason == "corrupt"
+
+
+def test_jpeg_with_a_metadata_warning_decodes(tmp_path: Path, aid_jpeg: Path) -> None:
+    """libjpeg-turbo warnings about metadata only (here an unknown JFIF revision) do not refuse the file."""
+    data = bytearray(aid_jpeg.read_bytes())
+    app0 = data.index(b"JFIF\x00")
+    data[app0 + 5] = 2  # JFIF 2.x: libjpeg warns "unknown JFIF revision number"
+    path = tmp_path / "jfif2.jpg"
+    path.write_bytes(bytes(data))
+    assert np.array_equal(read_image(path).numpy(), read_image(aid_jpeg).numpy())
+
+
+def test_cmyk_jpeg_decodes_as_pil_converts_it(tmp_path: Path, rgb: np.ndarray) -> None:
+    path = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb.transpose(1, 2, 0)).convert("CMYK").save(path, quality=95)
+    expected = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1)
+    assert np.array_equal(read_image(path).numpy(), expected)
+
+
 @pytest.mark.parametrize("name", ["x.jpg", "x.png", "x.tif"])
 def test_text_file_is_not_an_image(tmp_path: Path, name: str) -> None:
     path = tmp_path / name

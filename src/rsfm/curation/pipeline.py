@@ -53,6 +53,7 @@ _THUMB = 96
 _BAD_REASON_DETAIL = {
     "zero_byte": "empty file",
     "truncated": "truncated file",
+    "corrupt": "corrupt image data",
     "not_an_image": "not an image",
     "unreadable": "cannot be decoded",
 }

@@ -11,7 +11,10 @@ resizes (bicubic, antialiased), flips and scales each image to [0, 1] on the dev
 
 On a CPU device the result is the worker pipeline's, bit for bit (same decoder, same resize
 kernel, same parameters; tested). On a GPU the decoder and the resize kernel differ, so
-pixels differ by rounding, not by content.
+pixels differ by rounding, not by content. nvJPEG does not report damaged entropy-coded data
+as libjpeg-turbo does, so on a GPU a JPEG corrupt in its middle (but ending with its
+end-of-image marker) is decoded, garbage blocks included, where the workers would skip it as
+``'corrupt'``; curate a corpus (``rsfm curate``) to exclude such files before training.
 
 What stays in the workers, decoded there as before (and still cropped on the device): files
 that are not JPEG (PNG, TIFF, ...), a JPEG whose header is not 8-bit RGB or greyscale (CMYK,
@@ -199,23 +202,29 @@ def collate_deferred(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _decode_jpegs(raws: list[Tensor], names: list[str], device: torch.device) -> list[Tensor | BadImageError]:
-    """Decode JPEG bytes on ``device`` in one call; on failure, image by image, then on the CPU."""
+    """Decode JPEG bytes on ``device`` in one call; on failure, image by image, then on the CPU.
+
+    On a CPU device every image goes through :func:`~rsfm.data.io.decode_image`, the workers'
+    strict decoder, so damaged files are skipped as they would be there.
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not raws:
         return []
-    try:
-        return list(decode_jpeg(raws, mode=ImageReadMode.RGB, device=device))
-    except (RuntimeError, ValueError):
-        pass
-    out: list[Tensor | BadImageError] = []
-    for raw, name in zip(raws, names, strict=True):
+    if device.type != "cpu":
         try:
-            out.append(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
-            continue
+            return list(decode_jpeg(raws, mode=ImageReadMode.RGB, device=device))
         except (RuntimeError, ValueError):
             pass
-        try:  # what the workers would do: libjpeg-turbo, then PIL
+    out: list[Tensor | BadImageError] = []
+    for raw, name in zip(raws, names, strict=True):
+        if device.type != "cpu":
+            try:
+                out.append(decode_jpeg(raw, mode=ImageReadMode.RGB, device=device))
+                continue
+            except (RuntimeError, ValueError):
+                pass
+        try:  # what the workers do: libjpeg-turbo, then PIL
             out.append(decode_image(raw.numpy().tobytes(), name, RasterRule()).to(device))
         except BadImageError as err:
             out.append(err)

@@ -56,7 +56,21 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG16_COLOUR_TYPES = frozenset({2, 4, 6})
 
 #: Values of :attr:`BadImageError.reason`.
-BAD_IMAGE_REASONS = ("zero_byte", "truncated", "not_an_image", "unreadable", "unsupported_bands")
+BAD_IMAGE_REASONS = ("zero_byte", "truncated", "corrupt", "not_an_image", "unreadable", "unsupported_bands")
+
+# libjpeg-turbo's warnings (its JWRN_* messages) are recoverable: the decoder goes on and returns an
+# image. Those that start "Corrupt JPEG data" (a bad Huffman or arithmetic code, a marker found
+# inside a data segment, extraneous bytes before a marker) and an inconsistent progression
+# sequence mean that it resynchronised after damaged entropy-coded data, so blocks of the image are
+# garbage; "Premature end of JPEG file" means the stream was cut. The others concern metadata (an
+# unknown JFIF revision, an Adobe transform code, SOS parameters of a sequential file, a bad ICC
+# marker), and such files decode completely.
+_CORRUPT_JPEG_WARNINGS = ("Corrupt JPEG data", "Inconsistent progression sequence")
+_BENIGN_JPEG_WARNINGS = ("Corrupt JPEG data: bad ICC marker",)
+_TRUNCATED_JPEG_WARNING = "Premature end of JPEG file"
+# colour spaces (from the JPEG header) that libjpeg-turbo turns into RGB as PIL does; CMYK and
+# YCCK files go through PIL
+_TURBO_JPEG_COLORSPACES = frozenset({"YCbCr", "Gray", "RGB"})
 
 
 class BadImageError(Exception):
@@ -65,7 +79,9 @@ class BadImageError(Exception):
     Attributes:
         path: the offending file.
         reason: one of ``'zero_byte'`` (empty file), ``'truncated'`` (the encoded stream ends
-            early), ``'not_an_image'`` (the content is not an image format we can identify,
+            early), ``'corrupt'`` (a JPEG whose entropy-coded data is damaged although the
+            stream ends properly: libjpeg-turbo warns "Corrupt JPEG data" and would return
+            garbage blocks), ``'not_an_image'`` (the content is not an image format we can identify,
             e.g. a text file named ``x.jpg``), ``'unreadable'`` (an image that fails to decode
             for any other reason, or a file that vanished or cannot be opened) or
             ``'unsupported_bands'`` (see :class:`UnsupportedImageError`).
@@ -162,9 +178,12 @@ class RasterRule:
 def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) -> Tensor:  # noqa: B008
     """Read an image file as an RGB ``uint8`` tensor.
 
-    JPEGs are decoded with :func:`torchvision.io.decode_jpeg` (about 4x faster than PIL and it
-    rejects truncated streams); PNG, BMP, WEBP and JPEGs that libjpeg cannot handle go through
-    PIL with a forced full decode, so truncated files fail here rather than in a transform.
+    JPEGs are decoded by libjpeg-turbo through simplejpeg, strictly: a truncated stream raises
+    ``reason='truncated'`` and damaged entropy-coded data (libjpeg-turbo's "Corrupt JPEG data"
+    warnings, which PIL and torchvision only print to stderr while returning an image with
+    garbage blocks) raises ``reason='corrupt'``. CMYK and YCCK JPEGs, and JPEGs libjpeg-turbo
+    cannot decode, go through PIL like PNG, BMP and WEBP, with a forced full decode, so
+    truncated files fail here rather than in a transform.
     PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False for that. TIFF and GeoTIFF go
     through rasterio (any dtype, any number of bands, nodata masks); a 1-band raster with a
     colour map (palette TIFF) gives its colours, as a palette PNG does. 16-bit RGB, RGBA and
@@ -188,10 +207,14 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
         uint8 in the order of ``bands``.
 
     Raises:
-        BadImageError: if the file is empty, truncated, not an image or cannot be decoded.
+        BadImageError: if the file is empty, truncated, corrupt (JPEG), not an image or cannot
+            be decoded.
         UnsupportedImageError: if its bands have no RGB interpretation under ``rule``.
 
     .. versionadded:: 0.1
+
+    .. versionchanged:: 0.4
+        JPEGs with damaged data raise ``reason='corrupt'`` (they were decoded, garbage included).
 
     """
     path = Path(path)
@@ -251,11 +274,11 @@ def read_image_masked(
 def decode_image(data: bytes, name: str, rule: RasterRule = RasterRule()) -> Tensor:  # noqa: B008
     """Decode an encoded image held in memory exactly as :func:`read_image` decodes the file.
 
-    A JPEG (by ``name``'s extension) goes through libjpeg-turbo, PNG and the other PIL
-    formats through PIL, ``.npy`` (rsfm's lossless container for tiles that are not 3-band,
-    written by :mod:`rsfm.data.shards`) through numpy, so the bytes of a file decode to the
-    pixels :func:`read_image` gives for that file. TIFF bytes are not accepted (shards never
-    hold them).
+    A JPEG (by ``name``'s extension) goes through libjpeg-turbo (strictly, as in
+    :func:`read_image`), PNG and the other PIL formats through PIL, ``.npy`` (rsfm's lossless
+    container for tiles that are not 3-band, written by :mod:`rsfm.data.shards`) through
+    numpy, so the bytes of a file decode to the pixels :func:`read_image` gives for that file.
+    TIFF bytes are not accepted (shards never hold them).
 
     Args:
         data: the encoded image.
@@ -267,7 +290,8 @@ def decode_image(data: bytes, name: str, rule: RasterRule = RasterRule()) -> Ten
         ``(C, H, W)`` uint8, as :func:`read_image`.
 
     Raises:
-        BadImageError: if the bytes are empty, truncated or not an image of that format.
+        BadImageError: if the bytes are empty, truncated, corrupt (JPEG) or not an image of that
+            format.
 
     .. versionadded:: 0.3
     """
@@ -306,22 +330,42 @@ def _read_jpeg(path: Path, rule: RasterRule) -> Tensor | None:
 
 
 def _decode_jpeg(data: bytes, path: Path, rule: RasterRule) -> Tensor | None:
-    from torchvision.io import ImageReadMode, decode_jpeg  # imported here: torchvision is slow to load
+    """Decode with libjpeg-turbo (simplejpeg); None means "let PIL try" (not a JPEG, CMYK, 12-bit...).
+
+    The decode is strict: a libjpeg-turbo warning that the data is damaged raises
+    :class:`BadImageError` (``'corrupt'``, or ``'truncated'`` for a stream cut short) instead of
+    returning an image with garbage blocks, which PIL and torchvision would do (libjpeg only
+    prints such warnings to stderr).
+    """
+    import simplejpeg  # imported here, as the other decoders are
 
     try:
-        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as err:
-        if "truncated" in str(err) or "incomplete" in str(err):
-            raise BadImageError(path, "truncated", "JPEG stream ends early (truncated file)") from err
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+    except ValueError:
         return None
-    if image.ndim != 3 or image.shape[0] != 3:
+    if colorspace not in _TURBO_JPEG_COLORSPACES:
         return None
+    try:
+        array = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError as err:
+        msg = str(err)
+        if msg.startswith(_TRUNCATED_JPEG_WARNING):
+            raise BadImageError(
+                path, "truncated", f"JPEG stream ends early (truncated file; libjpeg-turbo: {msg})"
+            ) from err
+        if msg.startswith(_CORRUPT_JPEG_WARNINGS) and not msg.startswith(_BENIGN_JPEG_WARNINGS):
+            raise BadImageError(
+                path, "corrupt", f"JPEG data is damaged, parts of the image would be garbage (libjpeg-turbo: {msg})"
+            ) from err
+        try:  # a warning about metadata only, or an error PIL may handle
+            array = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
+        except ValueError:
+            return None
+    image = np.ascontiguousarray(array.transpose(2, 0, 1))
     if rule.bands is not None:
         # a decoded JPEG always has 3 bands (grayscale is expanded by the decoder)
-        image = torch.from_numpy(_select_bands(image.numpy(), rule.bands, path, has_alpha=False))
-    # the decoder returns a channels-last view; numpy's copy avoids waking torch's thread pool,
-    # which costs milliseconds per image on a busy machine
-    return torch.from_numpy(np.ascontiguousarray(image.numpy()))
+        image = _select_bands(image, rule.bands, path, has_alpha=False)
+    return torch.from_numpy(image)
 
 
 def _read_pil(path: Path, rule: RasterRule) -> Tensor:
