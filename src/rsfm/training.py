@@ -115,14 +115,13 @@ class TrainingModule(L.LightningModule, metaclass=abc.ABCMeta):
     def configure_optimizers(self) -> dict[str, Any]:
         """The optimiser of ``optim`` and its per-step warmup + cosine schedule.
 
-        Under mixed precision (``bf16-mixed``, ``16-mixed``) with ``trainer.gradient_clip_val``,
-        ``optim.fused: null`` builds PyTorch's unfused AdamW: Lightning refuses to clip for an
-        optimiser that unscales its own gradients (fp16's scaler must unscale them before they
-        are clipped; it refuses bf16 alike). MTP's recipes clip.
+        With a loss scaler (``16-mixed``) and ``trainer.gradient_clip_val``, ``optim.fused: null``
+        builds PyTorch's unfused AdamW: the scaler must unscale the gradients before they are
+        clipped, and a fused AdamW unscales them only inside its step. Every other run keeps the
+        fused AdamW, clipping included (:meth:`configure_gradient_clipping`). MTP's recipes clip.
         """
         cfg = self.optim_config
-        mixed = str(self.trainer.precision) in ("16-mixed", "bf16-mixed")
-        if cfg.fused is None and mixed and self.trainer.gradient_clip_val:
+        if cfg.fused is None and self.trainer.gradient_clip_val and _loss_scaler(self.trainer) is not None:
             cfg = dataclasses.replace(cfg, fused=False)
         lr = peak_lr(cfg, self.effective_batch(), self.lr_scale)
         optimizer = build_optimizer(self.optimizer_groups(lr), cfg)
@@ -132,6 +131,45 @@ class TrainingModule(L.LightningModule, metaclass=abc.ABCMeta):
         how = f"optim.lr {cfg.lr:g}" if cfg.lr is not None else f"optim.blr {cfg.blr:g} × {self.effective_batch()}/256"
         self.print(f"lr {lr:.3e} ({how}), {total} steps, {cfg.name}")
         return {"optimizer": optimizer, "lr_scheduler": entry}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does (``trainer.gradient_clip_val``), and in the two cases it refuses.
+
+        * FSDP: the gradient norm over every rank's shards, by the root FSDP unit's
+          ``clip_grad_norm_`` (a collective; ``torch.nn.utils.clip_grad_norm_`` would measure
+          each rank's shard alone, so Lightning refuses norm clipping under FSDP).
+        * A fused optimiser under mixed precision without a loss scaler (``bf16-mixed``): the
+          gradients are final once computed, so clipping them before the fused step is exact;
+          Lightning refuses every fused optimiser under mixed precision, for fp16's sake (with
+          a scaler rsfm builds the unfused AdamW instead, :meth:`configure_optimizers`).
+
+        Args:
+            optimizer: the run's optimiser.
+            gradient_clip_val: the largest gradient norm (or value) kept; None or 0: no clipping.
+            gradient_clip_algorithm: ``'norm'`` (default) or ``'value'``.
+        """
+        if not gradient_clip_val or gradient_clip_val <= 0:
+            return
+        algorithm = gradient_clip_algorithm or "norm"
+        model = self.trainer.model
+        if algorithm == "norm" and is_sharded(self.trainer) and hasattr(model, "clip_grad_norm_"):
+            model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        mixed = str(self.trainer.precision).endswith("-mixed")
+        fused = any(group.get("fused") for group in optimizer.param_groups)
+        if mixed and fused and _loss_scaler(self.trainer) is None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if algorithm == "norm":
+                torch.nn.utils.clip_grad_norm_(params, float(gradient_clip_val))
+            else:
+                torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_start(self) -> None:
         """After a resume, continue with the recipe's learning rate if it changed since the checkpoint."""
@@ -160,6 +198,11 @@ class TrainingModule(L.LightningModule, metaclass=abc.ABCMeta):
         A rank whose batch holds nothing still has to join DDP's gradient all-reduce.
         """
         return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), torch.zeros((), device=self.device))
+
+
+def _loss_scaler(trainer: Any) -> Any:
+    """The gradient scaler of ``trainer``'s precision (``16-mixed``), None without one (fp32, bf16)."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
 
 
 def is_sharded(trainer: Any) -> bool:

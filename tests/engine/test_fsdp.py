@@ -78,7 +78,11 @@ def test_block_strategy_refuses_policies_of_its_own() -> None:
 
 
 def pretrain_fsdp(out: Path, images: Path, crash: int = 0, *extra: str) -> subprocess.CompletedProcess:
-    """Two-process FSDP pretraining of a tiny SelectiveMAE (3 steps an epoch, 2 epochs) into ``out/run``."""
+    """Two-process FSDP pretraining of a tiny SelectiveMAE (3 steps an epoch, 2 epochs) into ``out/run``.
+
+    The gradient norm is clipped (at 5.0, as MTP's recipes clip): Lightning refuses norm clipping
+    under FSDP, rsfm clips over all ranks' shards (:meth:`rsfm.training.TrainingModule.configure_gradient_clipping`).
+    """
     script = out.parent / "driver.py"
     script.write_text(DRIVER)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -89,7 +93,7 @@ def pretrain_fsdp(out: Path, images: Path, crash: int = 0, *extra: str) -> subpr
         "model.init_args.patch_size=8", "model.init_args.decoder_depth=2", "trainer.accelerator=cpu",
         "trainer.devices=2", "trainer.strategy=fsdp", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
         "trainer.enable_progress_bar=false", "checkpoint.every_n_train_steps=2", "viz.num_images=2",
-        "evaluate.enabled=false", *extra,
+        "evaluate.enabled=false", "trainer.gradient_clip_val=5.0", *extra,
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
 
@@ -184,3 +188,28 @@ def test_compiled_steps_train_under_ddp(images: Path, tmp_path: Path) -> None:
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     assert not any("_compiled" in k for k in last["state_dict"])
     assert (tmp_path / "run" / "encoder.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fsdp_clips_the_norm_over_all_shards_as_ddp_does(images: Path, tmp_path: Path) -> None:
+    """One clipped SGD step (lr 1000, clip 1e-3) moves the weights by the same vector under FSDP as under DDP.
+
+    With plain SGD the step is ``lr`` times the clipped gradient, so the weights after it show the
+    clipping exactly. Each rank clipping its own shard (``torch.nn.utils.clip_grad_norm_`` under
+    FSDP) would scale every shard by its own norm: steps of 1 in norm, off by a large fraction.
+    """
+    one_step = (
+        "optim.name=sgd", "optim.lr=1000", "optim.blr=null", "optim.momentum=0", "optim.weight_decay=0",
+        "optim.warmup_epochs=0", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+        "trainer.gradient_clip_val=1e-3", "checkpoint.every_n_train_steps=1",
+    )  # fmt: skip
+    finals = {}
+    for name, strategy, lr in (("start", "ddp", "optim.lr=0"), ("ddp", "ddp", ""), ("fsdp", "fsdp", "")):
+        proc = pretrain_fsdp(tmp_path / name, images, 0, f"trainer.strategy={strategy}", *one_step, *filter(None, [lr]))
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        finals[name] = checkpoint(tmp_path / name / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    start = {k: v for k, v in finals.pop("start").items() if v.is_floating_point()}
+    ddp = torch.cat([(finals["ddp"][k] - start[k]).flatten() for k in start])
+    fsdp = torch.cat([(finals["fsdp"][k] - start[k]).flatten() for k in start])
+    assert ddp.norm().item() == pytest.approx(1.0, rel=1e-3)  # lr x clip: the step was clipped
+    assert (fsdp - ddp).norm().item() < 1e-4 * ddp.norm().item()

@@ -49,28 +49,90 @@ def test_a_fitting_trainer_left_at_fp32_says_it_once(tmp_path: Path, monkeypatch
     assert len(said) == 1 and said[0].startswith("[rsfm] this CPU has bf16 matrix units (avx512_bf16)")
 
 
-class _Trainer:
-    """What :meth:`rsfm.training.TrainingModule.configure_optimizers` reads of a Lightning trainer."""
+def _two_steps(datasets: Path, monkeypatch, **trainer_kwargs) -> tuple[torch.optim.Optimizer, list[dict]]:
+    """Two training steps of a tiny MAE on 8 real AID images; what each clipping call saw.
 
-    def __init__(self, precision: str, gradient_clip_val: float | None) -> None:
-        self.precision, self.gradient_clip_val = precision, gradient_clip_val
-        self.world_size = self.accumulate_grad_batches = 1
-        self.datamodule, self.estimated_stepping_batches, self.max_epochs = None, 10, 1
-        self.is_global_zero, self.progress_bar_callback = True, None
+    Returns the optimiser and, per call of ``torch.nn.utils.clip_grad_norm_`` /
+    ``clip_grad_value_``: the limit, the total gradient norm it was given, and the largest
+    gradient norm and absolute value after it.
+    """
+    import lightning as L
+    import numpy as np
+    from PIL import Image
 
-
-@pytest.mark.parametrize(
-    "precision, clip, fused",
-    [("16-mixed", 5.0, False), ("bf16-mixed", 5.0, False), ("16-mixed", None, True), ("32-true", 5.0, True)],
-)
-def test_mixed_precision_with_clipping_builds_an_unfused_adamw(precision: str, clip: float | None, fused: bool) -> None:
-    """Lightning refuses to clip for a fused AdamW under mixed precision; without clipping it stays fused."""
     from rsfm.data.base import DataInfo
     from rsfm.methods.module import PretrainTask
 
+    calls: list[dict] = []
+    for name in ("clip_grad_norm_", "clip_grad_value_"):
+        real = getattr(torch.nn.utils, name)
+
+        def spy(params, *a, _real=real, _name=name, **k):
+            params = list(params)
+            limit = a[0] if a else k.get("max_norm", k.get("clip_value"))
+            before = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+            out = _real(params, *a, **k)
+            after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+            biggest = max(p.grad.abs().max().item() for p in params)
+            calls.append({"fn": _name, "limit": float(limit), "before": before, "after": after, "max": biggest})
+            return out
+
+        monkeypatch.setattr(torch.nn.utils, name, spy)
+    files = sorted((datasets / "aid" / "Beach").glob("*.jpg"))[:8]
+    images = [
+        torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((32, 32)))).permute(2, 0, 1).float() / 255
+        for f in files
+    ]
+    batches = [{"image": torch.stack(images[i : i + 4]), "index": torch.arange(i, i + 4)} for i in (0, 4)]
     spec = {"class_path": "MAE", "init_args": {"size": "tiny", "patch_size": 8}}
-    optim = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.05, "betas": [0.9, 0.95]}
+    optim = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.05, "betas": [0.9, 0.95], "warmup_epochs": 0}
     task = PretrainTask(model=spec, optim=optim, data=DataInfo(num_channels=3, img_size=32).to_dict(), batch_size=4)
-    task.trainer = _Trainer(precision, clip)
-    optimizer = task.configure_optimizers()["optimizer"]
-    assert bool(optimizer.defaults["fused"]) is fused
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, **trainer_kwargs,
+    )  # fmt: skip
+    trainer.fit(task, torch.utils.data.DataLoader(batches, batch_size=None))
+    return trainer.optimizers[0], calls
+
+
+def test_fp16_with_a_loss_scaler_clips_unscaled_gradients_with_an_unfused_adamw(datasets: Path, monkeypatch) -> None:
+    """A fused AdamW unscales fp16 gradients only inside its step: clipping needs the unfused one.
+
+    A real fp16 loss scaler runs on the CPU here (Lightning turns ``16-mixed`` into bf16 on a CPU,
+    so the plugin is given explicitly); the gradients clipped must be the unscaled ones.
+    """
+    from lightning.pytorch.plugins import MixedPrecision
+
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    optimizer, calls = _two_steps(datasets, monkeypatch, plugins=[plugin], gradient_clip_val=0.5)
+    assert not optimizer.defaults["fused"]
+    assert [c["limit"] for c in calls] == [0.5, 0.5]
+    # unscaled: a tiny MAE's gradient norm is a few units, 65536 times that when still scaled
+    assert all(0.5 < c["before"] < 100 and c["after"] <= 0.5 * 1.001 for c in calls), calls
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_runs_without_a_loss_scaler_keep_the_fused_adamw_and_clip(
+    datasets: Path, monkeypatch, precision: str, algorithm: str
+) -> None:
+    """bf16 has no loss scaler: the gradients are final, and clipping them before the fused step is exact.
+
+    Lightning refuses any fused optimiser under mixed precision, and rsfm clips itself then; in
+    fp32 Lightning clips.
+    """
+    limit = 0.5 if algorithm == "norm" else 1e-3
+    optimizer, calls = _two_steps(
+        datasets, monkeypatch, precision=precision, gradient_clip_val=limit, gradient_clip_algorithm=algorithm
+    )
+    assert optimizer.defaults["fused"]
+    assert [c["fn"] for c in calls] == [f"clip_grad_{algorithm}_"] * 2 and all(c["limit"] == limit for c in calls)
+    if algorithm == "norm":
+        assert all(c["before"] > limit and c["after"] <= limit * 1.001 for c in calls), calls
+    else:
+        assert all(c["max"] <= limit * (1 + 1e-6) for c in calls), calls  # float32 of 1e-3
+
+
+def test_bf16_without_clipping_clips_nothing(datasets: Path, monkeypatch) -> None:
+    optimizer, calls = _two_steps(datasets, monkeypatch, precision="bf16-mixed")
+    assert optimizer.defaults["fused"] and calls == []

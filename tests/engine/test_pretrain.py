@@ -361,7 +361,8 @@ def test_bf16_run_clips_gradients(tmp_path: Path, datasets: Path, monkeypatch) -
     """``trainer.gradient_clip_val`` under bf16 autocast (MTP's recipes clip), every step.
 
     Lightning refuses clipping for an optimiser that unscales its gradients itself (rsfm's
-    default fused AdamW) under mixed precision: rsfm builds the unfused one for such runs.
+    default fused AdamW) under mixed precision; bf16 has no loss scaler, so rsfm clips itself
+    and keeps the fused AdamW.
     """
     calls: list[float] = []
     real = torch.nn.utils.clip_grad_norm_
