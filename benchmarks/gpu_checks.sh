@@ -57,10 +57,11 @@ prepare() {
         cp "$src"/*.py "$STAGE/official/$dest/"
         [ -d "$src/util" ] && cp -r "$src/util" "$STAGE/official/$dest/"
     done
-    # not on that machine, so their wheels travel: torchdata (rsfm's resumable loader, pure Python)
-    # and shapely (rotated_ops' reference; built for that machine's CPython 3.12 on x86-64)
+    # not on that machine, so their wheels travel: torchdata (rsfm's resumable loader, pure Python),
+    # simplejpeg (rsfm's JPEG decoder) and shapely (rotated_ops' reference); built for that
+    # machine's CPython 3.12 on x86-64
     local pkg version
-    for pkg in torchdata shapely; do
+    for pkg in torchdata simplejpeg shapely; do
         version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$pkg'))") || exit 1
         .venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d "$STAGE/wheels" \
             --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
