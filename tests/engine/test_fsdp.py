@@ -213,3 +213,31 @@ def test_fsdp_clips_the_norm_over_all_shards_as_ddp_does(images: Path, tmp_path:
     fsdp = torch.cat([(finals["fsdp"][k] - start[k]).flatten() for k in start])
     assert ddp.norm().item() == pytest.approx(1.0, rel=1e-3)  # lr x clip: the step was clipped
     assert (fsdp - ddp).norm().item() < 1e-4 * ddp.norm().item()
+
+
+@pytest.mark.slow
+def test_mtp_trains_and_resumes_under_fsdp_in_bf16(tmp_path: Path) -> None:
+    """MTP's recipe (shared decoders, detection heads with a float32 region stage, clipping) on 2 FSDP processes.
+
+    Before: FSDP crashed wrapping the shared feature pyramid twice ("already wrapped"), then the
+    float32 region stage met Lightning's bf16 FSDP parameters, then the shared parameters did not
+    fit the gathered state.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    base = [
+        sys.executable, "-m", "rsfm.cli", "pretrain", "--config", str(PRETRAIN / "mtp_vit_tiny.yaml"),
+        "model.init_args.init=null", f"output_dir={tmp_path}", "run_name=run", "data.init_args.crop_size=96",
+        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=fsdp", "trainer.precision=bf16-mixed",
+        "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    for epochs in (1, 2):
+        proc = subprocess.run(
+            [*base, f"trainer.max_epochs={epochs}"], capture_output=True, text=True, env=env, timeout=900, cwd=REPO
+        )
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-4000:]
+    assert "resuming from" in log
+    last = checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert (tmp_path / "run" / "encoder.safetensors").is_file()

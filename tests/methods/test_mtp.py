@@ -151,3 +151,46 @@ def test_one_crop_per_subset_needs_synchronised_batchnorm(data: MultiTaskDataMod
     synced.check_setup(1, 2)
     with pytest.raises(ConfigError, match="on one device"):
         synced.check_setup(1, 1)
+
+
+def test_fsdp_wraps_the_shared_decoders_and_runs_a_bf16_step(data: MultiTaskDataModule, batch: dict, tmp_path) -> None:
+    """rsfm's FSDP keeps MTP's shared decoder layers in their parent's unit and bf16-mixed as autocast.
+
+    FSDP cannot make a module reachable by two paths its own unit (it crashed, "already wrapped",
+    on the shared feature pyramid of the rotated heads); and Lightning's FSDP bf16 cast the
+    parameters to bf16, which the detection heads' float32 region stage could not take ("Input
+    type (float) and bias type (c10::BFloat16)"). One process (gloo) wraps the model here.
+    """
+    import torch.distributed as dist
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from rsfm.engine.trainer import AutocastFSDPPrecision, BlockFSDPStrategy, shared_modules
+
+    torch.manual_seed(0)
+    model = build(data)
+    shared = shared_modules(model)
+    a = model.decoders["rotated"]["dota_isaid"]  # its layers are hituav's too
+    assert id(a.fpn) in shared and id(a.fpn.inner_blocks[0]) in shared and id(model) in shared
+    assert id(model.backbone.model.blocks[0]) not in shared
+    blocks = {id(block) for block in model.backbone.model.blocks}
+    strategy = BlockFSDPStrategy()
+    strategy.parallel_devices = [torch.device("cpu")]
+    strategy.precision_plugin = FSDPPrecision("bf16-mixed")
+    assert isinstance(strategy.precision_plugin, AutocastFSDPPrecision)
+    assert strategy.mixed_precision_config is None  # the parameters stay float32
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = strategy._setup_model(model)
+        units = [m.module for m in wrapped.modules() if isinstance(m, FSDP) and m is not wrapped]
+        assert blocks <= {id(u) for u in units}  # one unit per encoder block
+        assert all(id(u) not in shared for u in units)
+        # the step through the root unit's forward, as Lightning redirects it
+        model.forward = lambda b: model.training_step(b, StepContext(progress=0.0))
+        with strategy.precision_plugin.forward_context():
+            out = wrapped(batch)
+        assert torch.isfinite(out["loss"]) and {"rotated/hituav", "instance/dota_isaid"} <= set(out)
+        out["loss"].backward()
+        assert all(p.grad is not None for p in wrapped.parameters())
+    finally:
+        dist.destroy_process_group()

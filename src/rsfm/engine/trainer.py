@@ -25,6 +25,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
@@ -37,7 +38,14 @@ from rsfm.engine.csv_log import ResumableCSVLogger
 from rsfm.engine.precision import bf16_hint, default_precision
 from rsfm.utils.errors import CheckpointError, ConfigError
 
-__all__ = ["FSDP_STRATEGIES", "BlockFSDPStrategy", "block_types", "build_trainer"]
+__all__ = [
+    "FSDP_STRATEGIES",
+    "AutocastFSDPPrecision",
+    "BlockFSDPStrategy",
+    "block_types",
+    "build_trainer",
+    "shared_modules",
+]
 
 #: ``trainer.strategy`` names that build a :class:`BlockFSDPStrategy`, and whether it
 #: recomputes the blocks' activations in the backward pass (activation checkpointing)
@@ -51,7 +59,9 @@ def block_types(model: nn.Module) -> set[type[nn.Module]]:
     ``blocks`` or ``*_blocks``: timm's ``VisionTransformer.blocks`` (encoders, ViT + RVSA), the
     MAE decoder's ``decoder_blocks`` (timm ``Block``) and SelectiveMAE's ``decoder_blocks``
     (:class:`~rsfm.methods.selective_mae.CrossAttentionBlock` or
-    :class:`~rsfm.methods.selective_mae.ReleasedCrossAttentionBlock`).
+    :class:`~rsfm.methods.selective_mae.ReleasedCrossAttentionBlock`). The convolutions of a
+    torchvision feature pyramid (``inner_blocks``, ``layer_blocks``: MTP's detection heads) match
+    too; :class:`BlockFSDPStrategy` leaves out the instances that are shared (:func:`shared_modules`).
 
     Args:
         model: any module (a LightningModule, a method, an encoder).
@@ -65,6 +75,64 @@ def block_types(model: nn.Module) -> set[type[nn.Module]]:
         if isinstance(module, (nn.Sequential, nn.ModuleList)) and (leaf == "blocks" or leaf.endswith("_blocks")):
             found.update(type(m) for m in module.children())
     return found
+
+
+def shared_modules(model: nn.Module) -> set[int]:
+    """The ids of the modules of ``model`` that contain a module reachable by more than one path.
+
+    MTP shares each decoder's layers between the pretraining datasets' heads
+    (:func:`~rsfm.models.heads.base.share_trunk`): such a layer appears under two names. FSDP
+    can make a module its own unit only if every path to the module's parameters goes through it,
+    so a shared module, and any module holding one, stays in its parent's unit.
+
+    Args:
+        model: any module.
+
+    Returns:
+        ``id()`` of every shared module and of every module with a shared module inside it.
+    """
+    seen: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        seen[id(module)] = seen.get(id(module), 0) + 1
+    shared = {key for key, count in seen.items() if count > 1}
+    return {id(m) for m in model.modules() if any(id(sub) in shared for sub in m.modules())}
+
+
+class AutocastFSDPPrecision(FSDPPrecision):
+    """Lightning's FSDP precision, with ``bf16-mixed`` and ``16-mixed`` meaning what they mean without FSDP.
+
+    Lightning's FSDP casts the parameters themselves to bf16 (or fp16) under ``*-mixed``
+    (FSDP's ``MixedPrecision(param_dtype=...)``), and autocasts only on CUDA. Code written for
+    autocast then breaks: rsfm's detection heads run their region stage in float32 with autocast
+    off (box coordinates, :class:`~rsfm.models.heads.detection.FasterRCNNHead`), and a float32
+    input meets bf16 weights there. Here the parameters stay float32 (FSDP gathers and reduces
+    them in float32, as DDP reduces its gradients), and the forward runs under autocast on the
+    run's device, CPU included: the numerics of a DDP or single-device run. The price is the
+    communication of float32 rather than bf16 weights and gradients. ``*-true`` precisions are
+    Lightning's.
+
+    Args:
+        precision: as :class:`lightning.pytorch.plugins.precision.FSDPPrecision`.
+        scaler: the fp16 gradient scaler (``16-mixed``), None for Lightning's default.
+        device_type: ``'cuda'`` or ``'cpu'``, autocast's device; set by :class:`BlockFSDPStrategy`
+            when it wraps the model.
+    """
+
+    def __init__(self, precision: Any, scaler: Any = None, device_type: str = "cuda") -> None:
+        super().__init__(precision, scaler)
+        self.device_type = device_type
+
+    @property
+    def mixed_precision_config(self) -> Any:
+        """None under ``*-mixed`` (no FSDP parameter casting); Lightning's otherwise."""
+        return None if "mixed" in self.precision else super().mixed_precision_config
+
+    def forward_context(self) -> Any:
+        """Autocast to bf16 or fp16 on :attr:`device_type` under ``*-mixed``; Lightning's otherwise."""
+        if "mixed" in self.precision:
+            dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
+            return torch.autocast(self.device_type, dtype=dtype)
+        return super().forward_context()
 
 
 class BlockFSDPStrategy(FSDPStrategy):
@@ -125,11 +193,24 @@ class BlockFSDPStrategy(FSDPStrategy):
                 raise TypeError(f"BlockFSDPStrategy sets {key} itself (from the model's blocks)")
         self.block_classes: tuple[type[nn.Module], ...] = tuple(block_classes or ())
         self.activation_checkpointing = bool(activation_checkpointing)
+        self._shared: set[int] = set()  # ids of the shared modules, never units of their own
         policy = functools.partial(lambda_auto_wrap_policy, lambda_fn=self._is_block)
         super().__init__(auto_wrap_policy=policy, state_dict_type="full", **kwargs)
 
+    @property
+    def precision_plugin(self) -> FSDPPrecision:
+        """Lightning's FSDP precision plugin, as :class:`AutocastFSDPPrecision` under ``*-mixed``."""
+        return super().precision_plugin
+
+    @precision_plugin.setter
+    def precision_plugin(self, plugin: Any) -> None:
+        if isinstance(plugin, FSDPPrecision) and not isinstance(plugin, AutocastFSDPPrecision):
+            if "mixed" in plugin.precision:
+                plugin = AutocastFSDPPrecision(plugin.precision, plugin.scaler)
+        FSDPStrategy.precision_plugin.fset(self, plugin)  # type: ignore[attr-defined]
+
     def _is_block(self, module: nn.Module) -> bool:
-        return isinstance(module, self.block_classes)
+        return isinstance(module, self.block_classes) and id(module) not in self._shared
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         """Wrap ``model`` in FSDP with one unit per block (classes found unless given).
@@ -152,6 +233,9 @@ class BlockFSDPStrategy(FSDPStrategy):
             )
         if any(isinstance(m, FSDP) for m in model.modules()):
             raise ConfigError(f"trainer.strategy: {type(model).__name__} is already wrapped in FSDP")
+        self._shared = shared_modules(model)
+        if isinstance(self.precision_plugin, AutocastFSDPPrecision):
+            self.precision_plugin.device_type = self.root_device.type
         wrapped = FSDP(
             module=model,
             cpu_offload=self.cpu_offload,
@@ -348,11 +432,13 @@ def _unwrap(module: nn.Module) -> None:
 def _assign(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Give every parameter and persistent buffer of ``module`` its full tensor from ``state``.
 
+    A parameter shared by two modules (MTP's heads) is in ``state`` under each of its names.
+
     Raises:
         RuntimeError: if ``state`` does not cover the module's parameters exactly.
     """
-    params = dict(module.named_parameters())
-    buffers = {k for k, _ in module.named_buffers()}
+    params = dict(module.named_parameters(remove_duplicate=False))
+    buffers = {k for k, _ in module.named_buffers(remove_duplicate=False)}
     missing = sorted(set(params) - set(state))
     unknown = sorted(k for k in state if k not in params and k not in buffers)
     if missing or unknown:
