@@ -179,6 +179,22 @@ def test_compile_with_fsdp_is_refused_before_anything_runs(strategy: str) -> Non
     assert load_recipe("pretrain", recipe, ["trainer.compile=true", "trainer.strategy=ddp"])["trainer"]["compile"]
 
 
+def test_gersp_under_fsdp_is_refused_before_anything_runs() -> None:
+    """Its EMA teacher reads the student's weights, which FSDP keeps sharded: it crashed at the first step."""
+    from rsfm.engine.trainer import BlockFSDPStrategy
+    from rsfm.methods.gersp import GeRSP
+
+    recipe = PRETRAIN / "gersp_vit_tiny.yaml"
+    with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp: GeRSP cannot train under FSDP: .*strategy=ddp"):
+        load_recipe("pretrain", recipe, ["trainer.strategy=fsdp"])
+    assert load_recipe("pretrain", recipe, ["trainer.strategy=ddp"])["trainer"]["strategy"] == "ddp"
+    # and for a GeRSP built in code and handed to the strategy
+    strategy = BlockFSDPStrategy()
+    strategy.parallel_devices = [torch.device("cpu")]
+    with pytest.raises(ConfigError, match="GeRSP cannot train under FSDP"):
+        strategy._setup_model(GeRSP(arch="vit", size="tiny", patch_size=8, img_size=32, queue_size=16, num_classes=10))
+
+
 def test_an_unknown_strategy_is_refused_when_the_recipe_is_read() -> None:
     """It was refused by Lightning after the data was scanned (about 30 s), leaving an empty run folder."""
     recipe = PRETRAIN / "selective_mae_vit_tiny.yaml"

@@ -578,11 +578,13 @@ def check_sections(recipe: dict[str, Any]) -> None:
     """Check the values of the plain sections (``optim``, ``trainer``, ``evaluate``) before anything runs.
 
     The parser checks keys and types; this checks what only the section knows (an unknown
-    optimiser, ``lr`` and ``blr`` together, ``trainer.compile`` with FSDP, an unknown protocol,
-    a missing folder), so that a bad recipe fails in seconds, before a run folder exists.
+    optimiser, ``lr`` and ``blr`` together, ``trainer.compile`` with FSDP, a method that cannot
+    train under FSDP, an unknown protocol, a missing folder), so that a bad recipe fails in
+    seconds, before a run folder exists.
 
     Raises:
-        ConfigError: naming ``optim.<key>``, ``trainer.compile`` or ``evaluate.<key>``.
+        ConfigError: naming ``optim.<key>``, ``trainer.compile``, ``trainer.strategy`` or
+            ``evaluate.<key>``.
         DataError: if ``evaluate.root`` is set but not a folder.
     """
     from rsfm.data.base import check_folder
@@ -612,6 +614,15 @@ def check_sections(recipe: dict[str, Any]) -> None:
             "cannot run inside the one compiled graph of a step); use trainer.strategy=ddp with trainer.compile, "
             "or trainer.compile=false with FSDP"
         )
+    model = recipe.get("model")
+    if str(trainer.get("strategy")).startswith("fsdp") and isinstance(model, dict) and model.get("class_path"):
+        from rsfm.utils.registry import METHODS
+
+        name = str(model["class_path"]).rsplit(".", 1)[-1]  # 'GeRSP' or 'rsfm.methods.GeRSP'
+        if name in METHODS.names():
+            reason = getattr(METHODS.get(name), "fsdp_unsupported", None)
+            if reason:
+                raise ConfigError(f"trainer.strategy={trainer['strategy']}: {name} cannot train under FSDP: {reason}")
     ev = recipe.get("evaluate")
     if ev and ev.get("enabled"):
         unknown = [p for p in ev.get("protocols") or [] if p not in EVAL_PROTOCOLS]

@@ -233,6 +233,10 @@ class BlockFSDPStrategy(FSDPStrategy):
             )
         if any(isinstance(m, FSDP) for m in model.modules()):
             raise ConfigError(f"trainer.strategy: {type(model).__name__} is already wrapped in FSDP")
+        for m in model.modules():
+            reason = getattr(type(m), "fsdp_unsupported", None)
+            if isinstance(reason, str):
+                raise ConfigError(f"trainer.strategy: {type(m).__name__} cannot train under FSDP: {reason}")
         self._shared = shared_modules(model)
         if isinstance(self.precision_plugin, AutocastFSDPPrecision):
             self.precision_plugin.device_type = self.root_device.type

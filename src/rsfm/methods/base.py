@@ -62,6 +62,9 @@ class PretrainMethod(nn.Module, metaclass=abc.ABCMeta):
     #: the step runs collectives (gathers across ranks): under DDP, a rank whose batch is
     #: empty still calls :meth:`training_step`, with zero-row image tensors, to join them
     joins_collectives: ClassVar[bool] = False
+    #: why the method cannot train under FSDP (``trainer.strategy: fsdp``), None when it can;
+    #: the recipe is refused with this reason before anything runs
+    fsdp_unsupported: ClassVar[str | None] = None
     encoder: nn.Module
 
     @abc.abstractmethod

@@ -38,7 +38,7 @@ student projector's initial weights.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -331,6 +331,12 @@ class GeRSP(PretrainMethod):
     Raises:
         ConfigError: on an unknown ``arch`` / ``global_pool``, or when both losses are off.
     """
+
+    fsdp_unsupported: ClassVar[str | None] = (
+        "its momentum teacher is updated from the student's weights after every step, and FSDP holds those "
+        "weights sharded between steps; GeRSP's ResNet-50 and small ViTs fit one device, so use "
+        "trainer.strategy=ddp"
+    )
 
     sample_keys = ("image", "image_key", "natural", "natural_label")
     image_keys = ("image", "image_key", "natural")
