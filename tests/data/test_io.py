@@ -190,13 +190,34 @@ def test_jpeg_damaged_in_its_middle_is_corrupt(tmp_path: Path, aid_jpeg: Path, d
     assert info.value.reason == "corrupt"
 
 
+def _jfif2(data: bytes) -> bytes:
+    """``data`` with its JFIF version set to 2.1: libjpeg-turbo warns "unknown JFIF revision number"."""
+    out = bytearray(data)
+    out[out.index(b"JFIF\x00") + 5] = 2
+    return bytes(out)
+
+
 def test_jpeg_with_a_metadata_warning_decodes(tmp_path: Path, aid_jpeg: Path) -> None:
     """libjpeg-turbo warnings about metadata only (here an unknown JFIF revision) do not refuse the file."""
-    data = bytearray(aid_jpeg.read_bytes())
-    app0 = data.index(b"JFIF\x00")
-    data[app0 + 5] = 2  # JFIF 2.x: libjpeg warns "unknown JFIF revision number"
     path = tmp_path / "jfif2.jpg"
-    path.write_bytes(bytes(data))
+    path.write_bytes(_jfif2(aid_jpeg.read_bytes()))
+    assert np.array_equal(read_image(path).numpy(), read_image(aid_jpeg).numpy())
+
+
+def test_damage_after_a_metadata_warning_is_still_found(tmp_path: Path, aid_jpeg: Path, damaged_jpeg) -> None:
+    """Strict decoding stops at the first warning: a metadata one must not hide damaged data behind it."""
+    path = tmp_path / "jfif2_damaged.jpg"
+    path.write_bytes(_jfif2(damaged_jpeg(aid_jpeg)))
+    with pytest.raises(BadImageError, match="Corrupt JPEG data") as info:
+        read_image(path)
+    assert info.value.reason == "corrupt"
+
+
+def test_fill_bytes_before_the_end_marker_are_not_damage(tmp_path: Path, aid_jpeg: Path) -> None:
+    """An encoder's fill after the scan ("N extraneous bytes before marker 0xd9", all one value) decodes as is."""
+    data = aid_jpeg.read_bytes()
+    path = tmp_path / "padded.jpg"
+    path.write_bytes(data[:-2] + b"\x00" * 20 + b"\xff\xd9")
     assert np.array_equal(read_image(path).numpy(), read_image(aid_jpeg).numpy())
 
 

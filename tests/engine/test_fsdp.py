@@ -241,3 +241,34 @@ def test_mtp_trains_and_resumes_under_fsdp_in_bf16(tmp_path: Path) -> None:
     assert last["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     assert (tmp_path / "run" / "encoder.safetensors").is_file()
+
+
+def test_mixed_precision_plugins_become_autocast_over_float32_parameters(tmp_path: Path) -> None:
+    """``*-mixed`` under rsfm's FSDP: float32 parameters, autocast; fp16's scaler kept; CPU fp16 runs bf16."""
+    import torch.distributed as dist
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    from rsfm.engine.trainer import AutocastFSDPPrecision
+    from rsfm.methods.mae import MAE
+
+    for precision in ("16-mixed", "bf16-mixed", "32-true"):
+        strategy = BlockFSDPStrategy()
+        strategy.parallel_devices = [torch.device("cpu")]
+        strategy.precision_plugin = FSDPPrecision(precision)  # what Lightning's connector hands over
+        plugin = strategy.precision_plugin
+        assert isinstance(plugin, AutocastFSDPPrecision) is (precision != "32-true")
+        assert plugin.precision == precision
+        assert isinstance(plugin.scaler, ShardedGradScaler) is (precision == "16-mixed")  # it crashed here
+        if precision == "32-true":
+            continue
+        assert strategy.mixed_precision_config is None
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / precision}", rank=0, world_size=1)
+        try:
+            strategy._setup_model(MAE("tiny", img_size=32, patch_size=8, decoder_depth=1))
+        finally:
+            dist.destroy_process_group()
+        # on a CPU: bf16 autocast, no scaler (CPUs have no fp16 loss scaling; Lightning does the same)
+        assert (plugin.device_type, plugin.precision, plugin.scaler) == ("cpu", "bf16-mixed", None)
+        with plugin.forward_context():
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16

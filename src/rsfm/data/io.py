@@ -12,6 +12,7 @@ datasets can skip and count them instead of crashing a training run.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +63,15 @@ BAD_IMAGE_REASONS = ("zero_byte", "truncated", "corrupt", "not_an_image", "unrea
 # image. Those that start "Corrupt JPEG data" (a bad Huffman or arithmetic code, a marker found
 # inside a data segment, extraneous bytes before a marker) and an inconsistent progression
 # sequence mean that it resynchronised after damaged entropy-coded data, so blocks of the image are
-# garbage; "Premature end of JPEG file" means the stream was cut. The others concern metadata (an
-# unknown JFIF revision, an Adobe transform code, SOS parameters of a sequential file, a bad ICC
-# marker), and such files decode completely.
+# garbage; "Premature end of JPEG file" means the stream was cut. Strict decoding stops at the
+# first warning, so a warning that does not concern the pixels is removed at its cause (an unknown
+# JFIF revision: the APP0 segment; a bad ICC marker: the APP2 ICC segments; fill bytes before the
+# end-of-image marker: those bytes) and the file decoded strictly again, so that damage reported
+# after it is still found. Other metadata warnings (an Adobe transform code, SOS parameters of a
+# sequential file) send the file to PIL, which decodes without checks.
 _CORRUPT_JPEG_WARNINGS = ("Corrupt JPEG data", "Inconsistent progression sequence")
-_BENIGN_JPEG_WARNINGS = ("Corrupt JPEG data: bad ICC marker",)
 _TRUNCATED_JPEG_WARNING = "Premature end of JPEG file"
+_EXTRANEOUS_BEFORE_EOI = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes before marker 0xd9")
 # colour spaces (from the JPEG header) that libjpeg-turbo turns into RGB as PIL does; CMYK and
 # YCCK files go through PIL
 _TURBO_JPEG_COLORSPACES = frozenset({"YCbCr", "Gray", "RGB"})
@@ -339,33 +343,92 @@ def _decode_jpeg(data: bytes, path: Path, rule: RasterRule) -> Tensor | None:
     """
     import simplejpeg  # imported here, as the other decoders are
 
-    try:
-        colorspace = simplejpeg.decode_jpeg_header(data)[2]
-    except ValueError:
+    for _ in range(4):  # the header read stops at warnings too
+        try:
+            colorspace = simplejpeg.decode_jpeg_header(data)[2]
+            break
+        except ValueError as err:
+            cleaned = _without_harmless_cause(data, str(err))
+            if cleaned is None:
+                return None
+            data = cleaned
+    else:
         return None
     if colorspace not in _TURBO_JPEG_COLORSPACES:
         return None
-    try:
-        array = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
-    except ValueError as err:
-        msg = str(err)
-        if msg.startswith(_TRUNCATED_JPEG_WARNING):
-            raise BadImageError(
-                path, "truncated", f"JPEG stream ends early (truncated file; libjpeg-turbo: {msg})"
-            ) from err
-        if msg.startswith(_CORRUPT_JPEG_WARNINGS) and not msg.startswith(_BENIGN_JPEG_WARNINGS):
-            raise BadImageError(
-                path, "corrupt", f"JPEG data is damaged, parts of the image would be garbage (libjpeg-turbo: {msg})"
-            ) from err
-        try:  # a warning about metadata only, or an error PIL may handle
-            array = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False)
-        except ValueError:
-            return None
+    for _ in range(4):  # each retry removes one warning's cause
+        try:
+            array = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+            break
+        except ValueError as err:
+            msg = str(err)
+            if msg.startswith(_TRUNCATED_JPEG_WARNING):
+                raise BadImageError(
+                    path, "truncated", f"JPEG stream ends early (truncated file; libjpeg-turbo: {msg})"
+                ) from err
+            cleaned = _without_harmless_cause(data, msg)
+            if cleaned is not None:
+                data = cleaned
+                continue
+            if msg.startswith(_CORRUPT_JPEG_WARNINGS):
+                raise BadImageError(
+                    path, "corrupt", f"JPEG data is damaged, its pixels cannot be trusted (libjpeg-turbo: {msg})"
+                ) from err
+            return None  # a decoder error, or a metadata warning PIL decodes past
+    else:
+        return None
     image = np.ascontiguousarray(array.transpose(2, 0, 1))
     if rule.bands is not None:
         # a decoded JPEG always has 3 bands (grayscale is expanded by the decoder)
         image = _select_bands(image, rule.bands, path, has_alpha=False)
     return torch.from_numpy(image)
+
+
+def _without_harmless_cause(data: bytes, warning: str) -> bytes | None:
+    """``data`` without what caused a libjpeg-turbo ``warning`` that leaves the pixels intact; None otherwise.
+
+    An unknown JFIF revision: the APP0 JFIF segments go. A bad ICC marker: the APP2 ICC segments
+    go (the decoder does not apply ICC profiles). ``N`` extraneous bytes before the end-of-image
+    marker that are all one value: fill an encoder wrote after the scan, removed. Extraneous
+    bytes of varied values are the tail of entropy-coded data the decoder desynchronised on:
+    damage, kept.
+    """
+    if warning.startswith("Warning: unknown JFIF revision"):
+        return _drop_segments(data, 0xE0, (b"JFIF\x00", b"JFXX\x00"))
+    if warning.startswith("Corrupt JPEG data: bad ICC marker"):
+        return _drop_segments(data, 0xE2, (b"ICC_PROFILE\x00",))
+    match = _EXTRANEOUS_BEFORE_EOI.match(warning)
+    if match and data.endswith(b"\xff\xd9"):
+        n = int(match.group(1))
+        fill = data[-2 - n : -2]
+        if 0 < n == len(fill) and fill.count(fill[:1]) == n:
+            return data[: -2 - n] + b"\xff\xd9"
+    return None
+
+
+def _drop_segments(data: bytes, marker: int, prefixes: tuple[bytes, ...]) -> bytes | None:
+    """``data`` without its ``0xFF marker`` segments whose payload starts with one of ``prefixes``.
+
+    Only the header (the segments before the first start-of-scan) is searched. Returns None when
+    nothing was dropped or the header cannot be parsed.
+    """
+    out, i, dropped = bytearray(data[:2]), 2, False
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        kind = data[i + 1]
+        if kind == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if kind == 0xDA:  # start of scan: the rest is entropy-coded data and what follows it
+            break
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if end > len(data):
+            return None
+        if kind == marker and data[i + 4 : end].startswith(prefixes):
+            dropped = True
+        else:
+            out += data[i:end]
+        i = end
+    return bytes(out + data[i:]) if dropped else None
 
 
 def _read_pil(path: Path, rule: RasterRule) -> Tensor:

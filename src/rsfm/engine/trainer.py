@@ -115,11 +115,15 @@ class AutocastFSDPPrecision(FSDPPrecision):
         precision: as :class:`lightning.pytorch.plugins.precision.FSDPPrecision`.
         scaler: the fp16 gradient scaler (``16-mixed``), None for Lightning's default.
         device_type: ``'cuda'`` or ``'cpu'``, autocast's device; set by :class:`BlockFSDPStrategy`
-            when it wraps the model.
+            when it wraps the model (which also turns ``16-mixed`` on a CPU into ``bf16-mixed``,
+            as Lightning does without FSDP).
     """
 
     def __init__(self, precision: Any, scaler: Any = None, device_type: str = "cuda") -> None:
-        super().__init__(precision, scaler)
+        # Lightning's check of ``scaler`` reads ``self.precision`` before setting it: pass it after
+        super().__init__(precision)
+        if scaler is not None:
+            self.scaler = scaler
         self.device_type = device_type
 
     @property
@@ -238,8 +242,13 @@ class BlockFSDPStrategy(FSDPStrategy):
             if isinstance(reason, str):
                 raise ConfigError(f"trainer.strategy: {type(m).__name__} cannot train under FSDP: {reason}")
         self._shared = shared_modules(model)
-        if isinstance(self.precision_plugin, AutocastFSDPPrecision):
-            self.precision_plugin.device_type = self.root_device.type
+        plugin = self.precision_plugin
+        if isinstance(plugin, AutocastFSDPPrecision):
+            plugin.device_type = self.root_device.type
+            if plugin.device_type == "cpu" and plugin.precision == "16-mixed":
+                # as Lightning does without FSDP: CPUs have no fp16 loss scaling
+                rank_zero_info("[rsfm] 16-mixed on the CPU has no loss scaler: running bf16-mixed instead")
+                plugin.precision, plugin.scaler = "bf16-mixed", None
         wrapped = FSDP(
             module=model,
             cpu_offload=self.cpu_offload,
