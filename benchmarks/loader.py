@@ -86,6 +86,11 @@ def loader_rate(source: dict[str, str], workers: int, decode: str, args: argpars
             n += finished(next(it))
         except StopIteration:
             break
+    if n == 0:
+        raise SystemExit(
+            f"--images {args.images}: the training split holds one batch of {args.batch_size} at most, and the "
+            "first batch is not timed; give more --images or a smaller --batch-size"
+        )
     rate = n / (time.perf_counter() - t1)
     del it
     return rate, first
