@@ -344,6 +344,21 @@ def test_png_16_bit_colour_read_at_full_depth(tmp_path: Path, rgb: np.ndarray, a
     np.testing.assert_array_equal(read_image(png, RasterRule(bands=(2,))).numpy()[0], expected[2])
 
 
+def test_png_16_bit_grey_alpha_and_truncated(tmp_path: Path, rgb: np.ndarray) -> None:
+    """Grey + alpha at 16 bits: the grey band stretched, alpha dropped (not a mask); a cut file is 'truncated'."""
+    grey = rgb[1].astype(np.uint16) * 256 + rgb[0]
+    alpha = np.where(np.arange(grey.size).reshape(grey.shape) % 7 == 0, 0, 65535).astype(np.uint16)
+    png = write_png16(tmp_path / "la.png", np.stack([grey, alpha]))
+    got = read_image(png).numpy()
+    assert got.shape == (3, *grey.shape)
+    np.testing.assert_array_equal(got, np.stack([stretch(grey)] * 3))
+    data = png.read_bytes()
+    (tmp_path / "half.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImageError, match=r"half\.png: cannot decode 16-bit PNG \(libpng") as info:
+        read_image(tmp_path / "half.png")
+    assert info.value.reason == "truncated"
+
+
 def test_palette_tiff_decodes_like_palette_png(tmp_path: Path, aid_jpeg: Path) -> None:
     palette = Image.open(aid_jpeg).convert("RGB").quantize(colors=32)
     palette.save(tmp_path / "p.png")

@@ -53,7 +53,7 @@ _TRUNCATED_TIFF_HINTS = ("IO error", "directory", "Cannot read", "truncated", "R
 MAX_IMAGE_PIXELS = 2**32
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# IHDR colour types decoded at 16 bits per sample by torchvision (Pillow cuts RGB/RGBA/LA to 8)
+# IHDR colour types decoded at 16 bits per sample by GDAL (Pillow cuts RGB/RGBA/LA to 8)
 _PNG16_COLOUR_TYPES = frozenset({2, 4, 6})
 
 #: Values of :attr:`BadImageError.reason`.
@@ -191,8 +191,8 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
     PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` must stay False for that. TIFF and GeoTIFF go
     through rasterio (any dtype, any number of bands, nodata masks); a 1-band raster with a
     colour map (palette TIFF) gives its colours, as a palette PNG does. 16-bit RGB, RGBA and
-    grey+alpha PNGs (which PIL cuts to 8 bit) are decoded at full depth by
-    :func:`torchvision.io.decode_png` and stretched like 16-bit TIFFs. PNGs over PIL's
+    grey+alpha PNGs (which PIL cuts to 8 bit) are decoded at full depth by GDAL's PNG driver
+    and stretched like 16-bit TIFFs. PNGs over PIL's
     decompression-bomb bound (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 megapixels) are decoded
     by GDAL; PNGs over :data:`MAX_IMAGE_PIXELS` (2**32 pixels) are refused
     (``reason='unreadable'``). EXIF orientation is not applied by any decoder: pixels are
@@ -512,20 +512,31 @@ def _pil_to_array(img: Image.Image) -> tuple[npt.NDArray[np.generic], bool]:
 
 
 def _decode_png16(source: Path | BinaryIO, path: Path, rule: RasterRule) -> Tensor:
-    """A 16-bit RGB, RGBA or grey+alpha PNG at full depth (torchvision/libpng), then scaled."""
-    from torchvision.io import ImageReadMode, decode_png  # imported here: torchvision is slow to load
+    """A 16-bit RGB, RGBA or grey+alpha PNG at full depth (GDAL's PNG driver, libpng), then scaled.
+
+    Every band is read as stored, alpha included (it is dropped by the band rule, never used as a
+    nodata mask), as torchvision's ``decode_png`` read them before its image decoders were
+    deprecated (torchvision 0.29).
+    """
+    import rasterio
+    import rasterio.errors
 
     try:
         data = source.read_bytes() if isinstance(source, Path) else source.read()
     except OSError as err:
         raise BadImageError(path, "unreadable", f"cannot read file ({err})") from err
     try:
-        image = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
-    except RuntimeError as err:
-        msg = str(err)
-        reason = "truncated" if any(k in msg.lower() for k in ("truncat", "end of", "eof")) else "unreadable"
-        raise BadImageError(path, reason, f"cannot decode 16-bit PNG ({msg})") from err
-    array = image.numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.MemoryFile(data) as memory, memory.open(driver="PNG") as src:
+                array = src.read()
+    except rasterio.errors.RasterioError as err:
+        cause: BaseException = err  # rasterio's message points to GDAL's, chained below it
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+        msg = str(cause)
+        cut = any(k in msg.lower() for k in ("truncat", "end of", "eof", "read error"))
+        raise BadImageError(path, "truncated" if cut else "unreadable", f"cannot decode 16-bit PNG ({msg})") from err
     return _to_rgb_uint8(array, path, rule, has_alpha=array.shape[0] in (2, 4), mask=None)
 
 
