@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rsfm.methods.base import PretrainMethod, StepContext  # noqa: E402
 from rsfm.methods.module import PretrainTask  # noqa: E402
 from rsfm.optim import OptimConfig, build_optimizer  # noqa: E402
-from throughput import DEFAULT_DATA, METHODS, OPTIM, build, load_batch  # noqa: E402
+from throughput import METHODS, OPTIM, add_model_options, build, load_batch  # noqa: E402
 
 #: clipping norm of the timed "+ clip" variants (MTP's recipes clip at 5.0)
 CLIP = 5.0
@@ -137,10 +137,7 @@ def paired(rounds: dict[str, list[float]], a: str, b: str) -> tuple[float, float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--size", default="base", help="ViT size: tiny, small, base, large")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--patch-size", type=int, default=16)
+    add_model_options(p)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=2, help="training steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per variant (interleaved)")

@@ -525,12 +525,17 @@ def throughput_ratios(times: dict[str, list[float]]) -> tuple[dict[str, float], 
     return ratios, spread
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--data``, ``--size``, ``--img-size``, ``--patch-size``: the images and the ViT of a timed step."""
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--size", default="base", help="ViT size: tiny, small, base, large")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--patch-size", type=int, default=16)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(p)
     p.add_argument("--batch-size", type=int, nargs="+", default=[32], help="one or more batch sizes")
     p.add_argument("--steps", type=int, default=3, help="training steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per variant (interleaved)")

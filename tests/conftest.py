@@ -87,6 +87,30 @@ def aid_histograms(datasets: Path):
 
 
 @pytest.fixture(scope="session")
+def load_benchmark():
+    """Factory of the scripts of ``benchmarks/`` imported as modules: ``load(name)`` -> module.
+
+    Each is imported once per test process as ``bench_<name>`` and registered in ``sys.modules``
+    (dataclasses and pickling inside it need that).
+    """
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        key = f"bench_{name}"
+        if key not in sys.modules:
+            spec = importlib.util.spec_from_file_location(key, folder / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module
+            spec.loader.exec_module(module)
+        return sys.modules[key]
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def damaged_jpeg(datasets: Path):
     """Factory of JPEGs damaged in their middle: ``make(path)`` -> bytes.
 

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_table_gives_means_intervals_and_differences() -> None:
-    mtp = _load("mtp")
+def test_table_gives_means_intervals_and_differences(load_benchmark) -> None:
+    mtp = load_benchmark("mtp")
     scores = {"scratch": [10.0, 12.0, 11.0], "mim": [20.0, 22.0, 24.0], "mtp": [30.0, 30.0, 33.0]}
     rows = [
         {"task": "segmentation_dubai", "variant": v, "seed": i, "metrics": {"mIoU": s, "OA": 2 * s}}
@@ -41,8 +29,8 @@ def test_table_gives_means_intervals_and_differences() -> None:
     assert mtp.paper_reference("classification_aid") == "–"
 
 
-def test_a_vit_rvsa_export_switches_the_encoder_and_drops_the_neck() -> None:
-    ds = _load("downstream")
+def test_a_vit_rvsa_export_switches_the_encoder_and_drops_the_neck(load_benchmark) -> None:
+    ds = load_benchmark("downstream")
     meta = {"arch": "vit_rvsa", "size": "tiny", "patch_size": 16, "img_size": 224, "window_size": 7, "interval": 3}
     current = {"class_path": "rsfm.models.encoders.vit.ViT", "init_args": {"size": "tiny", "drop_path_rate": 0.1}}
     out = ds.encoder_overrides(current, meta, Path("e.safetensors"), "pretrained")
@@ -54,8 +42,8 @@ def test_a_vit_rvsa_export_switches_the_encoder_and_drops_the_neck() -> None:
 
 
 @pytest.mark.parametrize("flag", ["--mim", "--mtp"])
-def test_missing_encoders_are_named(flag: str, tmp_path: Path, capsys) -> None:
-    mtp = _load("mtp")
+def test_missing_encoders_are_named(load_benchmark, flag: str, tmp_path: Path, capsys) -> None:
+    mtp = load_benchmark("mtp")
     other = tmp_path / "x.safetensors"
     other.write_bytes(b"")
     args = ["--mim", str(tmp_path / "nope.safetensors"), "--mtp", str(other)]
@@ -66,8 +54,8 @@ def test_missing_encoders_are_named(flag: str, tmp_path: Path, capsys) -> None:
     assert f"{flag}: encoder not found" in capsys.readouterr().err
 
 
-def test_collect_reads_finished_runs(tmp_path: Path) -> None:
-    mtp = _load("mtp")
+def test_collect_reads_finished_runs(load_benchmark, tmp_path: Path) -> None:
+    mtp = load_benchmark("mtp")
     import json
 
     for variant, score in (("scratch", 10.0), ("mim", 12.0)):

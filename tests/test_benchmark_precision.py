@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def precision():
-    spec = importlib.util.spec_from_file_location("bench_precision", BENCH / "precision.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def precision(load_benchmark):
+    return load_benchmark("precision")
 
 
 def test_variants_build_the_optimiser_and_clip_as_named(precision, datasets: Path) -> None:

@@ -7,23 +7,16 @@ and MAE's release builds timm 0.3's ``Block(..., qk_scale=None)``.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def throughput():
-    spec = importlib.util.spec_from_file_location("bench_throughput", BENCH / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def throughput(load_benchmark):
+    return load_benchmark("throughput")
 
 
 def _release(root: Path, module: str, tag: str) -> Path:
