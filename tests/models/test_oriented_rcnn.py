@@ -136,11 +136,21 @@ def test_midpoint_offset_coder_recovers_real_boxes(real_boxes: torch.Tensor) -> 
     deltas = coder.encode(anchors, boxes)
     assert deltas.shape == (len(boxes), 6) and deltas.dtype == torch.float64
     assert float(deltas[:, 4:].abs().max()) <= 0.5 / 0.5 + 1e-9  # |δα|, |δβ| <= 1/2, over std 0.5
-    assert_same_boxes(coder.decode(anchors, deltas), boxes, atol=1e-8, rtol=1e-8)
+    # a box tilted so little that two vertices lie within TIE_PX of the top or right side is
+    # encoded as the axis-aligned box: recovered to that tolerance
+    t = boxes[:, 4]
+    tied = torch.minimum(t.sin().abs(), t.cos().abs()) * boxes[:, 2] < MidpointOffsetCoder.TIE_PX
+    assert 0 < int(tied.sum()) < len(boxes)
+    decoded = coder.decode(anchors, deltas)
+    assert_same_boxes(decoded[~tied], boxes[~tied], atol=1e-8, rtol=1e-8)
+    assert_same_boxes(decoded[tied], boxes[tied], atol=MidpointOffsetCoder.TIE_PX, rtol=0)
+    assert float(box_iou_rotated(decoded[tied].float(), boxes[tied].float(), aligned=True).min()) > 0.99
     # float32 (the training dtype): to 1e-4
     d32 = coder.encode(anchors.float(), boxes.float())
     assert d32.dtype == torch.float32
-    assert_same_boxes(coder.decode(anchors.float(), d32).double(), boxes, atol=1e-4, rtol=1e-4)
+    decoded = coder.decode(anchors.float(), d32).double()
+    assert_same_boxes(decoded[~tied], boxes[~tied], atol=1e-4, rtol=1e-4)
+    assert_same_boxes(decoded[tied], boxes[tied], atol=MidpointOffsetCoder.TIE_PX, rtol=0)
     # bf16 deltas (autocast) decode in float32
     assert coder.decode(anchors.float(), d32.bfloat16()).dtype == torch.float32
 
@@ -162,6 +172,51 @@ def test_midpoint_offset_representation_of_simple_boxes() -> None:
     hbb = obb2hbb(turned)[0]
     delta = coder.encode(hbb[None], turned)[0]
     assert float(delta[4]) < 0 and abs(float(delta[4]) * float(hbb[2] - hbb[0]) - float(top[0] - 50)) < 1e-4
+
+
+def test_axis_aligned_boxes_have_one_encoding_whichever_side_is_longer(datasets: Path) -> None:
+    """Upright and lying boxes (θ = -π/2 and 0 in le90) and boxes within TIE_PX of them: δα = δβ = 0.5.
+
+    Half of HIT-UAV's boxes are axis-aligned, split between the two angles. With a tie rule that
+    followed θ (-0.5 at -π/2), a car standing and a car lying, and near-square people, got
+    opposite targets; the RPN learnt their mean (0, 0), a square turned by 45°. The authors'
+    coder breaks the tie by position (the rightmost top vertex, the lowest right vertex), as
+    this one does now.
+    """
+    half = math.pi / 2
+    boxes = torch.tensor(
+        [
+            [50.0, 50.0, 67.0, 38.0, -half],  # an upright car, as HIT-UAV annotates them
+            [50.0, 50.0, 67.0, 38.0, 0.0],  # the same car lying
+            [50.0, 50.0, 14.0, 13.0, -half],  # a person, near-square
+            [50.0, 50.0, 14.0, 13.0, 0.0],
+            [50.0, 50.0, 67.0, 38.0, -half + 1e-3],  # vertices 0.038 px apart: a tie
+            [50.0, 50.0, 67.0, 38.0, half - 1e-3],
+            [50.0, 50.0, 67.0, 38.0, 1e-3],  # 0.067 px
+            [50.0, 50.0, 67.0, 38.0, -1e-3],
+        ]
+    )
+    coder = MidpointOffsetCoder(stds=(1.0,) * 6)
+    deltas = coder.encode(obb2hbb(boxes), boxes)
+    torch.testing.assert_close(deltas[:4, 4:], torch.full((4, 2), 0.5), atol=1e-6, rtol=0)
+    # the tied vertex lies within TIE_PX of the corner: δ within TIE_PX / 38 px of 0.5
+    torch.testing.assert_close(deltas[4:, 4:], torch.full((4, 2), 0.5), atol=0.1 / 38, rtol=0)
+    # and each decodes to its own box (the rectangle is the enclosing box)
+    decoded = coder.decode(obb2hbb(boxes), deltas)
+    assert float(box_iou_rotated(decoded, boxes, aligned=True).min()) > 0.99
+    # past the tolerance the top vertex is a single corner again: tilted one way or the other, the
+    # offsets have opposite signs (the representation's discontinuity, as in the paper)
+    tilted = torch.tensor([[50.0, 50.0, 67.0, 38.0, 0.05], [50.0, 50.0, 67.0, 38.0, -0.05]])
+    d = coder.encode(obb2hbb(tilted), tilted)
+    assert float(d[0, 4]) < -0.3 and float(d[1, 4]) > 0.3
+    # the real set: every axis-aligned HIT-UAV box gets (0.5, 0.5)
+    stems = sorted(p.stem for p in (datasets / "hit_uav" / "Annotations").glob("*.xml"))[::10]
+    real = torch.cat([read_hit_uav(datasets, s, image=False)["obbs"] for s in stems])
+    t = real[:, 4]
+    axis = (t.abs() < 1e-6) | ((t + half).abs() < 1e-6)
+    assert int(((t + half).abs() < 1e-6).sum()) > 50 and int((t.abs() < 1e-6).sum()) > 50
+    offsets = coder.encode(obb2hbb(real[axis]), real[axis])[:, 4:]
+    torch.testing.assert_close(offsets, torch.full_like(offsets, 0.5), atol=1e-5, rtol=0)
 
 
 def test_delta_xywht_coder_recovers_real_boxes(real_boxes: torch.Tensor) -> None:

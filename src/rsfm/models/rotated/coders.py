@@ -57,10 +57,16 @@ class MidpointOffsetCoder:
     which makes it a rectangle (the paper's way to turn the prediction into an oriented box),
     returned as a ``le90`` box.
 
-    The offsets are computed in closed form from ``(w, h, θ)`` (``le90``, so ``cos θ ≥ 0``).
-    Two vertices tie for the top one when a box is axis-aligned; the encoding then follows
-    ``θ``: ``δα = δβ = 0.5`` at ``θ = 0`` and ``-0.5`` at ``θ = -π/2``, and both decode to the
-    same rectangle. ``δα``, ``δβ`` are clamped to ``[-0.5, 0.5]`` and ``δw``, ``δh`` to
+    Two vertices tie for the top (and two for the right) when a box is axis-aligned or within
+    :attr:`TIE_PX` of it. The tie goes to the rightmost of the top vertices and the lowest of
+    the right ones, as in the authors' OBBDetection and in mmrotate: every axis-aligned box is
+    encoded ``δα = δβ = 0.5``, whichever of its sides is the longer. A rule that followed ``θ``
+    instead (``0.5`` at ``θ = 0``, ``-0.5`` at ``θ = -π/2``; both decode to the same rectangle)
+    gives near-square objects with nearly the same enclosing box opposite targets, and makes a
+    car's target depend on whether it stands or lies; the RPN then learns their mean,
+    ``δα = δβ = 0``, which decodes to a square turned by 45° (seen on HIT-UAV, where half the
+    boxes are axis-aligned, split between ``θ = 0`` and ``θ = -π/2``). ``δα``, ``δβ`` are
+    clamped to ``[-0.5, 0.5]`` and ``δw``, ``δh`` to
     ``±log(1000/16)`` when decoding.
 
     Args:
@@ -71,6 +77,9 @@ class MidpointOffsetCoder:
     Raises:
         ValueError: unless six means and six positive stds are given.
     """
+
+    #: how close two vertices' coordinates must be to tie for the top or right vertex, pixels
+    TIE_PX = 0.1
 
     def __init__(
         self,
@@ -95,13 +104,19 @@ class MidpointOffsetCoder:
         ax, ay = (a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2
         aw, ah = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
         gx, gy, w, h, t = regularize_obb(g, "le90").unbind(-1)
-        # the vertices are the centre ± (w/2)(cos θ, sin θ) ± (h/2)(-sin θ, cos θ), cos θ >= 0 in le90
+        # the vertices' offsets from the centre: ± (w/2)(cos θ, sin θ) ± (h/2)(-sin θ, cos θ)
         cos, sin = torch.cos(t), torch.sin(t)
-        gw = w * cos + h * sin.abs()  # the enclosing horizontal box's width
-        gh = w * sin.abs() + h * cos  # and height
-        s = torch.where(sin > 0, 1.0, -1.0)  # sign of sin θ, -1 at θ = 0 (the tie rule)
-        top_dx = -s * (w / 2) * cos + (h / 2) * sin  # top vertex (least y): its x offset from the centre
-        right_dy = (w / 2) * sin - s * (h / 2) * cos  # right vertex (largest x): its y offset
+        along = torch.stack([cos, sin], dim=-1) * (w / 2)[:, None]
+        across = torch.stack([-sin, cos], dim=-1) * (h / 2)[:, None]
+        signs = along.new_tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+        vx, vy = (signs[None, :, :1] * along[:, None] + signs[None, :, 1:] * across[:, None]).unbind(-1)
+        gw = 2 * vx.amax(dim=1)  # the enclosing horizontal box's width
+        gh = 2 * vy.amax(dim=1)  # and height
+        lowest = torch.finfo(vx.dtype).min
+        # top vertex: the rightmost of those within TIE_PX of the least y; right vertex: the lowest
+        # (largest y) of those within TIE_PX of the largest x
+        top_dx = torch.where(vy <= vy.amin(dim=1, keepdim=True) + self.TIE_PX, vx, lowest).amax(dim=1)
+        right_dy = torch.where(vx >= vx.amax(dim=1, keepdim=True) - self.TIE_PX, vy, lowest).amax(dim=1)
         deltas = torch.stack(
             [
                 (gx - ax) / aw,
