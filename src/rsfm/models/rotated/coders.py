@@ -76,6 +76,9 @@ class MidpointOffsetCoder:
 
     Raises:
         ValueError: unless six means and six positive stds are given.
+
+    .. versionchanged:: 0.3.1
+       The tie of an axis-aligned box is broken by position, no longer by ``θ``.
     """
 
     #: how close two vertices' coordinates must be to tie for the top or right vertex, pixels
