@@ -136,10 +136,11 @@ def test_midpoint_offset_coder_recovers_real_boxes(real_boxes: torch.Tensor) -> 
     deltas = coder.encode(anchors, boxes)
     assert deltas.shape == (len(boxes), 6) and deltas.dtype == torch.float64
     assert float(deltas[:, 4:].abs().max()) <= 0.5 / 0.5 + 1e-9  # |δα|, |δβ| <= 1/2, over std 0.5
-    # a box tilted so little that two vertices lie within TIE_PX of the top or right side is
-    # encoded as the axis-aligned box: recovered to that tolerance
+    # a box tilted so little that two of its vertices tie for the top or the right one (the ends
+    # of a side; the short side's come closest, h·|sin θ| or h·|cos θ| apart) is encoded from the
+    # tie-break's vertex: recovered to TIE_PX
     t = boxes[:, 4]
-    tied = torch.minimum(t.sin().abs(), t.cos().abs()) * boxes[:, 2] < MidpointOffsetCoder.TIE_PX
+    tied = torch.minimum(t.sin().abs(), t.cos().abs()) * boxes[:, 3] < MidpointOffsetCoder.TIE_PX
     assert 0 < int(tied.sum()) < len(boxes)
     decoded = coder.decode(anchors, deltas)
     assert_same_boxes(decoded[~tied], boxes[~tied], atol=1e-8, rtol=1e-8)
@@ -179,7 +180,7 @@ def test_axis_aligned_boxes_have_one_encoding_whichever_side_is_longer(datasets:
 
     Half of HIT-UAV's boxes are axis-aligned, split between the two angles. With a tie rule that
     followed θ (-0.5 at -π/2), a car standing and a car lying, and near-square people, got
-    opposite targets; the RPN learnt their mean (0, 0), a square turned by 45°. The authors'
+    opposite targets, whose mean (0, 0) decodes to a square turned by 45°. The authors'
     coder breaks the tie by position (the rightmost top vertex, the lowest right vertex), as
     this one does now.
     """

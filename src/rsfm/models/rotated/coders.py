@@ -63,7 +63,7 @@ class MidpointOffsetCoder:
     encoded ``δα = δβ = 0.5``, whichever of its sides is the longer. A rule that followed ``θ``
     instead (``0.5`` at ``θ = 0``, ``-0.5`` at ``θ = -π/2``; both decode to the same rectangle)
     gives near-square objects with nearly the same enclosing box opposite targets, and makes a
-    car's target depend on whether it stands or lies; the RPN then learns their mean,
+    car's target depend on whether it stands or lies; the RPN is pulled toward their mean,
     ``δα = δβ = 0``, which decodes to a square turned by 45° (seen on HIT-UAV, where half the
     boxes are axis-aligned, split between ``θ = 0`` and ``θ = -π/2``). ``δα``, ``δβ`` are
     clamped to ``[-0.5, 0.5]`` and ``δw``, ``δh`` to
