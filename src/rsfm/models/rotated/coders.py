@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rsfm.ops.obb import norm_angle, regularize_obb
+from rsfm.ops.obb import norm_angle, obb2poly, regularize_obb
 
 __all__ = ["DeltaXYWHTCoder", "MidpointOffsetCoder"]
 
@@ -106,13 +106,10 @@ class MidpointOffsetCoder:
         a, g = _wide(anchors), _wide(obbs)
         ax, ay = (a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2
         aw, ah = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
-        gx, gy, w, h, t = regularize_obb(g, "le90").unbind(-1)
-        # the vertices' offsets from the centre: ± (w/2)(cos θ, sin θ) ± (h/2)(-sin θ, cos θ)
-        cos, sin = torch.cos(t), torch.sin(t)
-        along = torch.stack([cos, sin], dim=-1) * (w / 2)[:, None]
-        across = torch.stack([-sin, cos], dim=-1) * (h / 2)[:, None]
-        signs = along.new_tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
-        vx, vy = (signs[None, :, :1] * along[:, None] + signs[None, :, 1:] * across[:, None]).unbind(-1)
+        g = regularize_obb(g, "le90")
+        gx, gy = g[:, 0], g[:, 1]
+        # the vertices' offsets from the centre: the corners of the box moved to the origin
+        vx, vy = obb2poly(torch.cat([torch.zeros_like(g[:, :2]), g[:, 2:]], dim=1)).reshape(-1, 4, 2).unbind(-1)
         gw = 2 * vx.amax(dim=1)  # the enclosing horizontal box's width
         gh = 2 * vy.amax(dim=1)  # and height
         lowest = torch.finfo(vx.dtype).min
