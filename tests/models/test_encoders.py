@@ -106,6 +106,41 @@ def test_vit_pooled_features_token_or_average(crops: torch.Tensor, one_thread) -
     torch.testing.assert_close(token(x), t)
 
 
+@pytest.mark.parametrize("exported, wanted", [("token", "avg"), ("avg", "token")])
+def test_export_loads_with_the_other_pooling(
+    crops: torch.Tensor, tmp_path, exported: str, wanted: str, one_thread
+) -> None:
+    # an export pooled one way fine-tunes pooled the other (MAE fine-tunes its class-token encoder
+    # with average pooling): the blocks load, the unused final norm is dropped and the new one
+    # starts as MAE's does, weight 1 and bias 0
+    from rsfm.models.encoders.vit import build_vit
+    from rsfm.models.export import export_encoder
+
+    torch.manual_seed(0)
+    source = build_vit("tiny", img_size=64, patch_size=16, global_pool=exported)
+    for p in source.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))  # every tensor, norms included, away from its init
+    meta = {"arch": "vit", "size": "tiny", "img_size": 64, "patch_size": 16, "in_chans": 3, "global_pool": exported}
+    path = export_encoder(source, tmp_path / "enc.safetensors", meta)
+    enc = ViT(weights=str(path), global_pool=wanted).eval()
+    assert enc.model.global_pool == wanted
+    new_norm = enc.model.fc_norm if wanted == "avg" else enc.model.norm
+    torch.testing.assert_close(new_norm.weight, torch.ones(192))
+    torch.testing.assert_close(new_norm.bias, torch.zeros(192))
+    for name, value in enc.model.blocks.state_dict().items():
+        torch.testing.assert_close(value, source.blocks.state_dict()[name])
+    x = crops[:, :, :64, :64]
+    with torch.no_grad():
+        tokens = source.blocks(source.norm_pre(source._pos_embed(source.patch_embed(x))))  # (B, 1 + N, D), no norm
+        pooled = enc.forward_pooled(x)
+    kept = tokens[:, 1:].mean(1) if wanted == "avg" else tokens[:, 0]
+    torch.testing.assert_close(pooled, nn.functional.layer_norm(kept, (192,), eps=1e-6), rtol=1e-4, atol=1e-4)
+    # the export's own pooling still loads its final norm as trained
+    same = ViT(weights=str(path)).eval()
+    trained = same.model.norm if exported == "token" else same.model.fc_norm
+    torch.testing.assert_close(trained.weight, (source.norm if exported == "token" else source.fc_norm).weight)
+
+
 def test_drop_pooling_removes_the_final_norm_only(crops: torch.Tensor, one_thread) -> None:
     enc = ViT("tiny", img_size=64, patch_size=16).eval()
     x = crops[:, :, :64, :64]

@@ -194,7 +194,9 @@ def load_encoder(
             resampled to (None: the checkpoint's); ignored for an rsfm export.
         num_classes: size of a new, randomly initialised classifier head (0: none).
         global_pool: ``token`` or ``avg`` pooling of a ViT's ``forward_head``; None: the
-            export's ``global_pool`` (``token`` when absent).
+            export's ``global_pool`` (``token`` when absent). Pooling other than the export's
+            drops its final norm and starts the one it pools with afresh, as MAE's
+            fine-tuning does (``_repool_final_norm``).
         drop_path_rate: stochastic depth for fine-tuning.
         dynamic_img_size: accept any input size (position embedding resampled), see
             :func:`rsfm.models.encoders.vit.build_vit`.
@@ -239,6 +241,32 @@ def load_encoder(
     if report is not None:
         model.conversion_report = report
     return model
+
+
+def _repool_final_norm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Drop a ViT export's final norm when ``model`` pools the other way; its new norm keeps its init.
+
+    timm puts a ViT's final LayerNorm on every token (``norm``) for class-token pooling and
+    on the mean token (``fc_norm``) for average pooling, so an export pooled one way has the
+    other's norm missing. MAE's fine-tuning (He et al. 2022, §A.3, average pooling over an
+    encoder pretrained with the class token) does the same: the pretrained ``norm`` is
+    dropped and ``fc_norm`` starts as an identity LayerNorm (weight 1, bias 0).
+
+    Args:
+        state: the export's tensors, by timm name.
+        model: the freshly built timm ``VisionTransformer`` they are loaded into.
+
+    Returns:
+        ``state``, without the ``norm.*`` or ``fc_norm.*`` tensors ``model`` has no place for,
+        and with ``model``'s own initial values for the norm it uses instead.
+    """
+    own = model.state_dict()
+    pairs = (("norm.", "fc_norm."), ("fc_norm.", "norm."))
+    for has, lacks in pairs:
+        if any(k.startswith(has) for k in state) and not any(k.startswith(has) for k in own):
+            state = {k: v for k, v in state.items() if not k.startswith(has)}
+            state.update({k: v.clone() for k, v in own.items() if k.startswith(lacks) and k not in state})
+    return state
 
 
 def _is_rsfm_export(path: str | os.PathLike[str]) -> bool:
@@ -317,6 +345,8 @@ def encoder_from_state(
         )
     if state is None:
         state = load_file(str(path))
+    if arch == "vit":
+        state = _repool_final_norm(state, model)
     if chans != int(meta["in_chans"]):
         key = first_layer_key(str(arch))
         if int(meta["in_chans"]) != 3:

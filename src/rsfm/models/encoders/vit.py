@@ -181,7 +181,12 @@ class ViT(Encoder):
             adapted to other band counts (:func:`rsfm.models.export.adapt_input_channels`).
         drop_path_rate: stochastic depth (fine-tuning).
         global_pool: ``token`` (class token) or ``avg`` for :meth:`forward_pooled`; None: the
-            export's (``token`` without ``weights``).
+            export's (``token`` without ``weights``). An export pooled the other way loads with
+            its final norm started afresh, as in MAE's fine-tuning (average pooling over an
+            encoder pretrained with the class token).
+
+            .. versionchanged:: 0.3.2
+               Such an export used to be refused as not fitting.
         weights: an rsfm encoder export (``.safetensors``) to start from, or a released checkpoint
             (MAE's, SelectiveMAE's, timm …), optionally as ``<source>:<path>``, converted once
             (:func:`rsfm.models.convert.as_export`); None: random.
