@@ -156,6 +156,7 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
         temperature=args.temperature,
         finetune_epochs=args.finetune_epochs,
         finetune_max_time=args.finetune_max_time,
+        finetune_blr=args.finetune_blr,
         scratch_size=args.scratch_size,
         seed=args.seed,
     )
@@ -333,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tuning of an encoder on a labeled folder")
     ev.add_argument("--encoder", default=None, help="exported .safetensors encoder (omit for a scratch baseline)")
     ev.add_argument("--data", required=True, help="labeled image folder (class = sub-folder)")
-    ev.add_argument("--protocols", default="knn,linear", help="comma list of knn, linear, finetune, scratch")
+    ev.add_argument("--protocols", default="knn,linear", help="comma list of knn, linear, finetune, lpft, scratch")
     ev.add_argument("--out", default="runs/eval", help="output folder for metrics.json and metrics.md")
     ev.add_argument("--img-size", type=int, default=None, help="input size (default: the encoder's)")
     ev.add_argument("--test-fraction", type=float, default=0.2, help="stratified held-out share")
@@ -344,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature")
     ev.add_argument("--finetune-epochs", type=int, default=10)
     ev.add_argument("--finetune-max-time", default=None, help="wall-clock budget DD:HH:MM:SS")
+    ev.add_argument(
+        "--finetune-blr", type=float, default=5e-4, help="base lr per 256 images of finetune, lpft and scratch"
+    )
     ev.add_argument("--scratch-size", default=None, help="ViT size for a scratch baseline (no --encoder)")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_evaluate)

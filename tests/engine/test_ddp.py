@@ -78,3 +78,18 @@ def test_rsfm_test_on_two_processes_scores_each_image_once(tmp_path: Path, aid_s
         details = json.loads((tmp_path / f"t{devices}" / "test" / "metrics.json").read_text())
         scores[devices] = (details["metrics"], details["heads"]["classification"]["n"])
     assert scores[2] == scores[1] and scores[1][1] == 3
+
+
+@pytest.mark.slow
+def test_lp_ft_on_two_processes_fits_one_probe(tmp_path: Path, aid_subset) -> None:
+    """LP-FT under DDP: every rank reads all training images, rank 0's probe is broadcast, one report."""
+    import json
+
+    root = aid_subset(["Airport", "Beach", "Forest"], 10)
+    proc = run_ddp("classification_aid", tmp_path, f"data.init_args.root={root}", "data.init_args.val_fraction=0.25")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert out.count("linear-probe init (LP-FT) on 18 frozen training features") == 1  # printed by rank 0
+    report = json.loads((tmp_path / "ddp" / "probe_init.json").read_text())["heads"]["classification"]
+    assert report["train_samples"] == 18 and report["val_samples"] == 6
+    assert checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt")["global_step"] == 2

@@ -165,10 +165,15 @@ def test_evaluate_avg_pooled_export(aid_folder, tmp_path) -> None:
     assert result["config"]["pool"] == "avg" and result["protocols"]["knn"]["n"] == 8
 
 
-def test_evaluate_finetune_and_scratch(aid_folder, encoder_file, tmp_path) -> None:
+def test_evaluate_finetune_lpft_and_scratch(aid_folder, encoder_file, tmp_path) -> None:
     budget = {"img_size": 32, "finetune_epochs": 1, "finetune_batch_size": 16}
-    result = _evaluate(encoder_file, aid_folder, ("finetune", "scratch"), tmp_path, **budget)
-    for name in ("finetune", "scratch"):
+    result = _evaluate(encoder_file, aid_folder, ("finetune", "lpft", "scratch"), tmp_path, **budget)
+    # LP-FT: the classifier starts from a probe on all 32 training images (no validation split here)
+    probe = result["protocols"]["lpft"]["probe_init"]
+    assert probe["train_samples"] == 32 and probe["val_samples"] == 0 and probe["val_OA"] is None
+    assert set(probe["lr_search"]) == {"0.01", "0.03", "0.1", "0.3", "1"}
+    assert "probe_init" not in result["protocols"]["finetune"]
+    for name in ("finetune", "lpft", "scratch"):
         report = result["protocols"][name]
         assert report["n"] == 8 and sum(map(sum, report["confusion"])) == 8
         # a 1-epoch run warms up for a tenth of it, not MAE's 5 epochs (the whole run)
@@ -177,7 +182,7 @@ def test_evaluate_finetune_and_scratch(aid_folder, encoder_file, tmp_path) -> No
         assert not list((tmp_path / name).rglob("*.ckpt"))  # no checkpoint selection: the last weights
     assert "split" not in result  # no frozen features, no split file
     table = (tmp_path / "metrics.md").read_text()
-    assert "| finetune |" in table and "| scratch |" in table
+    assert "| finetune |" in table and "| lpft |" in table and "| scratch |" in table
 
 
 def test_evaluate_resnet_export(aid_folder, tmp_path) -> None:
@@ -217,3 +222,15 @@ def test_run_finetune_trains_then_tests_the_last_weights(aid_folder, tmp_path) -
     assert float(tested["test/OA"]) == pytest.approx(report["OA"], abs=1e-4)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["scale"] == "percent" and metrics["heads"]["classification"]["n"] == 8
+
+
+def test_the_cli_passes_the_fine_tuning_rate_and_protocols(aid_folder, monkeypatch) -> None:
+    from rsfm.cli import main
+
+    seen: dict = {}
+    monkeypatch.setattr(ev, "evaluate", lambda **kwargs: seen.update(kwargs))
+    argv = ["evaluate", "--data", str(aid_folder), "--protocols", "linear,lpft", "--finetune-blr", "2e-4"]
+    assert main(argv) == 0
+    assert seen["protocols"] == ["linear", "lpft"] and seen["finetune_blr"] == pytest.approx(2e-4)
+    main(argv[:5])
+    assert seen["finetune_blr"] == pytest.approx(5e-4)  # the default of evaluate()

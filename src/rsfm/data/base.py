@@ -234,6 +234,7 @@ class DataModule:
         batch_size: int | None = None,
         repeats: int = 1,
         collate: Callable[[list[Any]], Any] | None = None,
+        shard: bool = True,
     ) -> Any:
         """A resumable, rank-sharded loader over ``dataset``.
 
@@ -252,9 +253,14 @@ class DataModule:
                 :attr:`eval_batch_size`.
             repeats: passes over ``dataset`` per training epoch.
             collate: collate function of this loader (None: :meth:`collate`).
+            shard: split the samples across ranks; False: every rank reads all of them
+                (a head fitted on frozen features, identically in every process).
 
         Returns:
             A :class:`~torchdata.stateful_dataloader.StatefulDataLoader`.
+
+        .. versionchanged:: 0.3.3
+           ``shard``.
         """
         import torch
         from torchdata.stateful_dataloader import StatefulDataLoader
@@ -263,7 +269,7 @@ class DataModule:
 
         if not getattr(dataset, "takes_keys", False):
             dataset = KeyedDataset(dataset, seed=self.seed, repeats=repeats if train else 1)
-        world, rank = self.world()
+        world, rank = self.world() if shard else (1, 0)
         sampler = EpochSampler(
             len(dataset), shuffle=train, seed=self.seed, num_replicas=world, rank=rank, drop_last=train, pad=False
         )
@@ -308,6 +314,22 @@ class DataModule:
         if name not in self.datasets:
             self.setup("fit" if name == "train" else name)
         return self.datasets.get(name)
+
+    def unaugmented_train(self) -> Any:
+        """The training samples under the evaluation transform, for fitting a head on frozen features.
+
+        Returns:
+            a map-style dataset of the training split's samples, not augmented.
+
+        Raises:
+            DataError: if this datamodule cannot give one (only scene classification does).
+
+        .. versionadded:: 0.3.3
+        """
+        raise DataError(
+            f"data: {type(self).__name__} cannot give its training split without augmentation "
+            "(a linear-probe initialisation needs SceneClassificationDataModule)"
+        )
 
     def train_dataloader(self) -> Any:
         """Shuffled, augmented training batches."""

@@ -88,6 +88,16 @@ class SceneClassificationDataModule(FolderDataModule):
         else:
             self.datasets["train"] = rest
 
+    def unaugmented_train(self) -> Any:
+        """The training split under the evaluation transform (resize, no crop or flip), in file order.
+
+        .. versionadded:: 0.3.3
+        """
+        from rsfm.data.transforms import eval_transform
+
+        train = self._split("train")
+        return _subset(train, list(range(len(train.samples))), eval_transform(self.img_size))
+
     def train_dataloader(self) -> Any:
         """Training batches (shuffled when augmented, file order otherwise)."""
         ds = self._split("train")

@@ -133,7 +133,7 @@ class VizConfig:
 
 
 #: the evaluation protocols of ``rsfm evaluate`` and the ``evaluate`` section
-EVAL_PROTOCOLS = ("knn", "linear", "finetune", "scratch")
+EVAL_PROTOCOLS = ("knn", "linear", "finetune", "lpft", "scratch")
 
 
 @dataclass
@@ -143,7 +143,7 @@ class EvalConfig:
     Attributes:
         enabled: evaluate after pretraining.
         root: labelled folder (class = sub-folder); None: ``data.root``.
-        protocols: any of ``knn``, ``linear``, ``finetune``, ``scratch``.
+        protocols: any of ``knn``, ``linear``, ``finetune``, ``lpft``, ``scratch``.
         k: kNN neighbours.
         temperature: kNN vote temperature.
         batch_size: feature-extraction batch.

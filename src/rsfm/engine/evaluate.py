@@ -9,6 +9,8 @@ training split and a held-out test split. Protocols:
   (:func:`run_linear`);
 - ``finetune``: the encoder fine-tuned end to end with a classification head, as
   ``rsfm finetune`` does (:func:`run_finetune`);
+- ``lpft``: the same fine-tuning with the classifier initialised by a linear probe on the
+  frozen encoder's features (LP-FT; Kumar et al., ICLR 2022);
 - ``scratch``: the same fine-tuning from a randomly initialised encoder of the same shape.
 
 Everything is scored on the held-out split, which no protocol trains on or selects
@@ -181,12 +183,15 @@ def run_finetune(
     accelerator: str,
     drop_path_rate: float = 0.1,
     verbose: bool = True,
+    head_init: str = "trunc_normal",
 ) -> dict[str, Any]:
     """Fine-tune ``encoder`` with a classification head on the training split; score the test split.
 
     The same module and trainer as ``rsfm finetune`` (MAE's protocol: AdamW, layer decay 0.75,
     label smoothing 0.1, warmup ``min(5, epochs / 10)`` epochs then cosine), without
-    validation or checkpoint selection: the final weights are tested.
+    validation or checkpoint selection: the final weights are tested. ``head_init``:
+    ``ClassificationHead.init`` (``linear_probe``: LP-FT, the probe fitted on the whole
+    training split; its report is under ``probe_init``).
 
     Returns:
         The test report (OA, mean class accuracy, per class, confusion; percent) and settings.
@@ -207,7 +212,10 @@ def run_finetune(
     }
     warmup = min(5.0, epochs / 10)
     module = DownstreamTask(
-        model={"encoder": spec, "heads": {"classification": {"class_path": "ClassificationHead"}}},
+        model={
+            "encoder": spec,
+            "heads": {"classification": {"class_path": "ClassificationHead", "init_args": {"init": head_init}}},
+        },
         optim={
             "name": "adamw",
             "blr": blr,
@@ -243,7 +251,10 @@ def run_finetune(
     from rsfm.utils.files import read_json
 
     report = read_json(out_dir / "metrics.json")["heads"]["classification"]
-    return {**report, "epochs": epochs, "warmup_epochs": warmup, "max_time": max_time, "blr": blr}
+    out = {**report, "epochs": epochs, "warmup_epochs": warmup, "max_time": max_time, "blr": blr}
+    if head_init == "linear_probe":
+        out["probe_init"] = read_json(out_dir / "probe_init.json")["heads"]["classification"]
+    return out
 
 
 def evaluate(
@@ -296,7 +307,7 @@ def evaluate(
         temperature: kNN vote temperature.
         linear_epochs: linear-probe epochs.
         linear_lr: linear-probe lr or grid (searched on the training split); None: the default grid.
-        finetune_epochs: epochs of ``finetune`` and ``scratch``.
+        finetune_epochs: epochs of ``finetune``, ``lpft`` and ``scratch``.
         finetune_max_time: wall-clock budget per fine-tuning run, ``DD:HH:MM:SS``.
         finetune_batch_size: fine-tuning batch.
         finetune_blr: fine-tuning base lr per 256 images (``optim.blr``).
@@ -423,7 +434,7 @@ def evaluate(
                 f"linear (lr={r['lr']:g}, {linear_epochs} epochs): OA {r['OA']:.2f}% in {timings['linear']:.1f}s",
             )
     del task, encoder
-    tuned = [("finetune", spec)] if "finetune" in protocols else []
+    tuned = [(name, spec) for name in ("finetune", "lpft") if name in protocols]
     if "scratch" in protocols:
         tuned.append(("scratch", scratch_spec(encoder_path, scratch_size, img_size, patch_size)))
     batch = min(finetune_batch_size, len(train_set))
@@ -438,6 +449,7 @@ def evaluate(
         result["protocols"][name] = run_finetune(
             encoder_cfg, ft_args, out / name, finetune_epochs, finetune_max_time, finetune_blr, seed,
             "gpu" if dev.type == "cuda" else "cpu", verbose=verbose,
+            head_init="linear_probe" if name == "lpft" else "trunc_normal",
         )  # fmt: skip
         timings[name] = time.perf_counter() - t0
         _say(verbose, f"{name}: OA {result['protocols'][name]['OA']:.2f}% in {timings[name]:.1f}s")

@@ -13,6 +13,7 @@ e.g. ``val/mIoU``). All scores are percentages.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from rsfm.models.heads.base import Head
 from rsfm.models.task_model import TaskModel
 from rsfm.optim import param_groups
 from rsfm.training import TrainingModule
-from rsfm.utils.errors import ConfigError
+from rsfm.utils.errors import ConfigError, DataError
 from rsfm.utils.files import write_json
 
 __all__ = ["DownstreamTask"]
@@ -138,6 +139,111 @@ class DownstreamTask(TrainingModule):
         """
         mean, std = self.model.mean_std
         checkpoint["rsfm_normalisation"] = {"mean": list(mean), "std": list(std)}
+
+    # -- linear-probe initialisation (LP-FT) -----------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        """Fit the classifiers with ``init: linear_probe`` on frozen features before the first step.
+
+        LP-FT (Kumar et al., ICLR 2022, §4): the pooled features of the unaugmented training
+        split (:meth:`rsfm.data.base.DataModule.unaugmented_train`) and, when there is one, of
+        the validation split are computed once by the encoder as it stands (eval mode, the
+        run's precision, no gradients); a linear probe (:func:`rsfm.tasks.probes.linear_probe`,
+        seeded by the run's seed) is trained on the training features and folded into the
+        head's classifier. Its validation OA (the score fine-tuning starts from), learning
+        rate and time are printed and written to ``probe_init.json`` in the run folder (the
+        trainer's ``default_root_dir``). Every process computes the same probe from all the
+        samples; the first one's weights are then broadcast. Skipped when the run resumes from
+        a checkpoint (its weights already hold the probe and what fine-tuning made of it).
+
+        Raises:
+            ConfigError: under a sharded strategy (FSDP), or without a datamodule.
+            DataError: if the datamodule cannot give an unaugmented training split.
+        """
+        heads = [(n, h) for n, h in self.model.heads.items() if getattr(h, "init", None) == "linear_probe"]
+        if not heads or self.trainer.ckpt_path is not None:
+            return
+        from rsfm.training import is_sharded
+
+        field = f"model.heads.{heads[0][0]}.init_args.init"
+        if is_sharded(self.trainer):
+            raise ConfigError(f"{field}: linear_probe is not supported under a sharded strategy (FSDP); use ddp")
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data = getattr(datamodule, "data", None)
+        if data is None:
+            raise ConfigError(f"{field}: linear_probe needs the run's rsfm datamodule (rsfm finetune passes it)")
+        reports = {}
+        for name, head in heads:
+            reports[name] = self._fit_probe(name, head, data)
+        if self.trainer.is_global_zero:
+            out = Path(self.trainer.default_root_dir or self.resolve_out_dir())
+            write_json(out / "probe_init.json", {"scale": "percent", "heads": reports})
+
+    @torch.no_grad()
+    def _pooled(self, head: Head, loader: Any, split: str) -> tuple[Tensor, Tensor, int]:
+        """``(N, D)`` float32 pooled features, ``(N,)`` labels and the count of files left out."""
+        feats: list[Tensor] = []
+        labels: list[Tensor] = []
+        skipped = 0
+        for batch in loader:
+            skipped += len(batch.get("skipped") or ())
+            if self.batch_size_of(batch) == 0:
+                continue
+            batch = self.trainer.datamodule.transfer_batch_to_device(batch, self.device, 0)
+            with self.trainer.precision_plugin.forward_context():
+                pooled = self.model.features(batch, head).pooled["image"]
+            feats.append(pooled.float().cpu())
+            labels.append(batch["label"].long().cpu())
+        if not feats:
+            raise DataError(f"init: linear_probe: the {split} split yielded no readable image")
+        return torch.cat(feats), torch.cat(labels), skipped
+
+    def _fit_probe(self, name: str, head: Head, data: Any) -> dict[str, Any]:
+        """Fit one head's probe (see :meth:`on_fit_start`); return its report."""
+        from rsfm.tasks.probes.linear import DEFAULT_LR_GRID, linear_probe
+
+        start = time.perf_counter()
+        modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        try:
+            train = data.loader(data.unaugmented_train(), train=False, shard=False)
+            x, y, skipped = self._pooled(head, train, "training")
+            val_ds = data.datasets.get("val")
+            xv, yv = x[:0], None
+            if val_ds is not None and len(val_ds):
+                xv, yv, more = self._pooled(head, data.loader(val_ds, train=False, shard=False), "validation")
+                skipped += more
+        finally:
+            for m, mode in modes.items():
+                m.train(mode)
+        grid = head.probe_lr if head.probe_lr is not None else DEFAULT_LR_GRID
+        dev = self.device  # the probe trains where the run does (cached features: fast on a GPU)
+        result = linear_probe(
+            x.to(dev), y.to(dev), xv.to(dev), yv, head.num_classes, epochs=head.probe_epochs, lr=grid,
+            seed=int(self.hparams.seed),
+        )  # fmt: skip
+        assert result.head is not None
+        head.load_probe(result.head)
+        if self.trainer.world_size > 1:
+            state = self.trainer.strategy.broadcast({k: v.cpu() for k, v in head.fc.state_dict().items()})
+            head.fc.load_state_dict(state)
+        report = {
+            "lr": result.lr,
+            "epochs": head.probe_epochs,
+            "lr_search": {f"{v:g}": acc for v, acc in result.grid.items()},
+            "train_samples": int(x.shape[0]),
+            "val_samples": int(xv.shape[0]),
+            "val_OA": result.accuracy,
+            "skipped_files": skipped,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        val = "no validation split" if result.accuracy is None else f"val OA {result.accuracy:.2f}%"
+        self.print(
+            f"model.heads.{name}: linear-probe init (LP-FT) on {x.shape[0]} frozen training features: "
+            f"lr {result.lr:g}, {head.probe_epochs} epochs, {val}, {report['seconds']:.0f} s"
+            + (f"; {skipped} unreadable file(s) left out" if skipped else "")
+        )
+        return report
 
     # -- optimisation ----------------------------------------------------------------------------
 

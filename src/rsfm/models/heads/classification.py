@@ -2,7 +2,11 @@
 
 MAE's fine-tuning protocol (He et al. 2022, §A.3): the classifier is initialised with a
 truncated normal of std 2e-5, trained with label-smoothed cross-entropy while the encoder
-fine-tunes with layer-wise lr decay (the task's optimiser). Metrics (percent): ``OA``
+fine-tunes with layer-wise lr decay (the task's optimiser). With ``init: linear_probe`` the
+classifier starts instead from a linear probe fitted on the frozen encoder's features of the
+training split, before any encoder weight moves: LP-FT (Kumar et al., "Fine-Tuning can
+Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022, §4). The task
+fits it (:meth:`rsfm.tasks.module.DownstreamTask.on_fit_start`). Metrics (percent): ``OA``
 (overall accuracy) and ``mean_class_accuracy`` (AA), per-class accuracy and the confusion
 matrix in the report.
 
@@ -12,7 +16,7 @@ matrix in the report.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,6 +25,7 @@ from torch import Tensor, nn
 
 from rsfm.models.heads.base import Features, Head, HeadMetrics
 from rsfm.models.heads.segmentation import to_uint8_rgb
+from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import HEADS
 
 if TYPE_CHECKING:
@@ -88,18 +93,52 @@ class ClassificationHead(Head):
         dropout: dropout on the pooled features before the classifier.
         loss_weight: weight of this head's loss.
         evaluate: score this head.
+        init: ``trunc_normal`` (MAE's: std 2e-5, zero bias) or ``linear_probe`` (LP-FT: the
+            weights of a linear probe on the frozen encoder's pooled features of the
+            unaugmented training split; :func:`rsfm.tasks.probes.linear_probe`, its
+            ``BatchNorm1d`` folded into the ``Linear``). The probe is fitted once, when a run
+            starts from step 0; a resumed run keeps its checkpoint's weights.
+        probe_epochs: passes of the probe over the cached features (``init: linear_probe``).
+        probe_lr: the probe's SGD learning rate, or a list searched on a held-back fifth of
+            the training features; None: :data:`rsfm.tasks.probes.linear.DEFAULT_LR_GRID`.
+
+    Raises:
+        ConfigError: on an unknown ``init``, ``probe_epochs < 1`` or a non-positive ``probe_lr``.
+
+    .. versionchanged:: 0.3.3
+       ``init``, ``probe_epochs`` and ``probe_lr`` (LP-FT).
     """
 
     input = "pooled"
     target_keys = ("label",)
     monitor = "OA"
     output_kind = "label"
+    #: the accepted values of ``init``
+    inits: ClassVar[tuple[str, ...]] = ("trunc_normal", "linear_probe")
 
     def __init__(
-        self, label_smoothing: float = 0.1, dropout: float = 0.0, loss_weight: float = 1.0, evaluate: bool = True
+        self,
+        label_smoothing: float = 0.1,
+        dropout: float = 0.0,
+        loss_weight: float = 1.0,
+        evaluate: bool = True,
+        init: str = "trunc_normal",
+        probe_epochs: int = 100,
+        probe_lr: float | list[float] | None = None,
     ) -> None:
         super().__init__(loss_weight, evaluate)
         self.label_smoothing, self.dropout = float(label_smoothing), float(dropout)
+        if init not in self.inits:
+            raise ConfigError(f"ClassificationHead.init: expected one of {list(self.inits)}, got {init!r}")
+        if int(probe_epochs) < 1:
+            raise ConfigError(f"ClassificationHead.probe_epochs: expected at least 1, got {probe_epochs}")
+        rates = [probe_lr] if isinstance(probe_lr, int | float) else list(probe_lr or [])
+        if (probe_lr is not None and not rates) or any(not float(v) > 0 for v in rates):
+            raise ConfigError(f"ClassificationHead.probe_lr: expected positive rates, got {probe_lr!r}")
+        self.init, self.probe_epochs = init, int(probe_epochs)
+        self.probe_lr: float | list[float] | None = None
+        if probe_lr is not None:
+            self.probe_lr = float(probe_lr) if isinstance(probe_lr, int | float) else [float(v) for v in rates]
         self._shown: dict[int, int] = {}
 
     def build(self, in_channels: list[int], strides: list[int], info: DataInfo) -> None:
@@ -109,6 +148,42 @@ class ClassificationHead(Head):
         self.fc = nn.Linear(in_channels[0], self.num_classes)
         nn.init.trunc_normal_(self.fc.weight, std=2e-5)
         nn.init.zeros_(self.fc.bias)
+
+    @torch.no_grad()
+    def load_probe(self, probe: nn.Module) -> None:
+        """Take a linear probe's weights: ``BatchNorm1d`` then ``Linear``, folded into :attr:`fc`.
+
+        With the norm's running mean μ, variance σ² and ε, the classifier becomes
+        ``W' = W / sqrt(σ² + ε)`` and ``b' = b - W' μ`` (with an affine norm's γ, β:
+        ``W' = W γ / sqrt(σ² + ε)``, ``b' = b + W β - W' μ``): its logits equal the probe's
+        (in eval mode) on the same features, up to float32 rounding (the fold runs in float64).
+
+        Args:
+            probe: ``nn.Sequential(BatchNorm1d(D), Linear(D, K))``, e.g. the
+                ``affine=False`` head of :class:`rsfm.tasks.probes.linear.LinearProbeResult`.
+
+        Raises:
+            ValueError: if the probe has another form or its ``D``, ``K`` differ from :attr:`fc`'s.
+        """
+        parts = list(probe.children())
+        if len(parts) != 2 or not isinstance(parts[0], nn.BatchNorm1d) or not isinstance(parts[1], nn.Linear):
+            raise ValueError(f"load_probe expects nn.Sequential(BatchNorm1d, Linear), got {probe}")
+        norm, linear = parts
+        if linear.weight.shape != self.fc.weight.shape:
+            raise ValueError(
+                f"the probe maps {linear.in_features} features to {linear.out_features} classes; "
+                f"this head maps {self.fc.in_features} to {self.fc.out_features}"
+            )
+        assert norm.running_mean is not None and norm.running_var is not None
+        w, b = linear.weight.double(), linear.bias.double()
+        scale = (norm.running_var.double() + norm.eps).rsqrt()
+        if norm.affine:  # y = γ (x - μ) / s + β: W' = W γ / s, b' = b + W β - W' μ
+            scale = scale * norm.weight.double()
+            b = b + w @ norm.bias.double()
+        weight = w * scale[None, :]
+        bias = b - weight @ norm.running_mean.double()
+        self.fc.weight.copy_(weight.to(self.fc.weight))
+        self.fc.bias.copy_(bias.to(self.fc.bias))
 
     def forward(self, features: Features, batch: Mapping[str, Any] | None = None) -> Tensor:
         """``(B, K)`` logits."""
