@@ -43,7 +43,7 @@ def make_task(dm: SceneClassificationDataModule, **head: Any) -> DownstreamTask:
 
 @torch.no_grad()
 def pooled(task: DownstreamTask, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features and labels of a dataset, one sample at a time, by the task's own encoder."""
+    """Pooled features and labels of a whole dataset, in one batch, by the task's own encoder (eval mode)."""
     head = task.heads["classification"]
     task.model.eval()
     samples = [dataset[i] for i in range(len(dataset))]

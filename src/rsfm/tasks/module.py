@@ -176,8 +176,7 @@ class DownstreamTask(TrainingModule):
         for name, head in heads:
             reports[name] = self._fit_probe(name, head, data)
         if self.trainer.is_global_zero:
-            out = Path(self.trainer.default_root_dir or self.resolve_out_dir())
-            write_json(out / "probe_init.json", {"scale": "percent", "heads": reports})
+            write_json(Path(self.trainer.default_root_dir) / "probe_init.json", {"scale": "percent", "heads": reports})
 
     @torch.no_grad()
     def _pooled(self, head: Head, loader: Any, split: str) -> tuple[Tensor, Tensor, int]:
