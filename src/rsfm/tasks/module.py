@@ -145,7 +145,7 @@ class DownstreamTask(TrainingModule):
     def on_fit_start(self) -> None:
         """Fit the classifiers with ``init: linear_probe`` on frozen features before the first step.
 
-        LP-FT (Kumar et al., ICLR 2022, §4): the pooled features of the unaugmented training
+        LP-FT (Kumar et al., ICLR 2022; arXiv:2202.10054): the pooled features of the unaugmented training
         split (:meth:`rsfm.data.base.DataModule.unaugmented_train`) and, when there is one, of
         the validation split are computed once by the encoder as it stands (eval mode, the
         run's precision, no gradients); a linear probe (:func:`rsfm.tasks.probes.linear_probe`,

@@ -5,7 +5,7 @@ truncated normal of std 2e-5, trained with label-smoothed cross-entropy while th
 fine-tunes with layer-wise lr decay (the task's optimiser). With ``init: linear_probe`` the
 classifier starts instead from a linear probe fitted on the frozen encoder's features of the
 training split, before any encoder weight moves: LP-FT (Kumar et al., "Fine-Tuning can
-Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022, §4). The task
+Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022). The task
 fits it (:meth:`rsfm.tasks.module.DownstreamTask.on_fit_start`). Metrics (percent): ``OA``
 (overall accuracy) and ``mean_class_accuracy`` (AA), per-class accuracy and the confusion
 matrix in the report.
