@@ -95,8 +95,9 @@ class SceneClassificationDataModule(FolderDataModule):
         """
         from rsfm.data.transforms import eval_transform
 
-        train = self._split("train")
-        return _subset(train, list(range(len(train.samples))), eval_transform(self.img_size))
+        train = copy.copy(self._split("train"))  # the same sample lists, another transform
+        train.transform = eval_transform(self.img_size)
+        return train
 
     def train_dataloader(self) -> Any:
         """Training batches (shuffled when augmented, file order otherwise)."""

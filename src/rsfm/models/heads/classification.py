@@ -132,13 +132,12 @@ class ClassificationHead(Head):
             raise ConfigError(f"ClassificationHead.init: expected one of {list(self.inits)}, got {init!r}")
         if int(probe_epochs) < 1:
             raise ConfigError(f"ClassificationHead.probe_epochs: expected at least 1, got {probe_epochs}")
-        rates = [probe_lr] if isinstance(probe_lr, int | float) else list(probe_lr or [])
-        if (probe_lr is not None and not rates) or any(not float(v) > 0 for v in rates):
+        single = isinstance(probe_lr, int | float)
+        rates = [] if probe_lr is None else [float(probe_lr)] if single else [float(v) for v in probe_lr]
+        if probe_lr is not None and (not rates or min(rates) <= 0):
             raise ConfigError(f"ClassificationHead.probe_lr: expected positive rates, got {probe_lr!r}")
         self.init, self.probe_epochs = init, int(probe_epochs)
-        self.probe_lr: float | list[float] | None = None
-        if probe_lr is not None:
-            self.probe_lr = float(probe_lr) if isinstance(probe_lr, int | float) else [float(v) for v in rates]
+        self.probe_lr: float | list[float] | None = None if probe_lr is None else rates[0] if single else rates
         self._shown: dict[int, int] = {}
 
     def build(self, in_channels: list[int], strides: list[int], info: DataInfo) -> None:
