@@ -253,8 +253,7 @@ class DataModule:
                 :attr:`eval_batch_size`.
             repeats: passes over ``dataset`` per training epoch.
             collate: collate function of this loader (None: :meth:`collate`).
-            shard: split the samples across ranks; False: every rank reads all of them
-                (a head fitted on frozen features, identically in every process).
+            shard: split the samples across ranks; False: every rank reads all of them.
 
         Returns:
             A :class:`~torchdata.stateful_dataloader.StatefulDataLoader`.

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from rsfm.methods.base import PretrainMethod, StepContext
 from rsfm.models.encoders.vit import VIT_SIZES, build_vit
+from rsfm.training import concat_all_gather
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import METHODS
 
@@ -201,31 +202,6 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int = 128, bn: bool =
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-@torch.no_grad()
-def concat_all_gather(x: Tensor) -> tuple[Tensor, list[int]]:
-    """Concatenate ``x`` ``(n_r, ...)`` of every rank in rank order; identity in one process.
-
-    Ranks may hold different ``n_r`` (a batch that lost unreadable files): sizes are
-    exchanged first and the tensors padded for ``all_gather``. No gradient flows back.
-
-    Returns:
-        ``(gathered (Σ n_r, ...), sizes [n_0, n_1, ...])``.
-    """
-    if not _distributed():
-        return x.detach(), [x.shape[0]]
-    world = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes_t = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes_t, n)
-    sizes = [int(s.item()) for s in sizes_t]
-    top = max(sizes)
-    padded = x.detach().new_zeros((top, *x.shape[1:]))
-    padded[: x.shape[0]] = x.detach()
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]), sizes
 
 
 @torch.no_grad()

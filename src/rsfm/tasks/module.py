@@ -152,8 +152,10 @@ class DownstreamTask(TrainingModule):
         seeded by the run's seed) is trained on the training features and folded into the
         head's classifier. Its validation OA (the score fine-tuning starts from), learning
         rate and time are printed and written to ``probe_init.json`` in the run folder (the
-        trainer's ``default_root_dir``). Every process computes the same probe from all the
-        samples; the first one's weights are then broadcast. Skipped when the run resumes from
+        trainer's ``default_root_dir``). Under data parallelism each process extracts the
+        features of its own share of the samples and the shares are gathered; every process
+        fits the probe on all of them, and the first one's weights are then broadcast (since
+        0.3.4; before, every process read every sample). Skipped when the run resumes from
         a checkpoint (its weights already hold the probe and what fine-tuning made of it).
 
         Raises:
@@ -180,9 +182,17 @@ class DownstreamTask(TrainingModule):
 
     @torch.no_grad()
     def _pooled(self, head: Head, loader: Any, split: str) -> tuple[Tensor, Tensor, int]:
-        """``(N, D)`` float32 pooled features, ``(N,)`` labels and the count of files left out."""
+        """``(N, D)`` float32 pooled features and ``(N,)`` labels of a split, in dataset order, and the files left out.
+
+        ``loader`` gives this process its share of the split; the shares of all processes are
+        gathered (:func:`rsfm.tasks.probes.gather_by_index`), so every process returns the whole
+        split, as one process would.
+        """
+        from rsfm.tasks.probes import gather_by_index
+
         feats: list[Tensor] = []
         labels: list[Tensor] = []
+        index: list[Tensor] = []
         skipped = 0
         for batch in loader:
             skipped += len(batch.get("skipped") or ())
@@ -191,11 +201,18 @@ class DownstreamTask(TrainingModule):
             batch = self.trainer.datamodule.transfer_batch_to_device(batch, self.device, 0)
             with self.trainer.precision_plugin.forward_context():
                 pooled = self.model.features(batch, head).pooled["image"]
-            feats.append(pooled.float().cpu())
-            labels.append(batch["label"].long().cpu())
-        if not feats:
+            feats.append(pooled.float())
+            labels.append(batch["label"].long())
+            index.append(torch.as_tensor(batch["index"], device=self.device).long())
+        empty = torch.zeros(0, head.fc.in_features, device=self.device)
+        x = torch.cat(feats) if feats else empty
+        y = torch.cat(labels) if labels else empty[:, 0].long()
+        _, x, y = gather_by_index(torch.cat(index) if index else y, x, y)
+        if self.trainer.world_size > 1:
+            skipped = int(self.trainer.strategy.reduce(torch.tensor(skipped, device=self.device), reduce_op="sum"))
+        if not x.shape[0]:
             raise DataError(f"init: linear_probe: the {split} split yielded no readable image")
-        return torch.cat(feats), torch.cat(labels), skipped
+        return x.cpu(), y.cpu(), skipped
 
     def _fit_probe(self, name: str, head: Head, data: Any) -> dict[str, Any]:
         """Fit one head's probe (see :meth:`on_fit_start`); return its report."""
@@ -205,12 +222,12 @@ class DownstreamTask(TrainingModule):
         modes = {m: m.training for m in self.model.modules()}
         self.model.eval()
         try:
-            train = data.loader(data.unaugmented_train(), train=False, shard=False)
+            train = data.loader(data.unaugmented_train(), train=False)
             x, y, skipped = self._pooled(head, train, "training")
             val_ds = data.datasets.get("val")
             xv, yv = x[:0], None
             if val_ds is not None and len(val_ds):
-                xv, yv, more = self._pooled(head, data.loader(val_ds, train=False, shard=False), "validation")
+                xv, yv, more = self._pooled(head, data.loader(val_ds, train=False), "validation")
                 skipped += more
         finally:
             for m, mode in modes.items():

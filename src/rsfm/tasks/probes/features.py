@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from rsfm.data.skips import SkipReport
 from rsfm.models.encoders.rvsa import VisionTransformerRVSA
 
-__all__ = ["extract_features", "pool_features"]
+__all__ = ["extract_features", "gather_by_index", "pool_features"]
 
 
 def pool_features(encoder: nn.Module, images: Tensor, pool: Literal["cls", "avg"] = "cls") -> Tensor:
@@ -148,3 +148,42 @@ def extract_features(
         raise ValueError("the loader yielded no images")
     out = (torch.cat(feats), torch.cat(labels))
     return (*out, torch.cat(indices)) if return_index else out
+
+
+@torch.no_grad()
+def gather_by_index(index: Tensor, *columns: Tensor) -> tuple[Tensor, ...]:
+    """The rows that every process extracted, as one set in dataset order.
+
+    Under data parallelism each process extracts the features of its own share of a split
+    (an evaluation loader gives each sample to one process). Every process calls this with
+    its share; all receive the union, ordered by dataset index, each index once (a split with
+    fewer samples than processes gives one sample to two of them). In one process the rows
+    are only ordered. Tensors travel on their own device (CUDA tensors for NCCL).
+
+    Args:
+        index: ``(n,)`` int64 dataset indices of this process's rows.
+        columns: tensors of ``n`` rows each, e.g. features ``(n, D)`` float32 and labels
+            ``(n,)`` int64; every process passes the same dtypes and trailing shapes (a process
+            with no rows passes ``(0, D)``).
+
+    Returns:
+        ``(index (N,), *columns (N, ...))`` over all processes, sorted by index.
+
+    Raises:
+        ValueError: if a column does not have ``n`` rows.
+
+    .. versionadded:: 0.3.4
+    """
+    from rsfm.training import concat_all_gather
+
+    for c in columns:
+        if c.shape[0] != index.shape[0]:
+            raise ValueError(f"every column needs {index.shape[0]} rows (one per index), got {tuple(c.shape)}")
+    idx = concat_all_gather(index)[0]
+    gathered = [concat_all_gather(c)[0] for c in columns]
+    order = torch.argsort(idx, stable=True)
+    idx = idx[order]
+    first = torch.ones_like(idx, dtype=torch.bool)
+    first[1:] = idx[1:] != idx[:-1]
+    rows = order[first]
+    return (idx[first], *(c[rows] for c in gathered))
