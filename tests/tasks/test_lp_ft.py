@@ -116,6 +116,35 @@ def test_a_resumed_run_keeps_its_checkpoint_and_fits_no_probe(
     assert not (tmp_path / "plain" / "probe_init.json").exists()
 
 
+class NoIndexData(SceneClassificationDataModule):
+    """A datamodule whose batches carry no dataset ``index`` (as a user's own might)."""
+
+    def collate(self) -> Any:
+        from torch.utils.data import default_collate
+
+        base = super().collate() or default_collate
+
+        def without_index(samples: list[Any]) -> Any:
+            batch = base(samples)
+            batch.pop("index", None)
+            return batch
+
+        return without_index
+
+
+def test_batches_without_an_index_give_the_same_probe_in_one_process(aid4: Path, tmp_path: Path, cpu_trainer) -> None:
+    """One process reads a split in order, so the index is not needed there (under DDP it is)."""
+    heads = []
+    for i, cls in enumerate((SceneClassificationDataModule, NoIndexData)):
+        dm = cls(str(aid4), test_fraction=0.2, val_fraction=0.25, img_size=64, batch_size=8, num_workers=0)
+        first = FirstStep()
+        cpu_trainer(default_root_dir=tmp_path / str(i), max_steps=1, limit_val_batches=0, callbacks=[first]).fit(
+            make_task(dm, init="linear_probe", probe_epochs=10, probe_lr=0.1), datamodule=LightningData(dm)
+        )
+        heads.append((first.weight, first.bias))
+    assert torch.equal(heads[0][0], heads[1][0]) and torch.equal(heads[0][1], heads[1][1])
+
+
 @pytest.mark.parametrize("affine", [False, True])
 def test_load_probe_folds_the_norm_into_the_classifier(aid4: Path, affine: bool) -> None:
     dm = scene_data(aid4)

@@ -203,7 +203,16 @@ class DownstreamTask(TrainingModule):
                 pooled = self.model.features(batch, head).pooled["image"]
             feats.append(pooled.float())
             labels.append(batch["label"].long())
-            index.append(torch.as_tensor(batch["index"], device=self.device).long())
+            if "index" in batch:
+                index.append(torch.as_tensor(batch["index"], device=self.device).long())
+            elif self.trainer.world_size > 1:  # the shares cannot be put back in order
+                raise DataError(
+                    f"init: linear_probe under data parallelism needs the dataset index of every sample; "
+                    f"the {split} batches of {type(self.trainer.datamodule.data).__name__} have no 'index'"
+                )
+            else:  # one process reads the split in order
+                start = sum(len(i) for i in index)
+                index.append(torch.arange(start, start + pooled.shape[0], device=self.device))
         empty = torch.zeros(0, head.fc.in_features, device=self.device)
         x = torch.cat(feats) if feats else empty
         y = torch.cat(labels) if labels else empty[:, 0].long()
