@@ -21,12 +21,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from rsfm.optim import OptimConfig, build_optimizer, peak_lr, run_length, schedule
 
-__all__ = ["TrainingModule", "concat_all_gather", "is_sharded", "step_seed"]
+__all__ = ["TrainingModule", "is_sharded", "step_seed"]
 
 
 def step_seed(*parts: int) -> int:
@@ -211,32 +210,3 @@ def is_sharded(trainer: Any) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy
 
     return isinstance(getattr(trainer, "strategy", None), FSDPStrategy)
-
-
-@torch.no_grad()
-def concat_all_gather(x: Tensor) -> tuple[Tensor, list[int]]:
-    """Concatenate ``x`` ``(n_r, ...)`` of every rank in rank order; identity in one process.
-
-    Ranks may hold different ``n_r`` (a batch that lost unreadable files): sizes are
-    exchanged first and the tensors padded for ``all_gather``. No gradient flows back.
-
-    Returns:
-        ``(gathered (Σ n_r, ...), sizes [n_0, n_1, ...])``.
-
-    .. versionchanged:: 0.3.4
-       Moved here from :mod:`rsfm.methods.gersp` (which still exports it) for the downstream
-       tasks' sharded feature extraction.
-    """
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return x.detach(), [x.shape[0]]
-    world = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes_t = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes_t, n)
-    sizes = [int(s.item()) for s in sizes_t]
-    top = max(sizes)
-    padded = x.detach().new_zeros((top, *x.shape[1:]))
-    padded[: x.shape[0]] = x.detach()
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)]), sizes

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from rsfm.methods.base import PretrainMethod, StepContext
 from rsfm.models.encoders.vit import VIT_SIZES, build_vit
-from rsfm.training import concat_all_gather
+from rsfm.utils.distributed import concat_all_gather
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import METHODS
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from rsfm.data.skips import SkipReport
 from rsfm.models.encoders.rvsa import VisionTransformerRVSA
+from rsfm.utils.distributed import concat_all_gather
 
 __all__ = ["extract_features", "gather_by_index", "pool_features"]
 
@@ -174,8 +175,6 @@ def gather_by_index(index: Tensor, *columns: Tensor) -> tuple[Tensor, ...]:
 
     .. versionadded:: 0.3.4
     """
-    from rsfm.training import concat_all_gather
-
     for c in columns:
         if c.shape[0] != index.shape[0]:
             raise ValueError(f"every column needs {index.shape[0]} rows (one per index), got {tuple(c.shape)}")
