@@ -172,3 +172,47 @@ def _one_thread_per_module(request: pytest.FixtureRequest):
         yield from _torch_on_one_thread()
     else:
         yield
+
+
+def _torch_globals() -> dict[str, object]:
+    """Process-wide torch settings that change the numbers a later test computes."""
+    import torch
+
+    state: dict[str, object] = {
+        "default dtype": torch.get_default_dtype(),
+        "grad enabled": torch.is_grad_enabled(),
+        "inference mode": torch.is_inference_mode_enabled(),
+        "cpu autocast": (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")),
+        "float32 matmul precision": torch.get_float32_matmul_precision(),
+        "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+        "mkldnn enabled": torch.backends.mkldnn.enabled,
+    }
+    # oneDNN's fp32 precision ("bf16" runs float32 matmuls in bfloat16 on CPUs that have bf16
+    # units); "none" inherits the global setting, and "ieee" is what "none" ends at
+    default = getattr(torch.backends, "fp32_precision", "none")
+    for name in ("matmul", "conv", "rnn"):
+        backend = getattr(torch.backends.mkldnn, name, None)
+        if backend is not None and hasattr(backend, "fp32_precision"):
+            value = backend.fp32_precision if backend.fp32_precision != "none" else default
+            state[f"mkldnn.{name}.fp32_precision"] = "ieee" if value == "none" else value
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_torch_globals(request: pytest.FixtureRequest):
+    """Fail a test that leaves a process-wide torch setting changed (autocast, precision, dtype ...).
+
+    Tests share a process under pytest-xdist: a leaked setting would change the numbers of
+    whichever test runs next in that worker (on a CPU with bf16 units, by 1e-2).
+    """
+    before = _torch_globals()
+    yield
+    after = _torch_globals()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after.get(k)}
+    if changed:
+        import torch
+
+        torch.set_default_dtype(before["default dtype"])  # type: ignore[arg-type]
+        torch.set_grad_enabled(bool(before["grad enabled"]))
+        torch.set_float32_matmul_precision(str(before["float32 matmul precision"]))
+        pytest.fail(f"{request.node.nodeid} changed torch's process-wide settings: {changed}")

@@ -43,19 +43,32 @@ def _register_with_toolkits() -> None:
             warnings.warn(f"rsfm could not register its models with {package}: {err}", stacklevel=2)
 
     class AfterImport(importlib.abc.MetaPathFinder):
+        """Wraps the loader of ``package`` so that :func:`register` runs once the module has executed.
+
+        It stays on ``sys.meta_path`` until the package is really imported: a mere
+        ``importlib.util.find_spec(package)`` (how libraries test for an optional dependency)
+        must not use it up.
+        """
+
         def __init__(self, package: str) -> None:
             self.package = package
+            self.resolving = False
 
         def find_spec(self, name, path=None, target=None):  # noqa: ANN001, ANN202
-            if name != self.package:
+            if name != self.package or self.resolving:
                 return None
-            sys.meta_path.remove(self)
-            spec = importlib.util.find_spec(name)
+            self.resolving = True  # the finders after this one give the package's own spec
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                self.resolving = False
             if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
                 return spec
             run = spec.loader.exec_module
 
             def exec_module(module):  # noqa: ANN001, ANN202
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 run(module)
                 register(name)
 

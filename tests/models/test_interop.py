@@ -1,5 +1,6 @@
 """rsfm exports in timm, torchgeo and TerraTorch: each built from a real export and trained one step on real images."""
 
+import importlib.util
 import subprocess
 import sys
 import warnings
@@ -169,6 +170,19 @@ def test_import_rsfm_is_light_and_registers_when_timm_comes() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_looking_for_timm_before_importing_it_keeps_the_registration() -> None:
+    """``importlib.util.find_spec("timm")`` (how libraries test for it) must not use up rsfm's hook."""
+    code = (
+        "import importlib.util, rsfm\n"
+        "assert importlib.util.find_spec('timm') is not None\n"
+        "import timm\n"
+        "print(len(timm.list_models('rsfm_*')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == len(timm_model_names())
+
+
 # --------------------------------------------------------------------------- torchgeo
 
 
@@ -237,8 +251,31 @@ def test_torchgeo_segmentation_task_with_a_resnet_export_trains_on_loveda(resnet
 # --------------------------------------------------------------------------- TerraTorch
 
 
-def test_terratorch_backbone_trains_on_loveda(vit16_export, loveda_batch) -> None:
-    pytest.importorskip("terratorch")
+@pytest.fixture
+def terratorch():
+    """terratorch, imported; its float32 matmul precision is undone after the test.
+
+    Importing terratorch 1.x calls ``torch.set_float32_matmul_precision("medium")`` (in its Clay
+    v1.5 module) for the whole process: on a CPU with bf16 units every later float32 matmul of
+    this test process would run in bfloat16 (docs/interop.md says so to users).
+    """
+    precision = torch.get_float32_matmul_precision()
+    module = pytest.importorskip("terratorch")
+    yield module
+    torch.set_float32_matmul_precision(precision)
+
+
+def test_importing_terratorch_lowers_torchs_matmul_precision() -> None:
+    """What docs/interop.md warns users of; when a terratorch release stops doing it, the warning goes."""
+    if importlib.util.find_spec("terratorch") is None:  # imported in a subprocess: not in this one
+        pytest.skip("terratorch is not installed")
+    code = "import torch, rsfm, terratorch; print(torch.get_float32_matmul_precision())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "medium"
+
+
+def test_terratorch_backbone_trains_on_loveda(terratorch, vit16_export, loveda_batch) -> None:
     from terratorch.registry import BACKBONE_REGISTRY
     from terratorch.tasks import SemanticSegmentationTask
 
@@ -267,8 +304,7 @@ def test_terratorch_backbone_trains_on_loveda(vit16_export, loveda_batch) -> Non
     assert after < before
 
 
-def test_terratorch_backbones_return_what_decoders_expect(vit16_export, resnet_export) -> None:
-    pytest.importorskip("terratorch")
+def test_terratorch_backbones_return_what_decoders_expect(terratorch, vit16_export, resnet_export) -> None:
     from terratorch.registry import BACKBONE_REGISTRY
 
     x = torch.rand(1, 4, 96, 64)

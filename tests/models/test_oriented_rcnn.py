@@ -416,7 +416,12 @@ def parking(datasets: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def overfit(parking: dict[str, Any]) -> dict[str, Any]:
-    """40 AdamW steps on one 192 px crop (8 cars); the model's tiles are the crop's size."""
+    """60 AdamW steps on one 192 px crop (8 cars); the model's tiles are the crop's size.
+
+    At 40 steps one car of 8 was found at IoU 0.53 here, and CI found only 5 in a process whose
+    float32 matmul precision an earlier test (importing terratorch) had lowered; at 60 steps all 8
+    are found at IoU >= 0.6, in float32 and under bf16 autocast.
+    """
     y0, x0, side = CROP
     batch = crop_sample(parking, y0, x0, side)
     assert len(batch["obbs"][0]) == 8 and (batch["labels"][0] == HIT_CLASSES.index("Car")).all()
@@ -425,7 +430,7 @@ def overfit(parking: dict[str, Any]) -> dict[str, Any]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     model.train()
     history = []
-    for _ in range(40):
+    for _ in range(60):
         terms = head.loss(model.features(batch), batch)
         loss = sum(terms.values())
         opt.zero_grad()
