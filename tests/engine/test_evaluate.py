@@ -173,6 +173,10 @@ def test_evaluate_finetune_lpft_and_scratch(aid_folder, encoder_file, tmp_path) 
     assert probe["train_samples"] == 32 and probe["val_samples"] == 0 and probe["val_OA"] is None
     assert set(probe["lr_search"]) == {"0.01", "0.03", "0.1", "0.3", "1"}
     assert "probe_init" not in result["protocols"]["finetune"]
+    # LP-FT without stochastic depth, as the classification_aid recipe; MAE's 0.1 for the others
+    assert result["protocols"]["lpft"]["drop_path_rate"] == 0.0
+    assert result["protocols"]["finetune"]["drop_path_rate"] == pytest.approx(0.1)
+    assert result["protocols"]["scratch"]["drop_path_rate"] == pytest.approx(0.1)
     for name in ("finetune", "lpft", "scratch"):
         report = result["protocols"][name]
         assert report["n"] == 8 and sum(map(sum, report["confusion"])) == 8

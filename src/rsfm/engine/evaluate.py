@@ -10,7 +10,9 @@ training split and a held-out test split. Protocols:
 - ``finetune``: the encoder fine-tuned end to end with a classification head, as
   ``rsfm finetune`` does (:func:`run_finetune`);
 - ``lpft``: the same fine-tuning with the classifier initialised by a linear probe on the
-  frozen encoder's features (LP-FT; Kumar et al., ICLR 2022);
+  frozen encoder's features (LP-FT; Kumar et al., ICLR 2022), without stochastic depth, as the
+  ``classification_aid`` recipe (drop path halved the probe's accuracy on the main job's
+  encoder's features: docs/tasks/classification.md);
 - ``scratch``: the same fine-tuning from a randomly initialised encoder of the same shape.
 
 Everything is scored on the held-out split, which no protocol trains on or selects
@@ -18,6 +20,10 @@ hyper-parameters with, in percent. Results go to ``metrics.json`` and ``metrics.
 files behind the frozen features to ``split.json``.
 
 .. versionadded:: 0.2
+
+.. versionchanged:: 0.3.4
+   ``lpft`` fine-tunes without stochastic depth (it used 0.1, as ``finetune``); every
+   fine-tuning report gives its ``drop_path_rate``.
 """
 
 from __future__ import annotations
@@ -188,13 +194,15 @@ def run_finetune(
     """Fine-tune ``encoder`` with a classification head on the training split; score the test split.
 
     The same module and trainer as ``rsfm finetune`` (MAE's protocol: AdamW, layer decay 0.75,
-    label smoothing 0.1, warmup ``min(5, epochs / 10)`` epochs then cosine), without
-    validation or checkpoint selection: the final weights are tested. ``head_init``:
-    ``ClassificationHead.init`` (``linear_probe``: LP-FT, the probe fitted on the whole
-    training split; its report is under ``probe_init``).
+    label smoothing 0.1, stochastic depth ``drop_path_rate``, warmup ``min(5, epochs / 10)``
+    epochs then cosine), without validation or checkpoint selection: the final weights are
+    tested. ``head_init``: ``ClassificationHead.init`` (``linear_probe``: LP-FT, the probe
+    fitted on the whole training split; its report is under ``probe_init``).
 
     Returns:
-        The test report (OA, mean class accuracy, per class, confusion; percent) and settings.
+        The test report (OA, mean class accuracy, per class, confusion; percent) and settings,
+        ``drop_path_rate`` read back from the encoder that was trained (its largest DropPath
+        probability; 0 when it has none).
     """
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
@@ -251,7 +259,16 @@ def run_finetune(
     from rsfm.utils.files import read_json
 
     report = read_json(out_dir / "metrics.json")["heads"]["classification"]
-    out = {**report, "epochs": epochs, "warmup_epochs": warmup, "max_time": max_time, "blr": blr}
+    out = {
+        **report,
+        "epochs": epochs,
+        "warmup_epochs": warmup,
+        "max_time": max_time,
+        "blr": blr,
+        "drop_path_rate": max(
+            (float(m.drop_prob) for m in module.model.encoder.modules() if hasattr(m, "drop_prob")), default=0.0
+        ),
+    }
     if head_init == "linear_probe":
         out["probe_init"] = read_json(out_dir / "probe_init.json")["heads"]["classification"]
     return out
@@ -450,6 +467,7 @@ def evaluate(
             encoder_cfg, ft_args, out / name, finetune_epochs, finetune_max_time, finetune_blr, seed,
             "gpu" if dev.type == "cuda" else "cpu", verbose=verbose,
             head_init="linear_probe" if name == "lpft" else "trunc_normal",
+            drop_path_rate=0.0 if name == "lpft" else 0.1,
         )  # fmt: skip
         timings[name] = time.perf_counter() - t0
         _say(verbose, f"{name}: OA {result['protocols'][name]['OA']:.2f}% in {timings[name]:.1f}s")
