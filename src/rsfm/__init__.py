@@ -67,9 +67,9 @@ def _register_with_toolkits() -> None:
             run = spec.loader.exec_module
 
             def exec_module(module):  # noqa: ANN001, ANN202
-                if self in sys.meta_path:
-                    sys.meta_path.remove(self)
                 run(module)
+                if self in sys.meta_path:  # imported: a failed import leaves the hook for the next try
+                    sys.meta_path.remove(self)
                 register(name)
 
             spec.loader.exec_module = exec_module

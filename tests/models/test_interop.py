@@ -256,8 +256,9 @@ def terratorch():
     """terratorch, imported; its float32 matmul precision is undone after the test.
 
     Importing terratorch 1.x calls ``torch.set_float32_matmul_precision("medium")`` (in its Clay
-    v1.5 module) for the whole process: on a CPU with bf16 units every later float32 matmul of
-    this test process would run in bfloat16 (docs/interop.md says so to users).
+    v1.5 module) for the whole process: every later float32 matmul of this test process could
+    run at reduced precision (bfloat16 through oneDNN on CPUs with bf16 units; docs/interop.md
+    tells users).
     """
     precision = torch.get_float32_matmul_precision()
     module = pytest.importorskip("terratorch")

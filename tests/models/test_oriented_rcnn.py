@@ -418,9 +418,9 @@ def parking(datasets: Path) -> dict[str, Any]:
 def overfit(parking: dict[str, Any]) -> dict[str, Any]:
     """60 AdamW steps on one 192 px crop (8 cars); the model's tiles are the crop's size.
 
-    At 40 steps one car of 8 was found at IoU 0.53 here, and CI found only 5 in a process whose
-    float32 matmul precision an earlier test (importing terratorch) had lowered; at 60 steps all 8
-    are found at IoU >= 0.6, in float32 and under bf16 autocast.
+    At 40 steps one car of 8 was found at IoU 0.53 here and CI's machine found only 5 (in a run
+    where terratorch's import could lower the float32 matmul precision of the tests after it); at
+    60 steps all 8 are found at IoU >= 0.6, in float32 and under bf16 autocast.
     """
     y0, x0, side = CROP
     batch = crop_sample(parking, y0, x0, side)
