@@ -203,8 +203,9 @@ def _no_leaked_torch_globals(request: pytest.FixtureRequest):
     """Fail a test that leaves a process-wide torch setting changed (autocast, precision, dtype ...).
 
     Tests share a process under pytest-xdist: a leaked setting changes the numbers of whichever
-    test runs next in that worker (on CI's machine, after terratorch's import had lowered the
-    float32 matmul precision, a decoder's output by up to 1.4e-2).
+    test runs next in that worker. terratorch's import lowers the float32 matmul precision, the
+    one leak this check found; the CI run in which a decoder came out 1.4e-2 off is thought to
+    be its doing (not reproduced on another CPU).
     """
     before = _torch_globals()
     yield
