@@ -189,6 +189,43 @@ def test_evaluate_finetune_lpft_and_scratch(aid_folder, encoder_file, tmp_path) 
     assert "| finetune |" in table and "| lpft |" in table and "| scratch |" in table
 
 
+def test_lpft_fits_its_probe_on_the_frozen_protocols_training_features(
+    aid_folder, encoder_file, tmp_path, monkeypatch
+) -> None:
+    """With ``linear`` in the run, ``lpft`` reads no training image again: its probe gets the features
+    ``linear`` used, which are what the fine-tuning model itself extracts (lpft alone, below)."""
+    from rsfm.tasks.module import DownstreamTask
+
+    seen: dict[str, list] = {"given": [], "extracted": []}
+    use, pooled = DownstreamTask.use_probe_features, DownstreamTask._pooled
+
+    def given(self, head, features, labels, skipped=0):
+        seen["given"].append((features, labels, skipped))
+        return use(self, head, features, labels, skipped)
+
+    def extracted(self, head, loader, split):
+        out = pooled(self, head, loader, split)
+        seen["extracted"].append((split, *out))
+        return out
+
+    monkeypatch.setattr(DownstreamTask, "use_probe_features", given)
+    monkeypatch.setattr(DownstreamTask, "_pooled", extracted)
+    budget = {"img_size": 32, "finetune_epochs": 1, "finetune_batch_size": 16, "batch_size": 12}
+    both = _evaluate(encoder_file, aid_folder, ("linear", "lpft"), tmp_path / "both", **budget)
+    assert seen["extracted"] == [] and len(seen["given"]) == 1
+    alone = _evaluate(encoder_file, aid_folder, ("lpft",), tmp_path / "alone", **budget)
+    assert len(seen["given"]) == 1 and [s[0] for s in seen["extracted"]] == ["training"]
+    (x, y, skipped), (_, x_own, y_own, skipped_own) = seen["given"][0], seen["extracted"][0]
+    assert torch.equal(y, y_own) and skipped == skipped_own == 0 and x.shape == (32, 192)
+    assert torch.allclose(x, x_own, atol=1e-5, rtol=1e-5)  # other batch sizes: float32 rounding only
+    probe, own = both["protocols"]["lpft"]["probe_init"], alone["protocols"]["lpft"]["probe_init"]
+    assert probe["training_features"] == "given" and own["training_features"] == "extracted"
+    assert probe["lr"] == own["lr"] and probe["lr_search"] == own["lr_search"] and probe["train_samples"] == 32
+    # a pooling other than the export's is not what fine-tuning's classifier sees: extracted again
+    _evaluate(encoder_file, aid_folder, ("knn", "lpft"), tmp_path / "avg", pool="avg", **budget)
+    assert len(seen["given"]) == 1 and [s[0] for s in seen["extracted"]] == ["training", "training"]
+
+
 def test_evaluate_resnet_export(aid_folder, tmp_path) -> None:
     import timm
 

@@ -145,6 +145,48 @@ def test_batches_without_an_index_give_the_same_probe_in_one_process(aid4: Path,
     assert torch.equal(heads[0][0], heads[1][0]) and torch.equal(heads[0][1], heads[1][1])
 
 
+def test_given_training_features_replace_the_extraction(aid4: Path, tmp_path: Path, cpu_trainer, monkeypatch) -> None:
+    """``use_probe_features``: the probe is fitted on the given features, the training split is not read again."""
+    dm = scene_data(aid4)
+    probe = {"init": "linear_probe", "probe_epochs": 10, "probe_lr": 0.1}
+    reference = FirstStep()
+    cpu_trainer(default_root_dir=tmp_path / "ref", max_steps=1, limit_val_batches=0, callbacks=[reference]).fit(
+        make_task(dm, **probe), datamodule=LightningData(dm)
+    )
+    read: list[str] = []
+    real = DownstreamTask._pooled
+
+    def recording(self: DownstreamTask, head: Any, loader: Any, split: str) -> Any:
+        read.append(split)
+        return real(self, head, loader, split)
+
+    monkeypatch.setattr(DownstreamTask, "_pooled", recording)
+    task = make_task(dm, **probe)
+    x, y = reference.train  # the same encoder (seeded) before any step: the features it would extract
+    task.use_probe_features("classification", x, y, skipped=2)
+    given = FirstStep()
+    cpu_trainer(default_root_dir=tmp_path / "given", max_steps=1, limit_val_batches=0, callbacks=[given]).fit(
+        task, datamodule=LightningData(dm)
+    )
+    assert read == ["validation"]  # the training split's images were not read for the probe
+    assert torch.allclose(given.weight, reference.weight, atol=1e-5)
+    assert torch.allclose(given.bias, reference.bias, atol=1e-5)
+    report = json.loads((tmp_path / "given" / "probe_init.json").read_text())["heads"]["classification"]
+    extracted = json.loads((tmp_path / "ref" / "probe_init.json").read_text())["heads"]["classification"]
+    assert report["training_features"] == "given" and extracted["training_features"] == "extracted"
+    assert report["train_samples"] == 48 and report["skipped_files"] == 2
+    assert report["val_OA"] == pytest.approx(extracted["val_OA"])
+
+    with pytest.raises(ConfigError, match=r"model.heads.classification: use_probe_features needs a head with init"):
+        make_task(dm).use_probe_features("classification", x, y)
+    with pytest.raises(ConfigError, match=r"model.heads.segmentation"):
+        task.use_probe_features("segmentation", x, y)
+    with pytest.raises(ValueError, match=r"expected \(N, 192\) probe features, got \(48, 10\)"):
+        task.use_probe_features("classification", x[:, :10], y)
+    with pytest.raises(ValueError, match=r"expected 48 labels for the probe features, got \(47,\)"):
+        task.use_probe_features("classification", x, y[:-1])
+
+
 @pytest.mark.parametrize("affine", [False, True])
 def test_load_probe_folds_the_norm_into_the_classifier(aid4: Path, affine: bool) -> None:
     dm = scene_data(aid4)

@@ -12,7 +12,8 @@ training split and a held-out test split. Protocols:
 - ``lpft``: the same fine-tuning with the classifier initialised by a linear probe on the
   frozen encoder's features (LP-FT; Kumar et al., ICLR 2022), without stochastic depth, as the
   ``classification_aid`` recipe (drop path halved the probe's accuracy on the main job's
-  encoder's features: docs/tasks/classification.md);
+  encoder's features: docs/tasks/classification.md); with ``knn`` or ``linear`` in the same run
+  its probe is fitted on their training features instead of a second pass over the images;
 - ``scratch``: the same fine-tuning from a randomly initialised encoder of the same shape.
 
 Everything is scored on the held-out split, which no protocol trains on or selects
@@ -24,6 +25,10 @@ files behind the frozen features to ``split.json``.
 .. versionchanged:: 0.3.4
    ``lpft`` fine-tunes without stochastic depth (it used 0.1, as ``finetune``); every
    fine-tuning report gives its ``drop_path_rate``.
+
+.. versionchanged:: 0.3.5
+   ``lpft`` reuses the training features of ``knn``/``linear`` in the same run (its
+   ``probe_init`` report says ``"training_features": "given"``).
 """
 
 from __future__ import annotations
@@ -190,6 +195,7 @@ def run_finetune(
     drop_path_rate: float = 0.1,
     verbose: bool = True,
     head_init: str = "trunc_normal",
+    probe_features: tuple[torch.Tensor, torch.Tensor, int] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``encoder`` with a classification head on the training split; score the test split.
 
@@ -198,6 +204,9 @@ def run_finetune(
     epochs then cosine), without validation or checkpoint selection: the final weights are
     tested. ``head_init``: ``ClassificationHead.init`` (``linear_probe``: LP-FT, the probe
     fitted on the whole training split; its report is under ``probe_init``).
+    ``probe_features``: ``(features (N, D) float32, labels (N,) int64, files left out)`` of the
+    unaugmented training split as this encoder pools them, for the LP-FT probe instead of a
+    second pass over the images (:meth:`~rsfm.tasks.module.DownstreamTask.use_probe_features`).
 
     Returns:
         The test report (OA, mean class accuracy, per class, confusion; percent) and settings,
@@ -238,6 +247,8 @@ def run_finetune(
         num_visualisations=0,
     )
     module.out_dir = str(out_dir)
+    if probe_features is not None and head_init == "linear_probe":
+        module.use_probe_features("classification", *probe_features)
     trainer = L.Trainer(
         max_epochs=epochs,
         max_time=max_time,
@@ -390,8 +401,9 @@ def evaluate(
     if img_size != probe_data.img_size:
         probe_data = SceneClassificationDataModule(**data_args, img_size=img_size, val_fraction=0.0, augment=False)
     norm_mean, norm_std = task.model.mean_std
-    if pool is None:  # the export's pooling; a ViT+RVSA has no class token: the mean of its tokens
-        pool = "avg" if meta.get("global_pool") == "avg" or meta.get("arch") == "vit_rvsa" else "cls"
+    # the export's pooling, which fine-tuning's classifier uses; a ViT+RVSA has no class token
+    own_pool = "avg" if meta.get("global_pool") == "avg" or meta.get("arch") == "vit_rvsa" else "cls"
+    pool = pool or own_pool
     config.update(img_size=img_size, mean=norm_mean, std=norm_std, pool=pool)
     probe_data.setup("test")
     classes = list(probe_data.classes)
@@ -414,10 +426,16 @@ def evaluate(
         "timings_s": timings,
     }
     frozen = [p for p in protocols if p in ("knn", "linear")]
+    shared: tuple[torch.Tensor, torch.Tensor, int] | None = None  # training features for LP-FT's probe
     if frozen:
         t0 = time.perf_counter()
         skipped = SkipReport(getattr(probe_data, "scan_skipped", None) or ())
+        before = skipped.total
         xt, yt, it = extract(encoder, probe_data, "train", dev, pool, norm_mean, norm_std, skipped)
+        # the same images, pooling and arithmetic as fine-tuning's classifier (bf16 autocast on
+        # a GPU, as its default precision where the GPU has bf16): LP-FT's probe reuses them
+        if pool == own_pool and (dev.type == "cpu" or torch.cuda.is_bf16_supported()):
+            shared = (xt, yt, skipped.total - before)
         xv, yv, iv = extract(encoder, probe_data, "test", dev, pool, norm_mean, norm_std, skipped)
         timings["features"] = time.perf_counter() - t0
         _say(verbose, f"features: {len(yt)} + {len(yv)} images -> {xt.shape[1]}-d in {timings['features']:.1f}s")
@@ -468,6 +486,7 @@ def evaluate(
             "gpu" if dev.type == "cuda" else "cpu", verbose=verbose,
             head_init="linear_probe" if name == "lpft" else "trunc_normal",
             drop_path_rate=0.0 if name == "lpft" else 0.1,
+            probe_features=shared if name == "lpft" else None,
         )  # fmt: skip
         timings[name] = time.perf_counter() - t0
         _say(verbose, f"{name}: OA {result['protocols'][name]['OA']:.2f}% in {timings[name]:.1f}s")

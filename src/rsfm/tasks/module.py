@@ -86,6 +86,7 @@ class DownstreamTask(TrainingModule):
         self.out_dir: str | None = None
         self._visuals: dict[str, list[tuple[str, Any]]] = {}
         self._warned_single = False
+        self._probe_features: dict[str, tuple[Tensor, Tensor, int]] = {}
 
     def _check_monitor(self) -> None:
         """Refuse a ``model.monitor`` that no evaluated head logs (before any training).
@@ -180,13 +181,56 @@ class DownstreamTask(TrainingModule):
         if self.trainer.is_global_zero:
             write_json(Path(self.trainer.default_root_dir) / "probe_init.json", {"scale": "percent", "heads": reports})
 
+    def use_probe_features(self, head: str, features: Tensor, labels: Tensor, skipped: int = 0) -> None:
+        """Fit ``head``'s LP-FT probe on these training features instead of extracting them at fit start.
+
+        For a caller that already holds the frozen encoder's pooled features of the unaugmented
+        training split, e.g. ``rsfm evaluate``, whose kNN and linear protocols computed them:
+        the split is then read once, not twice. The caller vouches that they are what this
+        model's encoder computes (same images and order, same pooling, same normalisation); the
+        validation split, if any, is still extracted. ``probe_init.json`` says
+        ``"training_features": "given"`` instead of ``"extracted"``. Every process of a
+        data-parallel run must be given the whole split.
+
+        Args:
+            head: the name of a head with ``init: linear_probe``.
+            features: ``(N, D)`` float pooled features, ``D`` the head's input width.
+            labels: ``(N,)`` int64 classes.
+            skipped: training files the extraction left out (reported in ``probe_init.json``).
+
+        Raises:
+            ConfigError: if ``head`` is not a head of this model with ``init: linear_probe``.
+            ValueError: on features of another width, or labels of another length.
+
+        .. versionadded:: 0.3.5
+        """
+        found = self.model.heads[head] if head in self.model.heads else None
+        if found is None or getattr(found, "init", None) != "linear_probe":
+            probed = [n for n, h in self.model.heads.items() if getattr(h, "init", None) == "linear_probe"]
+            raise ConfigError(
+                f"model.heads.{head}: use_probe_features needs a head with init: linear_probe; "
+                f"this model's are {probed}"
+            )
+        width = found.fc.in_features
+        if features.ndim != 2 or features.shape[1] != width:
+            raise ValueError(f"model.heads.{head}: expected (N, {width}) probe features, got {tuple(features.shape)}")
+        if labels.shape != features.shape[:1]:
+            raise ValueError(
+                f"model.heads.{head}: expected {features.shape[0]} labels for the probe features, "
+                f"got {tuple(labels.shape)}"
+            )
+        self._probe_features[head] = (features.detach().float().cpu(), labels.detach().long().cpu(), int(skipped))
+
     @torch.no_grad()
     def _pooled(self, head: Head, loader: Any, split: str) -> tuple[Tensor, Tensor, int]:
         """``(N, D)`` float32 pooled features and ``(N,)`` labels of a split, in dataset order, and the files left out.
 
         ``loader`` gives this process its share of the split; the shares of all processes are
         gathered (:func:`rsfm.tasks.probes.gather_by_index`), so every process returns the whole
-        split, as one process would.
+        split, as one process would. Each batch's features go to host memory as they are
+        computed (since 0.3.5; before, the split's features stayed on the accelerator until the
+        end); under data parallelism they visit the device once more for the gather, which
+        NCCL needs.
         """
         from rsfm.tasks.probes import gather_by_index
 
@@ -201,10 +245,10 @@ class DownstreamTask(TrainingModule):
             batch = self.trainer.datamodule.transfer_batch_to_device(batch, self.device, 0)
             with self.trainer.precision_plugin.forward_context():
                 pooled = self.model.features(batch, head).pooled["image"]
-            feats.append(pooled.float())
-            labels.append(batch["label"].long())
+            feats.append(pooled.float().cpu())
+            labels.append(batch["label"].long().cpu())
             if "index" in batch:
-                index.append(torch.as_tensor(batch["index"], device=self.device).long())
+                index.append(torch.as_tensor(batch["index"]).long().cpu())
             elif self.trainer.world_size > 1:  # the shares cannot be put back in order
                 raise DataError(
                     f"init: linear_probe under data parallelism needs the dataset index of every sample; "
@@ -212,11 +256,14 @@ class DownstreamTask(TrainingModule):
                 )
             else:  # one process reads the split in order
                 start = sum(len(i) for i in index)
-                index.append(torch.arange(start, start + pooled.shape[0], device=self.device))
-        empty = torch.zeros(0, head.fc.in_features, device=self.device)
+                index.append(torch.arange(start, start + pooled.shape[0]))
+        empty = torch.zeros(0, head.fc.in_features)
         x = torch.cat(feats) if feats else empty
         y = torch.cat(labels) if labels else empty[:, 0].long()
-        _, x, y = gather_by_index(torch.cat(index) if index else y, x, y)
+        idx = torch.cat(index) if index else y
+        if self.trainer.world_size > 1:  # the collective runs where the process group does (NCCL: CUDA)
+            idx, x, y = idx.to(self.device), x.to(self.device), y.to(self.device)
+        _, x, y = gather_by_index(idx, x, y)
         if self.trainer.world_size > 1:
             skipped = int(self.trainer.strategy.reduce(torch.tensor(skipped, device=self.device), reduce_op="sum"))
         if not x.shape[0]:
@@ -231,8 +278,11 @@ class DownstreamTask(TrainingModule):
         modes = {m: m.training for m in self.model.modules()}
         self.model.eval()
         try:
-            train = data.loader(data.unaugmented_train(), train=False)
-            x, y, skipped = self._pooled(head, train, "training")
+            if name in self._probe_features:
+                x, y, skipped = self._probe_features[name]
+            else:
+                train = data.loader(data.unaugmented_train(), train=False)
+                x, y, skipped = self._pooled(head, train, "training")
             val_ds = data.datasets.get("val")
             xv, yv = x[:0], None
             if val_ds is not None and len(val_ds):
@@ -257,6 +307,7 @@ class DownstreamTask(TrainingModule):
             "epochs": head.probe_epochs,
             "lr_search": {f"{v:g}": acc for v, acc in result.grid.items()},
             "train_samples": int(x.shape[0]),
+            "training_features": "given" if name in self._probe_features else "extracted",
             "val_samples": int(xv.shape[0]),
             "val_OA": result.accuracy,
             "skipped_files": skipped,
