@@ -158,6 +158,7 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> int:
         finetune_max_time=args.finetune_max_time,
         finetune_blr=args.finetune_blr,
         scratch_size=args.scratch_size,
+        precision=args.precision,
         seed=args.seed,
     )
     return 0
@@ -349,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--finetune-blr", type=float, default=5e-4, help="base lr per 256 images of finetune, lpft and scratch"
     )
     ev.add_argument("--scratch-size", default=None, help="ViT size for a scratch baseline (no --encoder)")
+    ev.add_argument(
+        "--precision",
+        default=None,
+        choices=["32-true", "bf16-mixed", "16-mixed"],  # rsfm.engine.config.EVAL_PRECISIONS (which imports torch)
+        help="arithmetic of features and fine-tuning (default: bf16-mixed on a GPU with bf16, else 32-true)",
+    )
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_evaluate)
 

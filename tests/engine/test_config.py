@@ -111,11 +111,12 @@ def test_errors_name_the_key(override: str, expected: str) -> None:
     ("override", "expected"),
     [
         ("evaluate.protocols=[knn,probe]", "evaluate.protocols: unknown ['probe']"),
+        ("evaluate.precision=bf16", "evaluate.precision: expected one of ['32-true', 'bf16-mixed', '16-mixed']"),
         ("evaluate.root=/no/such/dir", "evaluate.root: folder not found: /no/such/dir"),
     ],
 )
 def test_the_evaluate_section_is_checked_before_pretraining(override: str, expected: str) -> None:
-    with pytest.raises(ConfigError if "protocols" in override else DataError, match=re.escape(expected)):
+    with pytest.raises(DataError if "root" in override else ConfigError, match=re.escape(expected)):
         load_recipe("pretrain", PRETRAIN / "selective_mae_vit_tiny.yaml", [override])
     # switched off, the section is not checked: nothing will use it
     load_recipe("pretrain", PRETRAIN / "selective_mae_vit_tiny.yaml", [override, "evaluate.enabled=false"])

@@ -124,6 +124,12 @@ def test_evaluate_rejects_bad_arguments(aid_folder, tmp_path) -> None:
         evaluate(None, str(aid_folder), ("knn", "svm"), out_dir=str(tmp_path), scratch_size="tiny")
     with pytest.raises(ConfigError, match=r"scratch_size \(--scratch-size\)"):
         evaluate(None, str(aid_folder), ("knn",), out_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"precision \(--precision\): expected one of \['32-true'"):
+        evaluate(None, str(aid_folder), ("knn",), out_dir=str(tmp_path), scratch_size="tiny", precision="bf16")
+    with pytest.raises(ConfigError, match=r"16-mixed \(float16 autocast\) needs a CUDA GPU; use bf16-mixed"):
+        evaluate(
+            None, str(aid_folder), ("knn",), str(tmp_path), scratch_size="tiny", device="cpu", precision="16-mixed"
+        )
     assert not list(tmp_path.iterdir())
 
 
@@ -138,9 +144,9 @@ def test_evaluate_random_init_encoder(aid_folder, tmp_path, monkeypatch) -> None
     # A random-init baseline is normalised with the statistics the caller passes.
     used, real = [], ev.extract
 
-    def spy(encoder, data, split, device, pool, mean, std, skipped=None):
+    def spy(encoder, data, split, device, pool, mean, std, skipped=None, **kwargs):
         used.append((split, list(mean), list(std)))
-        return real(encoder, data, split, device, pool, mean, std, skipped)
+        return real(encoder, data, split, device, pool, mean, std, skipped, **kwargs)
 
     monkeypatch.setattr(ev, "extract", spy)
     mean, std = [0.4, 0.41, 0.42], [0.2, 0.21, 0.22]
@@ -189,11 +195,13 @@ def test_evaluate_finetune_lpft_and_scratch(aid_folder, encoder_file, tmp_path) 
     assert "| finetune |" in table and "| lpft |" in table and "| scratch |" in table
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_lpft_fits_its_probe_on_the_frozen_protocols_training_features(
-    aid_folder, encoder_file, tmp_path, monkeypatch
+    aid_folder, encoder_file, tmp_path, monkeypatch, precision
 ) -> None:
     """With ``linear`` in the run, ``lpft`` reads no training image again: its probe gets the features
-    ``linear`` used, which are what the fine-tuning model itself extracts (lpft alone, below)."""
+    ``linear`` used, which are what the fine-tuning model itself extracts (lpft alone, below), in
+    the run's precision."""
     from rsfm.tasks.module import DownstreamTask
 
     seen: dict[str, list] = {"given": [], "extracted": []}
@@ -210,14 +218,17 @@ def test_lpft_fits_its_probe_on_the_frozen_protocols_training_features(
 
     monkeypatch.setattr(DownstreamTask, "use_probe_features", given)
     monkeypatch.setattr(DownstreamTask, "_pooled", extracted)
-    budget = {"img_size": 32, "finetune_epochs": 1, "finetune_batch_size": 16, "batch_size": 12}
+    budget = {"img_size": 32, "finetune_epochs": 1, "finetune_batch_size": 16, "batch_size": 16, "precision": precision}
     both = _evaluate(encoder_file, aid_folder, ("linear", "lpft"), tmp_path / "both", **budget)
+    assert both["config"]["precision"] == both["protocols"]["lpft"]["precision"] == precision
     assert seen["extracted"] == [] and len(seen["given"]) == 1
     alone = _evaluate(encoder_file, aid_folder, ("lpft",), tmp_path / "alone", **budget)
     assert len(seen["given"]) == 1 and [s[0] for s in seen["extracted"]] == ["training"]
     (x, y, skipped), (_, x_own, y_own, skipped_own) = seen["given"][0], seen["extracted"][0]
     assert torch.equal(y, y_own) and skipped == skipped_own == 0 and x.shape == (32, 192)
-    assert torch.allclose(x, x_own, atol=1e-5, rtol=1e-5)  # other batch sizes: float32 rounding only
+    # the same batches: equal here to the bit; a bf16 extraction for a float32 run, or the reverse,
+    # is ~1e-2 off
+    assert torch.allclose(x, x_own, atol=1e-6, rtol=1e-6)
     probe, own = both["protocols"]["lpft"]["probe_init"], alone["protocols"]["lpft"]["probe_init"]
     assert probe["training_features"] == "given" and own["training_features"] == "extracted"
     assert probe["lr"] == own["lr"] and probe["lr_search"] == own["lr_search"] and probe["train_samples"] == 32
@@ -266,12 +277,18 @@ def test_run_finetune_trains_then_tests_the_last_weights(aid_folder, tmp_path) -
 
 
 def test_the_cli_passes_the_fine_tuning_rate_and_protocols(aid_folder, monkeypatch) -> None:
-    from rsfm.cli import main
+    from rsfm.cli import build_parser, main
 
     seen: dict = {}
     monkeypatch.setattr(ev, "evaluate", lambda **kwargs: seen.update(kwargs))
     argv = ["evaluate", "--data", str(aid_folder), "--protocols", "linear,lpft", "--finetune-blr", "2e-4"]
-    assert main(argv) == 0
+    assert main([*argv, "--precision", "bf16-mixed"]) == 0
     assert seen["protocols"] == ["linear", "lpft"] and seen["finetune_blr"] == pytest.approx(2e-4)
+    assert seen["precision"] == "bf16-mixed"
     main(argv[:5])
     assert seen["finetune_blr"] == pytest.approx(5e-4)  # the default of evaluate()
+    assert seen["precision"] is None  # evaluate() chooses: bf16 autocast on a GPU that has it, else float32
+    # the CLI spells the choices out (rsfm --help imports no torch); they are evaluate()'s
+    (action,) = [a for a in build_parser()._subparsers._group_actions[0].choices["evaluate"]._actions
+                 if a.dest == "precision"]  # fmt: skip
+    assert tuple(action.choices) == ev.PRECISIONS

@@ -48,9 +48,9 @@ def _evaluate(encoder, folder, protocols, out_dir, **kwargs) -> dict:
 def test_knn_on_a_vit_rvsa_export_pools_the_token_mean(aid_folder, rvsa_file, tmp_path, monkeypatch) -> None:
     pools, real = [], ev.extract
 
-    def spy(encoder, data, split, device, pool, mean, std, skipped=None):
+    def spy(encoder, data, split, device, pool, mean, std, skipped=None, **kwargs):
         pools.append((type(encoder.model).__name__, pool))
-        return real(encoder, data, split, device, pool, mean, std, skipped)
+        return real(encoder, data, split, device, pool, mean, std, skipped, **kwargs)
 
     monkeypatch.setattr(ev, "extract", spy)
     out = tmp_path / "out"

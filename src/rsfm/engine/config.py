@@ -134,6 +134,7 @@ class VizConfig:
 
 #: the evaluation protocols of ``rsfm evaluate`` and the ``evaluate`` section
 EVAL_PROTOCOLS = ("knn", "linear", "finetune", "lpft", "scratch")
+EVAL_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 @dataclass
@@ -150,6 +151,9 @@ class EvalConfig:
         num_workers: loader processes.
         finetune_epochs: epochs of the fine-tuning protocols.
         finetune_max_time: wall-clock budget per fine-tuning run, ``DD:HH:MM:SS``.
+        precision: arithmetic of the features and the fine-tuning (``32-true``, ``bf16-mixed``,
+            ``16-mixed``); None: bf16 autocast on a GPU that has it, float32 on the CPU (not the
+            pretraining's ``trainer.precision``: the probes measure, float32 is the exact default).
     """
 
     enabled: bool = True
@@ -161,6 +165,7 @@ class EvalConfig:
     num_workers: int = 2
     finetune_epochs: int = 10
     finetune_max_time: str | None = None
+    precision: str | None = None
 
 
 @dataclass
@@ -628,6 +633,10 @@ def check_sections(recipe: dict[str, Any]) -> None:
         unknown = [p for p in ev.get("protocols") or [] if p not in EVAL_PROTOCOLS]
         if unknown:
             raise ConfigError(f"evaluate.protocols: unknown {unknown}; expected some of {list(EVAL_PROTOCOLS)}")
+        if ev.get("precision") is not None and ev["precision"] not in EVAL_PRECISIONS:
+            raise ConfigError(
+                f"evaluate.precision: expected one of {list(EVAL_PRECISIONS)} or null, got {ev['precision']!r}"
+            )
         if ev.get("root"):
             check_folder(ev["root"], "evaluate.root")
 

@@ -28,7 +28,9 @@ files behind the frozen features to ``split.json``.
 
 .. versionchanged:: 0.3.5
    ``lpft`` reuses the training features of ``knn``/``linear`` in the same run (its
-   ``probe_init`` report says ``"training_features": "given"``).
+   ``probe_init`` report says ``"training_features": "given"``); ``precision`` (``--precision``)
+   sets the arithmetic of the features and the fine-tuning, which each fine-tuning report gives
+   (the feature extraction ran under bfloat16 autocast on every GPU before, float32 on the CPU).
 """
 
 from __future__ import annotations
@@ -40,14 +42,18 @@ from typing import Any
 
 import torch
 
-from rsfm.engine.config import EVAL_PROTOCOLS
+from rsfm.engine.config import EVAL_PRECISIONS, EVAL_PROTOCOLS
 from rsfm.utils.errors import ConfigError, DataError
 from rsfm.utils.files import atomic_write, write_json
 
-__all__ = ["PROTOCOLS", "evaluate", "run_finetune", "run_knn", "run_linear"]
+__all__ = ["PRECISIONS", "PROTOCOLS", "evaluate", "run_finetune", "run_knn", "run_linear"]
 
 #: the protocols of :func:`evaluate` (and the ``evaluate.protocols`` of a pretraining recipe)
 PROTOCOLS = EVAL_PROTOCOLS
+
+#: the trainer precisions :func:`evaluate` accepts, with their autocast dtype (none for ``32-true``)
+PRECISIONS = EVAL_PRECISIONS
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def _say(verbose: bool, msg: str) -> None:
@@ -118,11 +124,14 @@ def extract(
     mean: Sequence[float],
     std: Sequence[float],
     skipped: Any = None,
+    precision: str = "32-true",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frozen pooled features, labels and dataset indices of one split.
 
     Unreadable files are left out and, with ``skipped`` (a :class:`~rsfm.data.skips.SkipReport`),
-    recorded there with their reasons.
+    recorded there with their reasons. ``precision`` (Lightning's name) sets the arithmetic:
+    ``32-true`` float32, ``bf16-mixed`` bfloat16 autocast, ``16-mixed`` float16 autocast, as a
+    trainer with that precision computes the same features.
     """
     from rsfm.tasks.probes import extract_features
 
@@ -132,7 +141,8 @@ def extract(
         loader,
         device=device,
         pool=pool,
-        amp=device.type == "cuda",
+        amp=precision in AUTOCAST,
+        amp_dtype=AUTOCAST.get(precision, torch.bfloat16),
         return_index=True,
         mean=mean,
         std=std,
@@ -196,6 +206,7 @@ def run_finetune(
     verbose: bool = True,
     head_init: str = "trunc_normal",
     probe_features: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``encoder`` with a classification head on the training split; score the test split.
 
@@ -207,6 +218,7 @@ def run_finetune(
     ``probe_features``: ``(features (N, D) float32, labels (N,) int64, files left out)`` of the
     unaugmented training split as this encoder pools them, for the LP-FT probe instead of a
     second pass over the images (:meth:`~rsfm.tasks.module.DownstreamTask.use_probe_features`).
+    ``precision``: the trainer's (Lightning's names); None: :func:`rsfm.engine.precision.default_precision`.
 
     Returns:
         The test report (OA, mean class accuracy, per class, confusion; percent) and settings,
@@ -254,7 +266,7 @@ def run_finetune(
         max_time=max_time,
         accelerator=accelerator,
         devices=1,
-        precision=default_precision(accelerator),
+        precision=precision or default_precision(accelerator),
         logger=CSVLogger(str(out_dir), name="csv", version=""),
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -276,6 +288,7 @@ def run_finetune(
         "warmup_epochs": warmup,
         "max_time": max_time,
         "blr": blr,
+        "precision": str(trainer.precision),
         "drop_path_rate": max(
             (float(m.drop_prob) for m in module.model.encoder.modules() if hasattr(m, "drop_prob")), default=0.0
         ),
@@ -309,6 +322,7 @@ def evaluate(
     scratch_size: str | None = None,
     patch_size: int = 16,
     device: str = "auto",
+    precision: str | None = None,
     seed: int = 0,
     verbose: bool = True,
 ) -> dict[str, Any]:
@@ -342,6 +356,11 @@ def evaluate(
         scratch_size: ViT size of a scratch encoder (default: the export's).
         patch_size: patch of a scratch ViT when ``encoder_path`` is None.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        precision: arithmetic of the feature extraction and the fine-tuning, Lightning's names:
+            ``32-true``, ``bf16-mixed`` (bfloat16 autocast; on a CPU with bf16 matrix units
+            several times faster than float32) or ``16-mixed`` (float16 autocast, CUDA only);
+            None: :func:`rsfm.engine.precision.default_precision` (bf16 autocast on a GPU
+            that has it, float32 on the CPU).
         seed: seed of models, probes and training.
         verbose: print progress lines and the final table.
 
@@ -351,8 +370,8 @@ def evaluate(
         linear also ``split`` (the files behind the features).
 
     Raises:
-        ConfigError: on an unknown protocol, ``encoder_path=None`` without ``scratch_size``, or
-            ``pool='cls'`` for a ViT+RVSA export.
+        ConfigError: on an unknown protocol or precision, ``16-mixed`` on the CPU,
+            ``encoder_path=None`` without ``scratch_size``, or ``pool='cls'`` for a ViT+RVSA export.
         DataError, CheckpointError: on a bad folder or encoder file.
     """
     config = {key: value for key, value in locals().items() if key != "verbose"}
@@ -372,6 +391,15 @@ def evaluate(
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
+    from rsfm.engine.precision import bf16_hint, default_precision
+
+    accelerator = "gpu" if dev.type == "cuda" else "cpu"
+    precision = precision or default_precision(accelerator)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision (--precision): expected one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "16-mixed" and dev.type != "cuda":
+        raise ConfigError("precision (--precision): 16-mixed (float16 autocast) needs a CUDA GPU; use bf16-mixed")
+    config["precision"] = precision
     timings: dict[str, float] = {}
     spec = encoder_spec(encoder_path, scratch_size or "tiny", img_size, patch_size)
     if pool == "cls" and spec["class_path"] == "ViTRVSA":
@@ -431,12 +459,10 @@ def evaluate(
         t0 = time.perf_counter()
         skipped = SkipReport(getattr(probe_data, "scan_skipped", None) or ())
         before = skipped.total
-        xt, yt, it = extract(encoder, probe_data, "train", dev, pool, norm_mean, norm_std, skipped)
-        # the same images, pooling and arithmetic as fine-tuning's classifier (bf16 autocast on
-        # a GPU, as its default precision where the GPU has bf16): LP-FT's probe reuses them
-        if pool == own_pool and (dev.type == "cpu" or torch.cuda.is_bf16_supported()):
+        xt, yt, it = extract(encoder, probe_data, "train", dev, pool, norm_mean, norm_std, skipped, precision=precision)
+        if pool == own_pool:  # the images, pooling and arithmetic of fine-tuning's classifier: LP-FT reuses them
             shared = (xt, yt, skipped.total - before)
-        xv, yv, iv = extract(encoder, probe_data, "test", dev, pool, norm_mean, norm_std, skipped)
+        xv, yv, iv = extract(encoder, probe_data, "test", dev, pool, norm_mean, norm_std, skipped, precision=precision)
         timings["features"] = time.perf_counter() - t0
         _say(verbose, f"features: {len(yt)} + {len(yv)} images -> {xt.shape[1]}-d in {timings['features']:.1f}s")
         result["data"].update(
@@ -473,6 +499,9 @@ def evaluate(
     if "scratch" in protocols:
         tuned.append(("scratch", scratch_spec(encoder_path, scratch_size, img_size, patch_size)))
     batch = min(finetune_batch_size, len(train_set))
+    hint = bf16_hint(precision) if tuned else None
+    if hint:
+        _say(verbose, f"hint: {hint}; here: --precision bf16-mixed")
     for name, encoder_cfg in tuned:
         t0 = time.perf_counter()
         _say(
@@ -483,7 +512,7 @@ def evaluate(
         ft_args = {**data_args, "img_size": img_size, "batch_size": batch, "mean": norm_mean, "std": norm_std}
         result["protocols"][name] = run_finetune(
             encoder_cfg, ft_args, out / name, finetune_epochs, finetune_max_time, finetune_blr, seed,
-            "gpu" if dev.type == "cuda" else "cpu", verbose=verbose,
+            accelerator, verbose=verbose, precision=precision,
             head_init="linear_probe" if name == "lpft" else "trunc_normal",
             drop_path_rate=0.0 if name == "lpft" else 0.1,
             probe_features=shared if name == "lpft" else None,

@@ -249,6 +249,7 @@ def pretrain(recipe: dict[str, Any], callbacks: list[Any] | None = None) -> dict
             temperature=ev["temperature"],
             finetune_epochs=ev["finetune_epochs"],
             finetune_max_time=ev["finetune_max_time"],
+            precision=ev.get("precision"),
             seed=recipe["seed"],
         )
     from rsfm.models.model_card import write_model_card

@@ -91,6 +91,7 @@ def extract_features(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     skipped: SkipReport | None = None,
+    amp_dtype: torch.dtype = torch.bfloat16,
 ) -> tuple[Tensor, ...]:
     """Run a frozen encoder over a loader and collect pooled features and labels.
 
@@ -106,12 +107,14 @@ def extract_features(
             ``return_index``, ``index`` ``(B,)`` int64.
         device: where the encoder runs.
         pool: ``cls`` or ``avg`` (see :func:`pool_features`).
-        amp: run under autocast (bfloat16); features are returned as float32 either way.
+        amp: run under autocast to ``amp_dtype``; features are returned as float32 either way.
         return_index: also return each feature's dataset index.
         mean: per-band mean to normalise the images with (None: they are normalised).
         std: per-band std, likewise.
         skipped: a report that receives the ``(path, reason)`` pairs of the files the batches
             left out (None: not recorded).
+        amp_dtype: the autocast dtype with ``amp``: ``torch.bfloat16`` (CPU or GPU) or
+            ``torch.float16`` (GPU).
 
     Returns:
         ``(features (N, D) float32, labels (N,) int64)`` on CPU, plus ``indices (N,) int64``
@@ -120,6 +123,8 @@ def extract_features(
     Raises:
         ValueError: if the loader yields no image at all.
 
+    .. versionchanged:: 0.3.5
+       ``amp_dtype`` (autocast was bfloat16 only).
     """
     device = torch.device(device)
     encoder.eval().to(device)
@@ -139,7 +144,7 @@ def extract_features(
         x = images.to(device, non_blocking=True)
         if m is not None:
             x = (x - m) / s
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             f = pool_features(encoder, x, pool)
         feats.append(f.float().cpu())
         labels.append(torch.as_tensor(batch["label"]).long().cpu())
