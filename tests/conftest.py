@@ -207,14 +207,34 @@ def _no_leaked_torch_globals(request: pytest.FixtureRequest):
     one leak this check found; the CI run in which a decoder came out 1.4e-2 off is thought to
     be its doing (not reproduced on another CPU).
     """
-    before = _torch_globals()
+    before, raw = _torch_globals(), _backend_precisions()
     yield
     after = _torch_globals()
     changed = {k: (before[k], after[k]) for k in before if before[k] != after.get(k)}
     if changed:
-        import torch
-
-        torch.set_default_dtype(before["default dtype"])  # type: ignore[arg-type]
-        torch.set_grad_enabled(bool(before["grad enabled"]))
-        torch.set_float32_matmul_precision(str(before["float32 matmul precision"]))
+        _restore(before, raw)  # the next tests in this worker run as if the culprit had not
         pytest.fail(f"{request.node.nodeid} changed torch's process-wide settings: {changed}")
+
+
+def _backend_precisions() -> dict[object, str]:
+    """The raw ``fp32_precision`` of torch.backends and its oneDNN matmul, conv and rnn (``none`` included)."""
+    import torch
+
+    backends = [torch.backends] + [getattr(torch.backends.mkldnn, n, None) for n in ("matmul", "conv", "rnn")]
+    return {b: b.fp32_precision for b in backends if b is not None and hasattr(b, "fp32_precision")}
+
+
+def _restore(before: dict[str, object], raw: dict[object, str]) -> None:
+    """Put back every setting of :func:`_torch_globals` that torch lets a caller set (not inference mode)."""
+    import torch
+
+    torch.set_default_dtype(before["default dtype"])  # type: ignore[arg-type]
+    torch.set_grad_enabled(bool(before["grad enabled"]))
+    enabled, dtype = before["cpu autocast"]  # type: ignore[misc]
+    torch.set_autocast_enabled("cpu", bool(enabled))
+    torch.set_autocast_dtype("cpu", dtype)
+    torch.use_deterministic_algorithms(bool(before["deterministic algorithms"]))
+    torch.backends.mkldnn.enabled = bool(before["mkldnn enabled"])
+    torch.set_float32_matmul_precision(str(before["float32 matmul precision"]))
+    for backend, value in raw.items():  # after the matmul precision, which sets them too
+        backend.fp32_precision = value
