@@ -41,13 +41,12 @@ import copy
 from typing import Any, ClassVar
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rsfm.methods.base import PretrainMethod, StepContext
 from rsfm.models.encoders.vit import VIT_SIZES, build_vit
-from rsfm.utils.distributed import concat_all_gather
+from rsfm.utils.distributed import concat_all_gather, process_rank
 from rsfm.utils.errors import ConfigError
 from rsfm.utils.registry import METHODS
 
@@ -200,10 +199,6 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int = 128, bn: bool =
     return nn.Sequential(*layers)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 @torch.no_grad()
 def batch_shuffle(x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, list[int]]:
     """MoCo's shuffle-BN, first half: gather all ranks' batches, permute, take a local slice.
@@ -226,7 +221,7 @@ def batch_shuffle(x: Tensor, generator: torch.Generator | None = None) -> tuple[
     """
     gathered, sizes = concat_all_gather(x)
     order = torch.randperm(gathered.shape[0], generator=generator).to(x.device)
-    rank = dist.get_rank() if _distributed() else 0
+    rank = process_rank()
     start = sum(sizes[:rank])
     return gathered[order[start : start + sizes[rank]]], order, sizes
 
@@ -246,7 +241,7 @@ def batch_unshuffle(y: Tensor, order: Tensor, sizes: list[int]) -> Tensor:
     gathered, _ = concat_all_gather(y)
     restored = torch.empty_like(gathered)
     restored[order] = gathered
-    rank = dist.get_rank() if _distributed() else 0
+    rank = process_rank()
     start = sum(sizes[:rank])
     return restored[start : start + sizes[rank]]
 

@@ -13,7 +13,24 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["concat_all_gather"]
+__all__ = ["concat_all_gather", "process_rank"]
+
+
+def _world() -> int:
+    """Processes in the default group; 1 outside a distributed run."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def process_rank() -> int:
+    """The rank of the calling process in the default group, 0 outside a distributed run (or in a group of one).
+
+    .. versionadded:: 0.3.5
+    """
+    import torch.distributed as dist
+
+    return dist.get_rank() if _world() > 1 else 0
 
 
 def concat_all_gather(x: Tensor) -> tuple[Tensor, list[int]]:
@@ -36,10 +53,10 @@ def concat_all_gather(x: Tensor) -> tuple[Tensor, list[int]]:
     import torch
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    world = _world()
+    if world == 1:
         return x.detach(), [x.shape[0]]
     with torch.no_grad():
-        world = dist.get_world_size()
         n = torch.tensor([x.shape[0]], device=x.device)
         sizes_t = [torch.zeros_like(n) for _ in range(world)]
         dist.all_gather(sizes_t, n)
