@@ -169,6 +169,7 @@ def test_given_training_features_replace_the_extraction(aid4: Path, tmp_path: Pa
         task, datamodule=LightningData(dm)
     )
     assert read == ["validation"]  # the training split's images were not read for the probe
+    assert task._probe_features == {}  # and the features are not held for the rest of the run
     assert torch.allclose(given.weight, reference.weight, atol=1e-5)
     assert torch.allclose(given.bias, reference.bias, atol=1e-5)
     report = json.loads((tmp_path / "given" / "probe_init.json").read_text())["heads"]["classification"]

@@ -190,7 +190,8 @@ class DownstreamTask(TrainingModule):
         model's encoder computes (same images and order, same pooling, same normalisation); the
         validation split, if any, is still extracted. ``probe_init.json`` says
         ``"training_features": "given"`` instead of ``"extracted"``. Every process of a
-        data-parallel run must be given the whole split.
+        data-parallel run must be given the whole split. The module keeps them (on the CPU)
+        until the probe is fitted, then lets them go.
 
         Args:
             head: the name of a head with ``init: linear_probe``.
@@ -278,8 +279,9 @@ class DownstreamTask(TrainingModule):
         modes = {m: m.training for m in self.model.modules()}
         self.model.eval()
         try:
-            if name in self._probe_features:
-                x, y, skipped = self._probe_features[name]
+            given = self._probe_features.pop(name, None)  # used once: not held for the whole run
+            if given is not None:
+                x, y, skipped = given
             else:
                 train = data.loader(data.unaugmented_train(), train=False)
                 x, y, skipped = self._pooled(head, train, "training")
@@ -307,7 +309,7 @@ class DownstreamTask(TrainingModule):
             "epochs": head.probe_epochs,
             "lr_search": {f"{v:g}": acc for v, acc in result.grid.items()},
             "train_samples": int(x.shape[0]),
-            "training_features": "given" if name in self._probe_features else "extracted",
+            "training_features": "extracted" if given is None else "given",
             "val_samples": int(xv.shape[0]),
             "val_OA": result.accuracy,
             "skipped_files": skipped,
