@@ -152,8 +152,8 @@ class EvalConfig:
         finetune_epochs: epochs of the fine-tuning protocols.
         finetune_max_time: wall-clock budget per fine-tuning run, ``DD:HH:MM:SS``.
         precision: arithmetic of the features and the fine-tuning (``32-true``, ``bf16-mixed``,
-            ``16-mixed``); None: bf16 autocast on a GPU that has it, float32 on the CPU (not the
-            pretraining's ``trainer.precision``: the probes measure, float32 is the exact default).
+            ``16-mixed``); None: bf16 autocast on a GPU that has it, float32 on the CPU, whatever
+            the pretraining's ``trainer.precision`` was.
     """
 
     enabled: bool = True
