@@ -357,6 +357,19 @@ def test_ddp_pretraining_then_a_fine_tuning_evaluation(tmp_path: Path, datasets:
     assert set(metrics["protocols"]) == {"knn", "finetune"}
 
 
+def test_the_evaluate_section_reaches_the_evaluation(tmp_path: Path, datasets: Path, aid_subset) -> None:
+    """``evaluate.*`` of a pretraining recipe is what the evaluation after it runs with (its precision here)."""
+    root = aid_subset(["Beach", "Forest", "Port"], 6)
+    extra = ["trainer.max_epochs=1", "evaluate.enabled=true", f"evaluate.root={root}", "evaluate.num_workers=0"]
+    extra += ["evaluate.protocols=[knn,lpft]", "evaluate.finetune_epochs=1", "evaluate.batch_size=8"]
+    extra += ["evaluate.precision=bf16-mixed"]
+    assert main(["pretrain", "--config", str(MIM), *mim_args(tmp_path, datasets, *extra)]) == 0
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert set(metrics["protocols"]) == {"knn", "lpft"}
+    assert metrics["config"]["precision"] == metrics["protocols"]["lpft"]["precision"] == "bf16-mixed"
+    assert metrics["protocols"]["lpft"]["probe_init"]["training_features"] == "given"  # knn's features
+
+
 def test_bf16_run_clips_gradients(tmp_path: Path, datasets: Path, monkeypatch) -> None:
     """``trainer.gradient_clip_val`` under bf16 autocast (MTP's recipes clip), every step.
 
