@@ -237,6 +237,24 @@ def test_lpft_fits_its_probe_on_the_frozen_protocols_training_features(
     assert len(seen["given"]) == 1 and [s[0] for s in seen["extracted"]] == ["training", "training"]
 
 
+def test_a_float32_fine_tuning_on_a_cpu_with_bf16_units_prints_the_hint(
+    aid_folder, encoder_file, tmp_path, monkeypatch, capsys
+) -> None:
+    import rsfm.engine.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda *a: "avx512_bf16")  # as this CPU's flags say
+    budget = {"img_size": 32, "finetune_epochs": 1, "finetune_batch_size": 16, "verbose": True}
+    evaluate(
+        str(encoder_file), str(aid_folder), ("finetune",), str(tmp_path / "a"), num_workers=0, device="cpu", **budget
+    )
+    assert "hint: this CPU has bf16 matrix units (avx512_bf16)" in capsys.readouterr().out
+    evaluate(str(encoder_file), str(aid_folder), ("knn",), str(tmp_path / "b"), num_workers=0, device="cpu", **budget)
+    assert "hint:" not in capsys.readouterr().out  # no fine-tuning, nothing to speed up
+    kwargs = {"num_workers": 0, "device": "cpu", "precision": "bf16-mixed", **budget}
+    evaluate(str(encoder_file), str(aid_folder), ("finetune",), str(tmp_path / "c"), **kwargs)
+    assert "hint:" not in capsys.readouterr().out
+
+
 def test_evaluate_resnet_export(aid_folder, tmp_path) -> None:
     import timm
 
