@@ -16,10 +16,11 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from rsfm.curation.config import CurateInput, DedupConfig, ExecutorConfig, ShardConfig
+from rsfm.curation.dedup import pixel_sha256
 from rsfm.curation.ingest import Tiling, read_tile, tile_windows
 from rsfm.curation.pipeline import curate
 from rsfm.curation.rules import CurationRule, QualityThresholds
-from rsfm.data.io import decode_image, read_image
+from rsfm.data.io import RasterRule, decode_image, read_image
 from rsfm.data.shards import ShardCorpus, ShardDataset
 from rsfm.utils.errors import DataError
 
@@ -462,3 +463,38 @@ def test_a_16_bit_multiband_geotiff_is_stretched_scene_wide_and_re_read_exactly(
         np.testing.assert_array_equal(decode_image(data, "x.npy").numpy(), read_tile(row, src_dir))
     item = dataset[0]
     assert item["image"].shape == (4, kept[0]["height"], kept[0]["width"]) and item["image"].dtype.is_floating_point
+
+
+@pytest.mark.parametrize(
+    ("spec", "rule"),
+    [
+        ({"raster_scale": 10200}, RasterRule(scale=10200.0)),
+        ({"percentiles": [10, 90]}, RasterRule(percentiles=(10.0, 90.0))),
+        ({}, RasterRule()),
+    ],
+    ids=["fixed_scale", "percentiles", "default"],
+)
+def test_a_16_bit_png_shard_holds_the_pixels_its_input_rule_gives(datasets, tmp_path, spec, rule) -> None:
+    """A 16-bit RGB PNG (an AID scene x 40) under a non-default rule: the shard, the manifest's
+    hash and :func:`read_tile` agree with :func:`read_image` under that rule (the original bytes
+    are only kept where the default rule decodes them to the same pixels)."""
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    rgb = np.asarray(Image.open(datasets / "aid" / "Airport" / "airport_10.jpg").convert("RGB")).astype(np.uint16) * 40
+    h, w, _ = rgb.shape
+    with rasterio.open(src_dir / "a.png", "w", driver="PNG", width=w, height=h, count=3, dtype="uint16") as dst:
+        dst.write(rgb.transpose(2, 0, 1))
+    out = tmp_path / "out"
+    curate(
+        [CurateInput(root=str(src_dir), **spec)],
+        out,
+        tiling=Tiling(tile_size=600, max_size=600, min_size=64),
+        progress=lambda _: None,
+    )
+    (row,) = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert row["status"] == "kept" and row["dtype"] == "uint16" and row["percentiles"] == list(rule.percentiles)
+    expected = read_image(src_dir / "a.png", rule).numpy()
+    _, ext, data = ShardDataset(ShardCorpus.open(out)).raw(0)
+    np.testing.assert_array_equal(decode_image(data, f"x.{ext}").numpy(), expected)
+    np.testing.assert_array_equal(read_tile(row, src_dir), expected)
+    assert row["sha256"] == pixel_sha256(expected)

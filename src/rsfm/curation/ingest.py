@@ -121,6 +121,27 @@ class SourceFile:
     size: int = -1
 
 
+def _stored_dtype(path: Path) -> str:
+    """The sample type a non-TIFF image file stores (``'uint8'``, ``'uint16'``, ...), from its header.
+
+    A PNG's bit depth is read from its IHDR chunk (PIL reports 16-bit RGB PNGs as 8-bit
+    ``RGB``); other formats from PIL's mode. Anything unrecognised counts as ``'uint8'``, the
+    only depth those formats store.
+    """
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return "uint16" if head[24] == 16 else "uint8"
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+    except OSError:
+        return "uint8"
+    return {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I": "int32", "F": "float32"}.get(mode, "uint8")
+
+
 class OpenedSource:
     """An input file opened for tiling: size, georeference, windowed reads, a thumbnail.
 
@@ -155,6 +176,7 @@ class OpenedSource:
             self._array = image
             self.height, self.width = int(image.shape[1]), int(image.shape[2])
             self.channels = int(image.shape[0])
+            self.dtype = _stored_dtype(self.path)
 
     # -- rasters ------------------------------------------------------------------------------
 
@@ -314,7 +336,9 @@ def read_tile(row: dict[str, Any], root: str | os.PathLike[str]) -> np.ndarray:
 
     Args:
         row: a manifest row (``source``, ``x``, ``y``, ``width``, ``height``, ``bands``,
-            ``raster_scale``, ``stretch_low``, ``stretch_high``).
+            ``raster_scale``, ``percentiles``, ``stretch_low``, ``stretch_high``; a row
+            without ``percentiles``, from a manifest written before 0.3.6, gets the default
+            ``(2, 98)``).
         root: the root folder of the row's input.
 
     Returns:
@@ -325,9 +349,11 @@ def read_tile(row: dict[str, Any], root: str | os.PathLike[str]) -> np.ndarray:
         BadImageError: if the source cannot be read.
     """
     scale = row.get("raster_scale") or "auto"
+    percentiles = row.get("percentiles")
     rule = RasterRule(
         bands=tuple(row["bands"]) if row.get("bands") is not None else None,
         scale=scale if scale == "auto" else float(scale),
+        percentiles=tuple(percentiles) if percentiles is not None else RasterRule().percentiles,
     )
     with OpenedSource(Path(root) / row["source"], rule) as src:
         if row.get("stretch_low") is not None:

@@ -255,6 +255,9 @@ def process_file(
                     and rule.bands is None
                     and src.channels == 3
                     and Path(source.path).suffix.lower() not in (".tif", ".tiff")
+                    # the shard decodes these bytes with the default rule: the same pixels only
+                    # for 8-bit files (no scaling) or when the input's rule is the default
+                    and (src.dtype == "uint8" or rule == RasterRule())
                 ):
                     whole_bytes = Path(source.path).read_bytes()
                 for window, tile, mask in iter_tiles(src, tiling):
@@ -738,6 +741,7 @@ _MANIFEST_FIELDS: list[tuple[str, str]] = [
     ("dtype", "string"),
     ("bands", "list<int64>"),
     ("raster_scale", "string"),
+    ("percentiles", "list<double>"),
     ("stretch_low", "list<double>"),
     ("stretch_high", "list<double>"),
     ("crs", "string"),
@@ -809,6 +813,7 @@ def _write_outputs(
         rule = input_rules.get(r["input"])
         r["bands"] = list(rule.bands) if rule is not None and rule.bands is not None else None
         r["raster_scale"] = str(rule.scale) if rule is not None else None
+        r["percentiles"] = list(rule.percentiles) if rule is not None else None
         r["shard_index"] = None
         r["nbytes"] = r["data"][1] if r.get("data") and r["rule"] is None else None
     for i, r in enumerate(kept):
