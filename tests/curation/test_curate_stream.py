@@ -52,12 +52,18 @@ def test_dropped_files_do_not_move_the_held_out_split(folder: Path, tmp_path: Pa
     shutil.copy(beach[0], src / "Beach" / "zz_copy.jpg")  # a duplicate the curation drops
     (src / "River" / "zz_empty.jpg").write_bytes(b"")  # an empty file, not a sample of the folder either
     (src / "Parking" / "zz_corrupt.jpg").write_bytes(beach[1].read_bytes()[:300])  # listed, unreadable
+    # a dangling link: it cannot be stat'ed, so neither the folder nor the split universe lists it
+    (src / "Beach" / "zz_gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     corpus = tmp_path / "corpus"
     result = curate([CurateInput(root=str(src))], corpus, progress=lambda _: None)
-    assert result.excluded == {"exact_duplicate": 1, "unreadable": 2}
+    assert result.excluded == {"exact_duplicate": 1, "unreadable": 3}
     opened = ShardCorpus.open(corpus)
-    for split in ("train", "val"):
-        files = ImageFolder(src, split=split, val_fraction=0.25, split_seed=2).samples
-        expected = {p.relative_to(src).as_posix() for p in files} - {"Beach/zz_copy.jpg", "Parking/zz_corrupt.jpg"}
-        got = {opened.sources[i] for i in opened.split(split, 0.25, 2)}
-        assert got == expected, split
+    assert {source for (_, source), _ in opened.universe} == {
+        p.relative_to(src).as_posix() for p in ImageFolder(src).samples
+    }
+    for seed in range(8):
+        for split in ("train", "val"):
+            files = ImageFolder(src, split=split, val_fraction=0.25, split_seed=seed).samples
+            expected = {p.relative_to(src).as_posix() for p in files} - {"Beach/zz_copy.jpg", "Parking/zz_corrupt.jpg"}
+            got = {opened.sources[i] for i in opened.split(split, 0.25, seed)}
+            assert got == expected, (split, seed)

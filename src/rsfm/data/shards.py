@@ -259,10 +259,12 @@ class ShardCorpus:
         channels = {col["channels"][i] for i in kept}
         if len(channels) != 1:
             raise DataError(f"data.shards: {path}: tiles have different band counts {sorted(channels)}")
-        # every file the curation listed, kept or not (not empty ones, which a folder does not list
-        # either): the held-out split is drawn over these, so dropping a file does not move it
+        # every file the curation listed, kept or not, except those the folder scan already set
+        # aside (empty files, size 0, and files that cannot be stat'ed, size null), which
+        # ImageFolder does not list either: the held-out split is drawn over these, so
+        # dropping a file does not move the others
         sizes = col.get("file_size")
-        listed = [i for i in range(n_rows) if sizes is None or sizes[i] != 0] if sizes is not None else kept
+        listed = [i for i in range(n_rows) if sizes[i] is not None and sizes[i] > 0] if sizes is not None else kept
         universe: dict[tuple[str, str], str] = {}
         for i in sorted(listed, key=lambda i: col["id"][i]):
             universe.setdefault((inputs[i], col["source"][i]), col["group"][i] or "")
