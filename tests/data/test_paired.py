@@ -108,3 +108,36 @@ def test_corrupt_files_are_skipped_and_counted(datasets: Path, aid_subset, tmp_p
     assert ("zero_byte" in {r for _, r in dm.scan_skipped}) and len(ds) == 4
     batch = collate_skipping([ds[(i, 0)] for i in range(4)])
     assert batch["image"].shape[0] == 3 and [r for _, r in batch["skipped"]] == ["truncated"]
+
+
+@pytest.mark.parametrize("bands", [[3, 2, 1], [2, 1, 0]])
+def test_the_rs_band_rule_does_not_touch_the_natural_images(datasets: Path, tmp_path: Path, bands) -> None:
+    """4-band RS GeoTIFFs (a constant band, then AID's B, G, R) read with ``bands``; the natural
+    CIFAR-10 JPEGs keep their stored RGB (a band rule for the RS files once skipped every
+    natural image, or swapped its colours)."""
+    import numpy as np
+    import rasterio
+    from PIL import Image
+
+    from rsfm.data.io import read_image
+
+    rs_root = tmp_path / "rs" / "scene"
+    rs_root.mkdir(parents=True)
+    for src in sorted((datasets / "aid" / "Airport").glob("*.jpg"))[:4]:
+        rgb = np.asarray(Image.open(src).convert("RGB")).transpose(2, 0, 1)
+        four = np.concatenate([np.full_like(rgb[:1], 100), rgb[::-1]])
+        profile = {"driver": "GTiff", "width": rgb.shape[2], "height": rgb.shape[1], "count": 4, "dtype": "uint8"}
+        with rasterio.open(rs_root / f"{src.stem}.tif", "w", **profile) as dst:
+            dst.write(four)
+    nat_root = _natural_subset(datasets, tmp_path)
+    dm = PairedDataModule(
+        str(rs_root.parent), str(nat_root), bands=bands, img_size=32, num_workers=0, test_fraction=0.0
+    )
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    items = [train[(i, 0)] for i in range(len(train))]
+    assert len(items) == 4 and not [it["skipped"] for it in items if "skipped" in it]
+    assert train.natural.raster.bands is None and train.rs.raster.bands == tuple(bands)
+    first = nat_root / "airplane" / sorted(p.name for p in (nat_root / "airplane").iterdir())[0]
+    expected = np.asarray(Image.open(first).convert("RGB")).transpose(2, 0, 1)
+    np.testing.assert_array_equal(read_image(first, train.natural.raster).numpy(), expected)

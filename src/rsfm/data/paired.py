@@ -166,7 +166,9 @@ class PairedDataModule(FolderDataModule):
         batch_size: pairs per batch and device (B RS images → 2B views, B natural images).
         shards: folder or ``s3://``/``gs://``/``azure://`` URL of a 3-band corpus written by
             ``rsfm curate`` (see :mod:`rsfm.data.shards`), instead of ``root``.
-        **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options.
+        **kwargs: :class:`~rsfm.data.folder_base.FolderDataModule` options. ``bands`` and
+            ``raster_scale`` apply to the RS images only; natural images are read with the
+            default rule (RGB as stored).
 
     Raises:
         DataError: if a folder is missing or holds no image, naming it; if both or neither
@@ -178,6 +180,9 @@ class PairedDataModule(FolderDataModule):
     .. versionadded:: 0.2
     .. versionchanged:: 0.3
         ``shards``; ``root`` and ``natural_root`` are keywords with defaults (both still needed).
+    .. versionchanged:: 0.3.6
+        The natural images no longer get the RS band rule (``bands=[3, 2, 1]`` skipped every
+        one of them, ``bands=[2, 1, 0]`` swapped their colours).
     """
 
     sample_keys = ("image", "image_key", "natural", "natural_label")
@@ -215,9 +220,8 @@ class PairedDataModule(FolderDataModule):
 
         transform = moco_v1_transform(self.img_size, self.scale)
         rs = self.folder(ImageFolder, False, TwoViews(transform))
-        natural = LabeledImageFolder(
-            self.natural_root, transform=transform, raster=self.raster, seed=self.seed + _NATURAL_SEED_OFFSET
-        )
+        # the RS rule (bands, raster_scale) describes the RS files only: natural images are RGB
+        natural = LabeledImageFolder(self.natural_root, transform=transform, seed=self.seed + _NATURAL_SEED_OFFSET)
         if natural.classes != self.classes:
             raise DataError(f"data.natural_root changed while loading: classes {natural.classes} != {self.classes}")
         self.datasets["train"] = PairedDataset(rs, natural)
