@@ -55,6 +55,17 @@ def test_ivf_search_finds_the_copies_and_is_deterministic(hashes) -> None:
     assert ivf == hamming_pairs(ph, dh, 8, 10, exact_limit=0, nprobe=4)
 
 
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_ivf_on_fewer_items_than_its_lists_is_exact(hashes, n) -> None:
+    """``exact_limit`` below a tiny corpus: fewer than 16 items (4*sqrt(N) > N lists) once crashed faiss."""
+    ph, dh = hashes
+    pick = list(range(n)) + [300 + i for i in range(n)]  # n images and their copies
+    sub_p, sub_d = [ph[i] for i in pick], [dh[i] for i in pick]
+    got = hamming_pairs(sub_p, sub_d, 8, 10, exact_limit=0)  # nprobe 64 >= lists: every list searched
+    assert got == brute(sub_p, sub_d, 8, 10)
+    assert all(n + i in got[i] for i in range(n))
+
+
 def test_greedy_keeps_the_preferred_member_of_each_group() -> None:
     neighbours = [[1, 2], [0], [0], []]
     assert greedy_keep([2, 0, 1, 3], neighbours) == {0: 2}  # 1 only matches 0, which was dropped: kept

@@ -88,7 +88,7 @@ def hamming_pairs(
     binary index (:class:`faiss.IndexBinaryFlat`, SIMD popcounts), which measured faster
     here than faiss' multi-index hashing at every size up to 100k. Its cost grows with the
     square of the corpus; above ``exact_limit``, a binary IVF index
-    (:class:`faiss.IndexBinaryIVF`, ``4·sqrt(N)`` lists, ``nprobe`` of them searched per
+    (:class:`faiss.IndexBinaryIVF`, ``min(4·sqrt(N), N)`` lists, ``nprobe`` of them searched per
     query) compares each tile with about ``nprobe / (4·sqrt(N))`` of the corpus. It is
     approximate: at 100k synthetic-from-real tiles it found 98 % of the exact pairs with
     ``nprobe=64`` (94 % with 32, 99.6 % with 128; ``benchmarks/curation.py``).
@@ -145,7 +145,7 @@ def binary_index(codes: np.ndarray, exact_limit: int = 200_000, nprobe: int = 64
     if n <= exact_limit:
         index = faiss.IndexBinaryFlat(64)
     else:
-        nlist = int(4 * np.sqrt(n))
+        nlist = max(1, min(int(4 * np.sqrt(n)), n))  # faiss trains at least one point per list
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(64), 64, nlist)
         sample = np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)
         index.train(codes[np.sort(sample)])
