@@ -498,3 +498,28 @@ def test_a_16_bit_png_shard_holds_the_pixels_its_input_rule_gives(datasets, tmp_
     np.testing.assert_array_equal(decode_image(data, f"x.{ext}").numpy(), expected)
     np.testing.assert_array_equal(read_tile(row, src_dir), expected)
     assert row["sha256"] == pixel_sha256(expected)
+
+
+def test_one_pixel_wide_images_are_measured_and_excluded_not_fatal(datasets, tmp_path) -> None:
+    """A 1-pixel row and column cut from an AID scene, with ``tiling.min_size=1``: each is read,
+    measured (no 2x2 cell for the gradient energy: energy 0) and excluded as low_information,
+    beside a whole scene that is kept."""
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    scene = datasets / "aid" / "Airport" / "airport_10.jpg"
+    shutil.copy(scene, src_dir / "whole.jpg")
+    rgb = np.asarray(Image.open(scene).convert("RGB"))
+    Image.fromarray(np.ascontiguousarray(rgb[:1])).save(src_dir / "row.png")
+    Image.fromarray(np.ascontiguousarray(rgb[:, :1])).save(src_dir / "column.png")
+    out = tmp_path / "out"
+    result = curate(
+        [CurateInput(root=str(src_dir))],
+        out,
+        tiling=Tiling(tile_size=600, max_size=600, min_size=1),
+        progress=lambda _: None,
+    )
+    rows = {r["source"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    assert result.kept == 1 and result.excluded == {"low_information": 2}
+    assert rows["whole.jpg"]["status"] == "kept" and rows["whole.jpg"]["energy"] > 0
+    for name in ("row.png", "column.png"):
+        assert rows[name]["rule"] == "low_information" and rows[name]["energy"] == 0.0

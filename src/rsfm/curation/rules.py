@@ -146,9 +146,12 @@ def measure_tile(tile: np.ndarray, invalid: np.ndarray | None = None, energy_pat
         band_min = band_max = [0] * c
     patch = max(2, min(energy_patch, h, w))
     hh, ww = (h // patch) * patch, (w // patch) * patch
-    with torch.no_grad():
-        g = torch.from_numpy(np.ascontiguousarray(grey[:hh, :ww] / 255.0))[None, None]
-        energy = float(gradient_energy(g, patch).sum()) / float(hh * ww)
+    if hh * ww == 0:
+        energy = 0.0  # a 1-pixel-wide tile has no 2x2 cell to take a gradient over
+    else:
+        with torch.no_grad():
+            g = torch.from_numpy(np.ascontiguousarray(grey[:hh, :ww] / 255.0))[None, None]
+            energy = float(gradient_energy(g, patch).sum()) / float(hh * ww)
     return TileMeasures(
         height=int(h),
         width=int(w),
