@@ -65,8 +65,19 @@ def test_mask_with_other_values_is_an_error_naming_the_file(levir: Path, tmp_pat
     assert read_change_mask(tmp_path / "rgb.png").sum() == int((a == 255).sum())
     colour = np.stack([a, a, 255 - a], axis=-1).astype(np.uint8)
     Image.fromarray(colour).save(tmp_path / "colour.png")
-    with pytest.raises(ValueError, match="differing bands"):
+    with pytest.raises(ValueError, match="3 differing colour bands; expected one band"):
         read_change_mask(tmp_path / "colour.png")
+    # an alpha band is not a label band: grey + alpha reads as the grey mask, RGB + alpha as RGB
+    clean = np.where(a == 128, 0, a).astype(np.uint8)
+    Image.fromarray(clean).convert("LA").save(tmp_path / "la.png")
+    Image.fromarray(clean).convert("RGBA").save(tmp_path / "rgba.png")
+    for name in ("la.png", "rgba.png"):
+        assert torch.equal(read_change_mask(tmp_path / name), read_change_mask(tmp_path / "rgb.png")), name
+    Image.fromarray(colour).convert("RGBA").save(tmp_path / "colour_rgba.png")
+    with pytest.raises(
+        ValueError, match=r"colour_rgba\.png: change mask has 3 differing colour bands \(besides alpha\)"
+    ):
+        read_change_mask(tmp_path / "colour_rgba.png")
 
 
 def test_unpaired_file_is_reported(levir: Path, tmp_path: Path) -> None:

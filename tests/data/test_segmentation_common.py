@@ -110,6 +110,9 @@ def test_index_mask_reader_with_and_without_a_label_map(datasets: Path, tmp_path
     assert np.array_equal(only_two, np.select([raw == 2, raw == 3], [0, 1], IGNORE_INDEX))
     with pytest.raises(ValueError, match="data.label_map sends 1 to 9"):
         index_mask_reader(7, {1: 9})
+    for key in (65536, -1):
+        with pytest.raises(ValueError, match=rf"data.label_map has key {key}: .* expected keys in \[0, 65535\]"):
+            index_mask_reader(7, {key: 0})
     Image.fromarray(_rgb(datasets / "loveda" / "images_png" / "1.png")).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match="mode RGB"):
         read_single_band(tmp_path / "rgb.png")

@@ -74,7 +74,8 @@ class ChangePairRecord:
 def read_change_mask(path: str | os.PathLike[str], change_value: int = 255) -> Tensor:
     """Read a binary change mask.
 
-    The file must hold one band (or identical R, G, B bands, as some re-saved copies do) with
+    The file must hold one band (or identical R, G, B bands, as some re-saved copies do; an
+    alpha band, as in ``LA`` or ``RGBA`` PNGs, is ignored) with
     only the values 0 (no change) and ``change_value`` (255 in LEVIR-CD). Anything else is an
     error rather than a guess: a JPEG-compressed or resampled mask has intermediate values.
 
@@ -95,11 +96,15 @@ def read_change_mask(path: str | os.PathLike[str], change_value: int = 255) -> T
         img.load()
         if img.mode == "1":
             img = img.convert("L")
+        alpha = img.mode in ("LA", "RGBA", "La", "RGBa")
         a = np.asarray(img)
     if a.ndim == 3:
-        bands = a[..., :3]
-        if not (np.array_equal(bands[..., 0], bands[..., 1]) and np.array_equal(bands[..., 0], bands[..., 2])):
-            raise ValueError(f"{path}: change mask has {a.shape[-1]} differing bands; expected one band")
+        bands = a[..., :-1] if alpha else a  # an alpha band is not a label band
+        if any(not np.array_equal(bands[..., 0], bands[..., i]) for i in range(1, bands.shape[-1])):
+            raise ValueError(
+                f"{path}: change mask has {bands.shape[-1]} differing colour bands"
+                f"{' (besides alpha)' if alpha else ''}; expected one band or identical bands"
+            )
         a = bands[..., 0]
     values = np.unique(a)
     bad = [int(v) for v in values if v not in (0, change_value)]

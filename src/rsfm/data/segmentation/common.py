@@ -280,13 +280,19 @@ def index_mask_reader(
         ``read(path) -> (H, W) int64`` labels.
 
     Raises:
-        ValueError: if ``label_map`` sends a value outside ``[0, K)`` other than the ignore index.
+        ValueError: if ``label_map`` has a key outside ``[0, 65535]`` or sends a value outside
+            ``[0, K)`` other than the ignore index.
     """
     lut = np.full(65536, ignore_index, dtype=np.int64)
     if label_map is None:
         lut[:num_classes] = np.arange(num_classes)
     else:
         for raw, label in label_map.items():
+            if not 0 <= int(raw) < len(lut):
+                raise ValueError(
+                    f"data.label_map has key {raw}: mask values are read as 8- or 16-bit integers, "
+                    f"expected keys in [0, {len(lut) - 1}]"
+                )
             if not (0 <= int(label) < num_classes or int(label) == ignore_index):
                 raise ValueError(
                     f"data.label_map sends {raw} to {label}, outside [0, {num_classes}) and not the ignore index"
