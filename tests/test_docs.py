@@ -154,6 +154,28 @@ def test_sphinx_roles_in_docstrings_render_as_code(hook) -> None:
     assert changed == "<p><em>Changed in version 0.3:</em> Shards.</p>"
 
 
+def test_version_directives_name_a_release_that_exists() -> None:
+    """A ``versionadded``/``versionchanged`` later than the package's version is a typo that tells
+    users a feature is not in the release they run (MTP said 0.4 while it shipped in 0.3)."""
+    import rsfm
+
+    def key(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in version.split("."))
+
+    current = key(rsfm.__version__)
+    directive = re.compile(r"\.\. version(?:added|changed):: (\S+)")
+    found, ahead = 0, []
+    for path in sorted((REPO / "src" / "rsfm").rglob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for version in directive.findall(line):
+                found += 1
+                assert re.fullmatch(r"\d+(\.\d+)+", version), f"{path}:{number}: {version!r}"
+                if key(version) > current:
+                    ahead.append(f"{path.relative_to(REPO)}:{number}: {version}")
+    assert found > 100, found
+    assert not ahead, f"directives ahead of rsfm {rsfm.__version__}: {ahead}"
+
+
 @pytest.mark.slow
 def test_the_site_builds_strict(tmp_path: Path) -> None:
     """``mkdocs build --strict``: no warning from links, anchors, nav or docstrings (about 35 s)."""

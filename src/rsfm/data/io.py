@@ -217,7 +217,7 @@ def read_image(path: str | os.PathLike[str], rule: RasterRule = RasterRule()) ->
 
     .. versionadded:: 0.1
 
-    .. versionchanged:: 0.4
+    .. versionchanged:: 0.3.1
         JPEGs with damaged data raise ``reason='corrupt'`` (they were decoded, garbage included).
 
     """

@@ -15,7 +15,7 @@ A training batch is ``{subset name: batch}``, each batch the lists of
 tasks that subset carries). :meth:`MultiTaskDataModule.info` reports each subset's tasks and
 classes in :attr:`~rsfm.data.base.DataInfo.subsets`, from which the method builds its heads.
 
-.. versionadded:: 0.4
+.. versionadded:: 0.3
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ boxes only): its heads run for the tasks whose labels it has, so partly labelled
 SAMRS. What is exported is the encoder (with its simple feature pyramid for ViT+RVSA, as the
 release's encoder file), ready for every downstream task.
 
-.. versionadded:: 0.4
+.. versionadded:: 0.3
 """
 
 from __future__ import annotations
