@@ -1,6 +1,6 @@
 """rsfm: remote-sensing foundation models."""
 
-__version__ = "0.3.6"
+__version__ = "0.3.7"
 
 #: top-level names, imported on first use so that ``import rsfm`` stays light (no torch)
 _LAZY = {

@@ -255,3 +255,16 @@ def test_pixels_of_the_report_and_of_isprs_scores_count_what_their_docs_say():
     assert isprs_scores(cm)["pixels"] == 10 and isprs_scores(cm)["OA"] == pytest.approx(100 * 7 / 10)
     with_clutter = isprs_scores(cm, include_clutter_rows=True)
     assert with_clutter["pixels"] == 16 and with_clutter["OA"] == pytest.approx(100 * 11 / 16)
+
+
+def test_a_normalised_matrix_scores_as_its_counts():
+    """Ratios do not depend on the matrix's scale; a fractional denominator used to be clamped to 1
+    (IoU 0.4 instead of 2/3 for torchmetrics' ``normalize="all"`` matrix)."""
+    counts = torch.tensor(HAND_CM, dtype=torch.float64)
+    for cm in (counts / counts.sum(), counts / 1000):
+        s = segmentation_scores(cm)
+        ref = segmentation_scores(counts)
+        for key in ("IoU", "F1", "precision", "recall", "mIoU", "mF1", "OA"):
+            assert torch.allclose(s[key], ref[key], equal_nan=True), key
+    assert segmentation_scores(counts / counts.sum())["IoU"].tolist() == pytest.approx(HAND_IOU)
+    assert isprs_scores(torch.eye(6) / 6)["mIoU"] == pytest.approx(100.0)

@@ -58,3 +58,18 @@ def test_head_is_bn_without_affine_plus_linear():
     assert isinstance(bn, torch.nn.BatchNorm1d) and not bn.affine
     assert isinstance(fc, torch.nn.Linear) and fc.out_features == 2
     assert not head.training
+
+
+def test_a_one_shot_probe_trains_at_the_grids_middle_rate_and_says_so(aid_hist):
+    """One real AID image per class: nothing can be held out to choose the rate. It used to end in
+    ``ValueError: min() arg is an empty sequence`` (every score NaN)."""
+    xt, yt, xv, yv = aid_hist
+    shots = torch.stack([(yt == c).nonzero()[0, 0] for c in range(3)])
+    with pytest.warns(UserWarning, match="no class has 2 training samples"):
+        r = linear_probe(xt[shots], yt[shots], xv, yv, 3, epochs=50)
+    assert r.lr == 0.1 and r.grid == {}
+    assert (r.head(xt[shots]).argmax(1) == yt[shots]).all()  # it did train
+    assert r.preds.shape == (30,) and r.accuracy is not None
+    # one class with two samples is enough for a search
+    two = torch.cat([shots, (yt == 0).nonzero()[1]])
+    assert len(linear_probe(xt[two], yt[two], xv, yv, 3, epochs=5).grid) == 5

@@ -47,16 +47,18 @@ __all__ = ["SegmentationMetrics", "segmentation_report", "segmentation_scores"]
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` with NaN where ``den`` is 0."""
-    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, math.nan))
+    """``num / den`` with NaN where ``den`` is 0 (any positive ``den``, fractions included)."""
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.full_like(num, math.nan))
 
 
 def segmentation_scores(confmat: Tensor, score_classes: Sequence[int] | None = None) -> dict[str, Tensor]:
     """Per-class and mean scores of a confusion matrix, as fractions.
 
     Args:
-        confmat: ``(K, K)`` counts (any numeric dtype), rows = true class, columns =
-            predicted class (torchmetrics' layout).
+        confmat: ``(K, K)`` counts (any numeric dtype; a normalised or weighted matrix gives
+            the same ratios as its counts), rows = true class, columns = predicted class
+            (torchmetrics' layout).
         score_classes: labels to score (see the module docstring); None: all ``K``.
 
     Returns:
@@ -68,6 +70,10 @@ def segmentation_scores(confmat: Tensor, score_classes: Sequence[int] | None = N
 
     Raises:
         ValueError: if ``confmat`` is not square or a scored label is out of range.
+
+    .. versionchanged:: 0.3.7
+        A normalised (fractional) matrix gives its counts' scores; denominators under 1 were
+        taken as 1.
 
     """
     if confmat.ndim != 2 or confmat.shape[0] != confmat.shape[1]:

@@ -13,6 +13,7 @@ held-out features are seen once, by the final model, for prediction.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ class LinearProbeResult:
         logits: ``(M, C)`` float32 head outputs for the held-out features, on CPU.
         lr: the learning rate of the final head.
         grid: ``{lr: accuracy %}`` on the split of the training features used for the
-            search (empty when a single lr was given).
+            search (empty when a single lr was given or nothing could be held out).
         accuracy: OA (%) on the held-out features, or ``None`` without held-out labels.
         head: the trained head (``BatchNorm1d`` + ``Linear``), on CPU, in eval mode.
 
@@ -151,8 +152,10 @@ def linear_probe(
     """Train a linear probe on frozen training features and predict held-out features.
 
     With several learning rates, each is trained on ``1 - search_fraction`` of the training
-    features (stratified, seeded) and scored on the rest; the best (the smallest on ties) is
-    then retrained on all training features. ``val_feats``/``val_labels`` take no part in
+    features (stratified, seeded; a class of one sample stays in the fit) and scored on the
+    rest; the best (the smallest on ties) is then retrained on all training features. When no
+    sample can be held out (one per class: a one-shot probe), the grid's middle rate is used
+    without a search, with a warning, and ``grid`` is empty. ``val_feats``/``val_labels`` take no part in
     the choice: ``val_labels`` only feeds the reported accuracy.
 
     Args:
@@ -174,6 +177,10 @@ def linear_probe(
     Raises:
         ValueError: on mismatched shapes or an empty lr grid.
 
+    .. versionchanged:: 0.3.7
+        A one-shot training set (nothing to hold out) trains at the grid's middle rate, with a
+        warning, instead of raising ``ValueError: min() arg is an empty sequence``.
+
     """
     check_features(train_feats, train_labels, val_feats)
     if val_labels is not None and val_labels.shape != (val_feats.shape[0],):
@@ -187,6 +194,16 @@ def linear_probe(
     if len(grid) > 1:
         fit, check = _stratified_split(train_labels.cpu(), search_fraction, torch.Generator().manual_seed(seed))
         fit, check = fit.to(train_feats.device), check.to(train_feats.device)
+    if len(grid) > 1 and check.numel() == 0:
+        # every class has one training sample (a one-shot probe): none can be held out without
+        # removing its class from the fit, so no rate can be scored
+        chosen = sorted(grid)[(len(grid) - 1) // 2]
+        warnings.warn(
+            f"linear_probe: no class has 2 training samples, so none is held out to choose the "
+            f"learning rate among {grid}; using the grid's middle rate {chosen:g} without a search",
+            stacklevel=2,
+        )
+    elif len(grid) > 1:
         for value in grid:
             head = train_linear_head(
                 train_feats[fit], train_labels[fit], num_classes, value, epochs, weight_decay, batch_size, seed
